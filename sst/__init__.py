@@ -21,6 +21,7 @@ from .odes import (  # noqa: E402
     quadrature_particles,
     random_init,
 )
+from .rosenbrock import ParticleJacobian, Rodas4  # noqa: E402
 from .solve import Trajectory, default_solver, solve  # noqa: E402
 from .timescales import crossing_time, learning_times  # noqa: E402
 
@@ -30,8 +31,10 @@ __all__ = [
     "Hermite",
     "MeanFieldODE",
     "MeanFieldState",
+    "ParticleJacobian",
     "Problem",
     "RandomInit",
+    "Rodas4",
     "Trajectory",
     "cross_kernel",
     "crossing_time",
