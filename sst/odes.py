@@ -118,18 +118,33 @@ def _pad(c: Array, n: int) -> Array:
     return jnp.zeros(n, c.dtype).at[: min(n, c.shape[0])].set(c[:n])
 
 
-def _powers(s: Array, n: int, axis: int = -1) -> Array:
-    """`s^k` for `k < n` along a new `axis`, by repeated products (cheaper and more accurate
-    than `pow` with an array of exponents)."""
+# Above this many particles the powers s^k are built in a scan (see `_powers`).
+_SCAN_POWERS_ABOVE = 2048
+
+
+def _powers(s: Array, n: int) -> Array:
+    """`s^k` for `k < n`, stacked along a new leading axis: shape `(n,) + s.shape`.
+
+    Repeated products (exact-er than `pow` with an array of exponents). For many particles they
+    run in a scan, which stops XLA from fusing the (transcendental) producer of `s` into each of
+    the `n` powers and evaluating it `n` times (2x the cost of the whole vector field at
+    m = 1e4); for few particles the scan's per-iteration overhead would dominate instead.
+    """
+
+    def multiply(acc, _):
+        return acc * s, acc
+
+    if s.size > _SCAN_POWERS_ABOVE:
+        return jax.lax.scan(multiply, jnp.ones_like(s), length=n)[1]
     out = [jnp.ones_like(s)]
     for _ in range(n - 1):
         out.append(out[-1] * s)
-    return jnp.stack(out, axis)
+    return jnp.stack(out)
 
 
 def _moments(weights: Array, a: Array, s: Array, n: int) -> Array:
-    # m_k = sum_i p_i a_i s_i^k for k < n.
-    return _powers(s, n, axis=0) @ (weights * a)
+    """`m_k = sum_i p_i a_i s_i^k` for `k < n`."""
+    return _powers(s, n) @ (weights * a)
 
 
 def _check_common(a: np.ndarray, s: np.ndarray) -> None:
@@ -292,7 +307,7 @@ class MeanFieldODE(eqx.Module):
         sigma = self.problem.activation.coeffs
         n = sigma.shape[0]
         k = jnp.arange(n, dtype=s.dtype)
-        powers = _powers(s, n, axis=0)  # s^k, (n, m)
+        powers = _powers(s, n)  # s^k, (n, m)
         d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k s^(k-1)
         sr = sigma * self._residual_vector(a, s, weights)
         g = power_series_grad(sr, s)
