@@ -131,6 +131,8 @@ def solve(
         check_times(ts)
     ts = jnp.asarray(ts, dtype=float)
     y, args = model.split(y0)
+    if solver is None:
+        _check_dense_size(model, y)
     # Stepping exactly onto the save times keeps saved values at the solver's accuracy: the
     # cubic Hermite dense output of the ESDIRK solvers is far less accurate between steps.
     controller = stepsize_controller or dfx.ClipStepSizeController(
@@ -143,7 +145,7 @@ def solve(
         options["progress_meter"] = dfx.TqdmProgressMeter()
     sol = dfx.diffeqsolve(
         dfx.ODETerm(model.vector_field),
-        solver or default_solver(),
+        default_solver() if solver is None else solver,
         t0=ts[0],
         t1=ts[-1],
         dt0=dt0,
@@ -184,6 +186,22 @@ def solve(
         elif not bool(traj.success):
             raise RuntimeError(_failure_message(sol.result, traj, max_steps))
     return traj
+
+
+# Beyond this many unknowns a dense Jacobian and its LU per step (O(n^3)) are impractical.
+MAX_DENSE_UNKNOWNS = 2500
+
+
+def _check_dense_size(model: Model, y) -> None:
+    structured = isinstance(model, MeanFieldODE) and model.uses_moments
+    n = sum(x.size for x in jax.tree_util.tree_leaves(y))
+    if not structured and n > MAX_DENSE_UNKNOWNS:
+        raise ValueError(
+            f"The default stiff solver would factor a dense {n} x {n} Jacobian at every step. "
+            "Pass an explicit solver for non-stiff settings (e.g. solver=diffrax.Tsit5() when "
+            "eps is not small), use fewer particles, or for MeanFieldODE a polynomial "
+            "activation (structured O(m K^2) solves)."
+        )
 
 
 _ADVICE = (

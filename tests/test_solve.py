@@ -212,3 +212,11 @@ def test_default_solver_matches_kvaerno5_in_overlap_coordinates():
     traj = sst.solve(sst.MeanFieldODE(problem), y0, ts)
     np.testing.assert_allclose(traj.s, sol.ys[1], atol=1e-7)
     np.testing.assert_allclose(traj.a, sol.ys[0], rtol=1e-7, atol=1e-7)
+
+
+def test_default_solver_refuses_huge_dense_jacobians():
+    problem = sst.Problem(sst.Hermite([0.0, 1.0]), sst.Hermite([0.0, 1.0, 0.5]), eps=1.0)
+    m = 60  # 60 + 60 + 3600 unknowns
+    state = sst.FiniteDimState(jnp.zeros(m), jnp.zeros(m), jnp.eye(m))
+    with pytest.raises(ValueError, match="dense"):
+        sst.solve(sst.FiniteDimODE(problem), state, TS)
