@@ -22,6 +22,7 @@ from .odes import (  # noqa: E402
     quadrature_particles,
     random_init,
 )
+from .rosenbrock import ParticleJacobian, Rodas4  # noqa: E402
 from .solve import Trajectory, default_solver, solve  # noqa: E402
 from .timescales import (  # noqa: E402
     crossing_time,
@@ -37,8 +38,10 @@ __all__ = [
     "Hermite",
     "MeanFieldODE",
     "MeanFieldState",
+    "ParticleJacobian",
     "Problem",
     "RandomInit",
+    "Rodas4",
     "Trajectory",
     "cross_kernel",
     "crossing_time",
