@@ -34,9 +34,17 @@ def _valid_positive(traj: Trajectory) -> np.ndarray:
     return np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
 
 
-def plot_risk(traj: Trajectory, title: str | None = None, ax=None, phases: bool = True):
+def plot_risk(
+    traj: Trajectory,
+    title: str | None = None,
+    ax=None,
+    phases: bool = True,
+    max_degree: int = 6,
+):
     """Risk and squared Hermite residuals `r_k^2 / 2` against log time (THEORY.md section 6).
 
+    One line per degree `k <= max_degree` (degrees that are zero up to rounding are left out),
+    and one line for the sum over the higher degrees, if any (a ReLU target has 33).
     Half-learning times are dotted vertical lines in each degree's colour; with `phases=True`
     the drops found by `detect_phases` are shaded grey (the plateaus are the unshaded rest).
     The title states the solver tolerances unless `title` is given.
@@ -48,21 +56,28 @@ def plot_risk(traj: Trajectory, title: str | None = None, ax=None, phases: bool 
     ts = np.asarray(traj.ts)[valid]
     risk = np.asarray(traj.risk)[valid]
     ax.loglog(ts, risk, color="k", lw=2, label="risk")
-    r = np.asarray(traj.residuals)[valid]
-    t_half = learning_times(ts, r, 0.5)
-    for k in range(r.shape[1]):
-        if np.max(r[:, k] ** 2) <= _NEGLIGIBLE * np.max(np.sum(r**2, axis=1)):
+    r2 = np.asarray(traj.residuals)[valid] ** 2
+    t_half = learning_times(ts, np.sqrt(r2), 0.5)
+    curves = [
+        (k, f"$r_{{{k}}}^2/2$", 0.5 * r2[:, k]) for k in range(min(r2.shape[1], max_degree + 1))
+    ]
+    if r2.shape[1] > max_degree + 1:
+        tail = 0.5 * np.sum(r2[:, max_degree + 1 :], axis=1)
+        curves.append((max_degree + 1, f"$\\sum_{{k>{max_degree}}} r_k^2/2$", tail))
+    for k, label, y in curves:
+        if np.max(y) <= _NEGLIGIBLE * np.max(risk):
             continue  # zero up to rounding: a log axis would show only rounding noise
         colour = _degree_colour(k)
-        ax.loglog(ts, 0.5 * r[:, k] ** 2, lw=1.2, color=colour, label=f"$r_{k}^2/2$")
-        if np.isfinite(t_half[k]):
+        ax.loglog(ts, y, lw=1.2, color=colour, label=label)
+        if k <= max_degree and np.isfinite(t_half[k]):
             ax.axvline(t_half[k], color=colour, ls=":", lw=1)
     if phases:
         for p in detect_phases(ts, risk):
             if p.kind == "drop":
                 ax.axvspan(p.t_start, p.t_end, color="0.85", zorder=0, label="drop")
     # Below ~1e-12 of the initial risk a learned curve shows only float64 rounding.
-    ax.set_ylim(bottom=max(ax.get_ylim()[0], 1e-12 * np.nanmax(risk)))
+    top = 2.0 * np.nanmax(risk)
+    ax.set_ylim(max(ax.get_ylim()[0], 1e-12 * top), top)
     ax.set_xlabel("time $t$")
     ax.set_ylabel("risk")
     ax.set_title(title or f"rtol={traj.rtol:g}, atol={traj.atol:g}")

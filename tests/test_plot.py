@@ -1,5 +1,6 @@
 """Figures build, carry the expected artists, and show exactly the data they were given."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
@@ -52,7 +53,7 @@ def test_plot_risk_shows_the_inputs(synthetic):
     np.testing.assert_array_equal(lines["risk"].get_ydata(), np.asarray(synthetic.risk)[keep])
     r = np.asarray(synthetic.residuals)[keep]
     for k in range(3):
-        np.testing.assert_array_equal(lines[f"$r_{k}^2/2$"].get_ydata(), 0.5 * r[:, k] ** 2)
+        np.testing.assert_array_equal(lines[f"$r_{{{k}}}^2/2$"].get_ydata(), 0.5 * r[:, k] ** 2)
     # One dotted vertical line per half-learning time, at the known times.
     vlines = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
     np.testing.assert_allclose(vlines, learning_times(ts, r, 0.5), rtol=1e-12)
@@ -114,4 +115,19 @@ def test_plot_scaling_shows_times_and_fits():
         truth = [0.3 * x, x**0.5 * np.log(1 / x), 2 * x**0.25][k]
         np.testing.assert_allclose(line.get_ydata(), truth, rtol=1e-9)
         assert "heuristic" in line.get_label()
+    plt.close(fig)
+
+
+def test_plot_risk_sums_high_degrees(synthetic):
+    # Six residual columns, shown as degrees 0..2 and one line for the sum over degrees 3..5.
+    r = np.asarray(synthetic.residuals)
+    wide = np.concatenate([r, 0.1 * r], axis=1)
+    traj = eqx.tree_at(lambda t: t.residuals, synthetic, jnp.asarray(wide))
+    fig = plot_risk(traj, max_degree=2)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert "$r_{3}^2/2$" not in lines
+    keep = np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
+    np.testing.assert_allclose(
+        lines["$\\sum_{k>2} r_k^2/2$"].get_ydata(), 0.5 * np.sum(wide[keep, 3:] ** 2, axis=1)
+    )
     plt.close(fig)
