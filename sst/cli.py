@@ -26,6 +26,7 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
+from jaxtyping import ArrayLike, Float
 from tqdm import tqdm
 
 from .config import RunConfig, read_toml
@@ -64,7 +65,11 @@ def versions() -> dict[str, str]:
     return out
 
 
-def learning_time_table(ts, residuals, target_coeffs) -> dict[str, dict[str, float]]:
+def learning_time_table(
+    ts: Float[ArrayLike, " T"],
+    residuals: Float[ArrayLike, "T R"],
+    target_coeffs: Float[ArrayLike, " K"],
+) -> dict[str, dict[str, float]]:
     """`{degree: {"half": t, "ninety": t}}` for the degrees of the target, and any other
     degree that was learned (`nan` where not learned by the last time)."""
     times = {name: learning_times(ts, residuals, f) for name, f in _FRACTIONS.items()}
@@ -77,7 +82,11 @@ def learning_time_table(ts, residuals, target_coeffs) -> dict[str, dict[str, flo
 
 
 def run_member(config: RunConfig, eps: float, out: pathlib.Path, progress: bool) -> dict:
-    """Solve one member of the run, write its files into `out`, return its summary."""
+    """Solve one member of the run, write its files into `out`, return its summary.
+
+    The solve never raises on a solver failure (`throw=False`): the partial trajectory is
+    written with its `valid` mask and the summary says `"success": false`.
+    """
     out.mkdir(parents=True, exist_ok=True)
     model, y0, ts = config.build(eps)
     s = config.solver
@@ -240,8 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     summaries, failures = run(config, args.out, progress)
     for s in summaries:
-        lt = ", ".join(f"t_{k}={v['half']:.3g}" for k, v in s["learning_times"].items())
-        print(f"eps={s['eps']:g}: final risk {s['final_risk']:.3e}; half-learned {lt}")
+        learned = {k: v["half"] for k, v in s["learning_times"].items()}
+        lt = ", ".join(f"t_{k}={t:.3g}" for k, t in learned.items() if math.isfinite(t))
+        missing = [k for k, t in learned.items() if not math.isfinite(t)]
+        not_learned = f"; not half learned: degrees {', '.join(missing)}" if missing else ""
+        print(f"eps={s['eps']:g}: final risk {s['final_risk']:.3e}; half-learned {lt}{not_learned}")
     if args.command == "sweep" and summaries:
         result = sweep_analysis(summaries, args.out)
         for k, f in result["exponents"].items():
