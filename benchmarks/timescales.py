@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -27,7 +28,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="eps down to 1e-5 only")
     args = parser.parse_args()
     out = ROOT / "out" / "benchmarks" / "timescales"
-    out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out, ignore_errors=True)  # no stale members from an earlier, longer sweep
+    out.mkdir(parents=True)
 
     cli_out = out / "cli"
     start = time.perf_counter()
@@ -64,20 +66,25 @@ def main() -> None:
         )
     for f in failures:
         print(f"failed: {f}")
-    print(f"{'degree':>6} {'exponent':>9} {'stderr':>7} {'heuristic':>9} {'points':>6}")
+    print(
+        f"{'degree':>6} {'exponent':>9} {'stderr':>7} {'local':>7} {'heuristic':>9} {'points':>6}"
+    )
     fields = {}
     for k, f in result["exponents"].items():
         how = " (of t/log(1/eps))" if f["log_factor"] else ""
+        local = result["local_exponents"][k][-1]
         print(
-            f"{k:>6} {f['exponent']:>9.3f} {f['stderr']:>7.1e} {f['heuristic']:>9.3g} "
-            f"{f['n']:>6}{how}"
+            f"{k:>6} {f['exponent']:>9.3f} {f['stderr']:>7.1e} {local:>7.3f} "
+            f"{f['heuristic']:>9.3g} {f['n']:>6}{how}"
         )
         fields[f"exponent_{k}"] = f"{f['exponent']:.3f}"
         fields[f"stderr_{k}"] = f"{f['stderr']:.1e}"
+        fields[f"local_{k}"] = f"{local:.3f}"
     smallest = min(summaries, key=lambda s: s["eps"])
     t1 = smallest["learning_times"]["1"]["half"]
     t2 = smallest["learning_times"]["2"]["half"]
     separation = t2 / t1 if t1 and t2 else math.nan
+    print("local: slope between the two smallest eps (drift = corrections to scaling)")
     print(f"t_2 / t_1 at eps = {smallest['eps']:g}: {separation:.1f}")
     print(f"sst run examples/quickstart.toml: {cli_s:.1f} s (fresh process)")
     print(f"figures: {out / 'sweep' / 'scaling.png'}, {out / 'sweep'}/eps=*/risk.png")

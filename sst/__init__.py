@@ -30,6 +30,7 @@ from .timescales import (  # noqa: E402
     fit_exponent,
     fit_scalings,
     learning_times,
+    local_exponents,
 )
 
 __all__ = [
@@ -54,6 +55,7 @@ __all__ = [
     "hermite_basis",
     "learning_times",
     "load_trajectory",
+    "local_exponents",
     "particles_from_law",
     "quadrature_particles",
     "random_init",

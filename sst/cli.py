@@ -33,7 +33,7 @@ from .config import RunConfig, read_toml
 from .io import save_trajectory
 from .plot import plot_particles, plot_risk, plot_scaling
 from .solve import solve
-from .timescales import detect_phases, fit_scalings, learning_times
+from .timescales import detect_phases, fit_scalings, learning_times, local_exponents
 
 _FRACTIONS = {"half": 0.5, "ninety": 0.9}
 
@@ -188,6 +188,10 @@ def sweep_analysis(summaries: list[dict], out: pathlib.Path) -> dict:
         "half": times["half"].tolist(),
         "ninety": times["ninety"].tolist(),
         "exponents": {str(k): vars(f) for k, f in fits.items()},
+        "local_exponents": {
+            str(k): local_exponents(eps, times["half"][:, k], log_factor=f.log_factor).tolist()
+            for k, f in fits.items()
+        },
     }
     _write_json(out / "sweep.json", result)
     if len(summaries) >= 1 and width:
@@ -258,9 +262,10 @@ def main(argv: list[str] | None = None) -> int:
         result = sweep_analysis(summaries, args.out)
         for k, f in result["exponents"].items():
             log = " (t/log(1/eps))" if f["log_factor"] else ""
+            local = result["local_exponents"][k][-1]
             print(
-                f"degree {k}: exponent{log} {f['exponent']:.3f} +- {f['stderr']:.3f}, "
-                f"heuristic {f['heuristic']:g}"
+                f"degree {k}: exponent{log} {f['exponent']:.3f} +- {f['stderr']:.3f} "
+                f"(local slope at the smallest eps {local:.3f}), heuristic {f['heuristic']:g}"
             )
     print(f"wrote {args.out}")
     for f in failures:

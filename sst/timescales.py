@@ -2,8 +2,9 @@
 
 - `crossing_time`, `learning_times`: when each Hermite component of the target is learned.
 - `detect_phases`: the plateaus and drops of the risk on log time.
-- `fit_exponent`, `fit_scalings`: fitted exponents `d log t_k / d log eps` of an eps sweep, with
-  their uncertainty, compared with the heuristic scalings of THEORY.md section 6.
+- `fit_exponent`, `fit_scalings`, `local_exponents`: fitted exponents `d log t_k / d log eps`
+  of an eps sweep, with their uncertainty, compared with the heuristic scalings of THEORY.md
+  section 6.
 
 The residuals `r_k` these functions read are the projections of the target minus the network
 function on `h_k(<u*, x>)`; `sst.solve` computes them exactly for any activation, closed-form
@@ -188,7 +189,8 @@ def fit_exponent(
     section 6). Points with a non-finite or non-positive time are left out.
 
     **Returns:** a `ScalingFit`; its `stderr` is the standard error of the slope from the
-    residuals of the fit (`nan` with exactly two points).
+    residuals of the fit (`nan` with exactly two points). It is statistical only: see
+    `local_exponents` for the drift due to corrections to scaling.
     """
     eps = np.asarray(eps, dtype=float)
     times = np.asarray(times, dtype=float)
@@ -222,6 +224,26 @@ def fit_exponent(
     else:
         stderr = float("nan")
     return ScalingFit(slope, stderr, float(np.exp(intercept)), log_factor, n)
+
+
+def local_exponents(
+    eps: Float[ArrayLike, " N"], times: Float[ArrayLike, " N"], *, log_factor: bool = False
+) -> Float[np.ndarray, " N-1"]:
+    """Slopes `d log t / d log eps` between successive points of a sweep (sorted by eps).
+
+    The standard error of `fit_exponent` is statistical only; a drift of these local slopes
+    towards small eps shows the systematic part (corrections to scaling), and their value at
+    the smallest eps is the best estimate of the asymptotic exponent. `log_factor` as in
+    `fit_exponent`; non-finite times give `nan` slopes.
+    """
+    eps = np.asarray(eps, dtype=float)
+    order = np.argsort(eps)[::-1]
+    eps = eps[order]
+    times = np.asarray(times, dtype=float)[order]
+    y = np.log(np.where(times > 0, times, np.nan))
+    if log_factor:
+        y = y - np.log(np.log(1.0 / eps))
+    return np.diff(y) / np.diff(np.log(eps))
 
 
 def fit_scalings(

@@ -10,6 +10,7 @@ from sst.timescales import (
     fit_exponent,
     fit_scalings,
     learning_times,
+    local_exponents,
 )
 
 TS = np.concatenate([[0.0], np.geomspace(1e-9, 1e3, 3000)])
@@ -153,3 +154,17 @@ def test_residuals_are_hermite_projections_for_relu():
     expected = np.asarray(problem.target.coeffs) - projection
     residuals = sst.MeanFieldODE(problem).residuals(state)
     np.testing.assert_allclose(residuals, expected, atol=1e-4)  # quadrature error ~3e-5
+
+
+def test_local_exponents_follow_a_correction_to_scaling():
+    # t = eps^(1/2) (1 + eps^(1/4)): the local slope between eps_a and eps_b is the exact
+    # secant of log t, and it tends to 1/2 as eps -> 0.
+    eps = np.logspace(-2, -10, 9)
+    times = eps**0.5 * (1 + eps**0.25)
+    slopes = local_exponents(eps[::-1], times[::-1])  # order of the input does not matter
+    x = np.log(eps)
+    expected = np.diff(0.5 * x + np.log1p(np.exp(0.25 * x))) / np.diff(x)
+    np.testing.assert_allclose(slopes, expected, rtol=1e-12)
+    assert np.all(np.diff(slopes) < 0) and abs(slopes[-1] - 0.5) < 0.01
+    logged = local_exponents(eps, eps**0.5 * np.log(1 / eps), log_factor=True)
+    np.testing.assert_allclose(logged, 0.5, rtol=1e-12)
