@@ -195,7 +195,12 @@ def sweep_analysis(summaries: list[dict], out: pathlib.Path) -> dict:
     }
     _write_json(out / "sweep.json", result)
     if len(summaries) >= 1 and width:
-        fig = plot_scaling(eps, times["half"], fits)
+        solver = summaries[0]["solver"]
+        title = (
+            f"half-learning times ({summaries[0]['model']}, rtol={solver['rtol']:g}, "
+            f"atol={solver['atol']:g})"
+        )
+        fig = plot_scaling(eps, times["half"], fits, title=title)
         fig.savefig(out / "scaling.png", dpi=150)
         plt.close(fig)
     return result
