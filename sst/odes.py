@@ -118,18 +118,18 @@ def _pad(c: Array, n: int) -> Array:
     return jnp.zeros(n, c.dtype).at[: min(n, c.shape[0])].set(c[:n])
 
 
-def _powers(s: Array, n: int) -> Array:
-    """`s^k` for `k < n` along a new last axis, by repeated products (cheaper and exact-er than
-    `pow` with an exponent array)."""
+def _powers(s: Array, n: int, axis: int = -1) -> Array:
+    """`s^k` for `k < n` along a new `axis`, by repeated products (cheaper and more accurate
+    than `pow` with an array of exponents)."""
     out = [jnp.ones_like(s)]
     for _ in range(n - 1):
         out.append(out[-1] * s)
-    return jnp.stack(out, -1)
+    return jnp.stack(out, axis)
 
 
 def _moments(weights: Array, a: Array, s: Array, n: int) -> Array:
     # m_k = sum_i p_i a_i s_i^k for k < n.
-    return (weights * a) @ _powers(s, n)
+    return _powers(s, n, axis=0) @ (weights * a)
 
 
 def _check_common(a: np.ndarray, s: np.ndarray) -> None:
@@ -292,23 +292,20 @@ class MeanFieldODE(eqx.Module):
         sigma = self.problem.activation.coeffs
         n = sigma.shape[0]
         k = jnp.arange(n, dtype=s.dtype)
-        powers = _powers(s, n)  # s^k
-        d_powers = jnp.pad(powers[:, :-1], ((0, 0), (1, 0))) * k  # k s^(k-1)
+        powers = _powers(s, n, axis=0)  # s^k, (n, m)
+        d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k s^(k-1)
         sr = sigma * self._residual_vector(a, s, weights)
         g = power_series_grad(sr, s)
         dg = power_series_grad(k[1:] * sr[1:], s)
         eps = self.problem.eps
         D = jnp.stack(
             [
-                jnp.stack([jnp.zeros_like(a), c * g / eps], -1),
-                jnp.stack([c * g, a * (c**2 * dg - s * g)], -1),
-            ],
-            -2,
+                jnp.stack([jnp.zeros_like(a), c * g / eps]),
+                jnp.stack([c * g, a * (c**2 * dg - s * g)]),
+            ]
         )
-        B = jnp.stack([sigma * powers / eps, (c * a)[:, None] * sigma * d_powers], -2)
-        R = -(sigma[:, None, None] * weights[None, :, None]) * jnp.stack(
-            [powers.T, (a * c)[None, :] * d_powers.T], -1
-        )
+        B = sigma[:, None] * jnp.stack([powers / eps, (c * a) * d_powers])
+        R = -(sigma[:, None] * weights) * jnp.stack([powers, (a * c) * d_powers])
         return ParticleJacobian(D=D, B=B, R=R)
 
     def __call__(self, t, state: MeanFieldState, args=None) -> MeanFieldState:

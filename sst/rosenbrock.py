@@ -62,53 +62,57 @@ _STAGE_GAMMAS = (0.25, -0.1043, 0.1035, -0.0362, 0.0, 0.0)
 class ParticleJacobian(eqx.Module):
     """The Jacobian `J = D + B R` of a particle system with low-rank global coupling.
 
+    The state is `p` coordinate arrays of `m` particles each (for `MeanFieldODE`, `(a, theta)`),
+    flattened coordinate-major as `ravel_pytree` lays out such a tuple.
+
     **Fields:**
 
-    - `D`: `(m, p, p)` derivative of each particle's rate with respect to its own `p`
-      coordinates, the global quantities held fixed.
-    - `B`: `(m, p, n)` derivative of each particle's rate with respect to the `n` global
-      quantities.
-    - `R`: `(n, m, p)` derivative of the global quantities with respect to every coordinate.
-
-    The flattened state is particle-major per coordinate block, i.e. the pytree `(x_1, ..., x_p)`
-    of `(m,)` arrays, as `ravel_pytree` lays it out.
+    - `D`: `(p, p, m)`; `D[i, j]` is the derivative of each particle's rate of coordinate `i`
+      with respect to its own coordinate `j`, the global quantities held fixed.
+    - `B`: `(p, n, m)`; derivative of each particle's rates with respect to the `n` global
+      quantities (the Hermite residuals).
+    - `R`: `(p, n, m)`; derivative of the global quantities with respect to every coordinate.
     """
 
-    D: Float[Array, "m p p"]
-    B: Float[Array, "m p n"]
-    R: Float[Array, "n m p"]
+    D: Float[Array, "p p m"]
+    B: Float[Array, "p n m"]
+    R: Float[Array, "p n m"]
 
     def shifted_solver(self, c: Float[Array, ""]) -> Callable[[Array], Array]:
         """A function solving `(c I - J) x = b` for flat `b` by the Woodbury identity.
 
         `(A - B R)^{-1} = A^{-1} + A^{-1} B (I - R A^{-1} B)^{-1} R A^{-1}` with `A = c I - D`
-        block diagonal: O(m p^3 + m p n^2 + n^3) work.
+        block diagonal: O(m p^3 + m p n^2 + n^3) work, all of it elementwise or matrix-vector
+        products over particles.
         """
-        m, p, n = self.B.shape
-        A_inv = _batched_inverse(c * jnp.eye(p) - self.D)
-        A_inv_B = jnp.einsum("mij,mjn->min", A_inv, self.B)
-        capacitance = jnp.eye(n) - jnp.einsum("kmi,min->kn", self.R, A_inv_B)
+        p, n = self.B.shape[:2]
+        A_inv = _small_inverse(c * jnp.eye(p)[:, :, None] - self.D)
+        A_inv_B = [sum(A_inv[i][j] * self.B[j] for j in range(p)) for i in range(p)]
+        capacitance = jnp.eye(n) - sum(self.R[i] @ A_inv_B[i].T for i in range(p))
         cap_lu = jsl.lu_factor(capacitance)
 
         def solve(b_flat: Array) -> Array:
-            b = b_flat.reshape(p, m).T  # (m, p)
-            x0 = jnp.einsum("mij,mj->mi", A_inv, b)
-            z = jsl.lu_solve(cap_lu, jnp.einsum("kmi,mi->k", self.R, x0))
-            x = x0 + jnp.einsum("min,n->mi", A_inv_B, z)
-            return x.T.reshape(-1)
+            b = b_flat.reshape(p, -1)
+            x0 = [sum(A_inv[i][j] * b[j] for j in range(p)) for i in range(p)]
+            z = jsl.lu_solve(cap_lu, sum(self.R[i] @ x0[i] for i in range(p)))
+            return jnp.concatenate([x0[i] + z @ A_inv_B[i] for i in range(p)])
 
         return solve
 
 
-def _batched_inverse(A: Float[Array, "m p p"]) -> Float[Array, "m p p"]:
-    # Batched LU of many tiny matrices is slow on CPU; 2x2 blocks (a, theta) get the formula.
-    if A.shape[-1] != 2:
-        return jnp.linalg.inv(A)
-    det = A[:, 0, 0] * A[:, 1, 1] - A[:, 0, 1] * A[:, 1, 0]
-    adj = jnp.stack(
-        [jnp.stack([A[:, 1, 1], -A[:, 0, 1]], -1), jnp.stack([-A[:, 1, 0], A[:, 0, 0]], -1)], -2
-    )
-    return adj / det[:, None, None]
+def _small_inverse(A: Float[Array, "p p m"]) -> list[list[Array]]:
+    """Inverse of each `(p, p)` block `A[:, :, k]`, as nested lists of `(m,)` arrays.
+
+    Batched LU of many tiny matrices is slow on CPU; 1x1 and 2x2 blocks get the formula.
+    """
+    p = A.shape[0]
+    if p == 1:
+        return [[1.0 / A[0, 0]]]
+    if p == 2:
+        det = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
+        return [[A[1, 1] / det, -A[0, 1] / det], [-A[1, 0] / det, A[0, 0] / det]]
+    inv = jnp.linalg.inv(jnp.moveaxis(A, -1, 0))
+    return [[inv[:, i, j] for j in range(p)] for i in range(p)]
 
 
 class Rodas4(dfx.AbstractAdaptiveSolver):
