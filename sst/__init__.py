@@ -10,6 +10,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from .hermite import Hermite, cross_kernel, cross_kernel_grad, erf, hermite_basis, relu  # noqa: E402
+from .io import load_trajectory, save_trajectory  # noqa: E402
 from .odes import (  # noqa: E402
     FiniteDimODE,
     FiniteDimState,
@@ -23,7 +24,14 @@ from .odes import (  # noqa: E402
 )
 from .rosenbrock import ParticleJacobian, Rodas4  # noqa: E402
 from .solve import Trajectory, default_solver, solve  # noqa: E402
-from .timescales import crossing_time, learning_times  # noqa: E402
+from .timescales import (  # noqa: E402
+    crossing_time,
+    detect_phases,
+    fit_exponent,
+    fit_scalings,
+    learning_times,
+    local_exponents,
+)
 
 __all__ = [
     "FiniteDimODE",
@@ -40,12 +48,18 @@ __all__ = [
     "crossing_time",
     "cross_kernel_grad",
     "default_solver",
+    "detect_phases",
     "erf",
+    "fit_exponent",
+    "fit_scalings",
     "hermite_basis",
     "learning_times",
+    "load_trajectory",
+    "local_exponents",
     "particles_from_law",
     "quadrature_particles",
     "random_init",
     "relu",
+    "save_trajectory",
     "solve",
 ]

@@ -1,4 +1,9 @@
-"""Matplotlib figures of trajectories. Every function returns the figure."""
+"""Matplotlib figures of trajectories and eps sweeps. Every function returns the figure.
+
+- `plot_risk`: risk and Hermite residuals against log time, learning phases marked.
+- `plot_particles`: the particle phase portrait `(a, s)` over time, coloured by `a(0)`.
+- `plot_scaling`: learning times of an eps sweep against eps, with fitted power laws.
+"""
 
 from __future__ import annotations
 
@@ -8,31 +13,153 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from jaxtyping import ArrayLike, Float  # noqa: E402
 
 from .solve import Trajectory  # noqa: E402
-from .timescales import learning_times  # noqa: E402
+from .timescales import ScalingFit, detect_phases, learning_times  # noqa: E402
+
+# Colour of degree k in every figure, so that a degree looks the same across panels.
+_DEGREE_COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
-def plot_risk(traj: Trajectory, title: str | None = None, ax=None):
-    """Risk and squared Hermite residuals `r_k^2 / 2` against log time, half-learning times marked.
+_NEGLIGIBLE = 1e-20
+
+
+def _degree_colour(k: int) -> str:
+    return _DEGREE_COLOURS[k % len(_DEGREE_COLOURS)]
+
+
+def _valid_positive(traj: Trajectory) -> np.ndarray:
+    # Log time axes cannot show t = 0; rows after a solver failure are NaN and masked.
+    return np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
+
+
+def plot_risk(
+    traj: Trajectory,
+    title: str | None = None,
+    ax=None,
+    phases: bool = True,
+    max_degree: int = 6,
+):
+    """Risk and squared Hermite residuals `r_k^2 / 2` against log time (THEORY.md section 6).
+
+    One line per degree `k <= max_degree` (degrees that are zero up to rounding are left out),
+    and one line for the sum over the higher degrees, if any (a ReLU target has 33).
+    Half-learning times are dotted vertical lines in each degree's colour; with `phases=True`
+    the drops found by `detect_phases` are shaded grey (the plateaus are the unshaded rest).
+    The title states the solver tolerances unless `title` is given.
 
     **Returns:** the matplotlib figure.
     """
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.2))
-    valid = np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
+    valid = _valid_positive(traj)
     ts = np.asarray(traj.ts)[valid]
-    ax.loglog(ts, np.asarray(traj.risk)[valid], color="k", lw=2, label="risk")
-    r = np.asarray(traj.residuals)[valid]
-    t_half = learning_times(ts, r, 0.5)
-    for k in range(r.shape[1]):
-        if r[0, k] == 0:
-            continue
-        (line,) = ax.loglog(ts, 0.5 * r[:, k] ** 2, lw=1.2, label=f"$r_{k}^2/2$")
-        if np.isfinite(t_half[k]):
-            ax.axvline(t_half[k], color=line.get_color(), ls=":", lw=1)
+    risk = np.asarray(traj.risk)[valid]
+    ax.loglog(ts, risk, color="k", lw=2, label="risk")
+    r2 = np.asarray(traj.residuals)[valid] ** 2
+    t_half = learning_times(ts, np.sqrt(r2), 0.5)
+    curves = [
+        (k, f"$r_{{{k}}}^2/2$", 0.5 * r2[:, k]) for k in range(min(r2.shape[1], max_degree + 1))
+    ]
+    if r2.shape[1] > max_degree + 1:
+        tail = 0.5 * np.sum(r2[:, max_degree + 1 :], axis=1)
+        curves.append((max_degree + 1, f"$\\sum_{{k>{max_degree}}} r_k^2/2$", tail))
+    for k, label, y in curves:
+        if np.max(y) <= _NEGLIGIBLE * np.max(risk):
+            continue  # zero up to rounding: a log axis would show only rounding noise
+        colour = _degree_colour(k)
+        ax.loglog(ts, y, lw=1.2, color=colour, label=label)
+        if k <= max_degree and np.isfinite(t_half[k]):
+            ax.axvline(t_half[k], color=colour, ls=":", lw=1)
+    if phases:
+        for p in detect_phases(ts, risk):
+            if p.kind == "drop":
+                ax.axvspan(p.t_start, p.t_end, color="0.85", zorder=0, label="drop")
+    # Below ~1e-12 of the initial risk a learned curve shows only float64 rounding.
+    top = 2.0 * np.nanmax(risk)
+    ax.set_ylim(max(ax.get_ylim()[0], 1e-12 * top), top)
     ax.set_xlabel("time $t$")
     ax.set_ylabel("risk")
     ax.set_title(title or f"rtol={traj.rtol:g}, atol={traj.atol:g}")
-    ax.legend(fontsize=8)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_particles(traj: Trajectory, title: str | None = None, cmap: str = "coolwarm"):
+    """Particle phase portrait: each particle's path in the `(a, s)` plane, and `s_i(t)`.
+
+    Left panel: `(a_i(t), s_i(t))`, one line per particle, starting at `s = 0` (THEORY.md
+    section 5). Right panel: the overlaps `s_i(t)` against log time. Lines are coloured by
+    `a_i(0)` (colour bar), which is what determines a particle's fate when `s(0) = 0`.
+
+    **Returns:** the matplotlib figure (axes: plane, time, colour bar).
+    """
+    valid = np.asarray(traj.valid)
+    ts = np.asarray(traj.ts)[valid]
+    a = np.asarray(traj.a)[valid]
+    s = np.asarray(traj.s)[valid]
+    a0 = a[0]
+    norm = plt.Normalize(a0.min(), a0.max() if a0.max() > a0.min() else a0.min() + 1.0)
+    colours = plt.get_cmap(cmap)(norm(a0))
+    fig, (ax_plane, ax_time) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    positive = ts > 0
+    for i in range(a.shape[1]):
+        ax_plane.plot(a[:, i], s[:, i], color=colours[i], lw=1)
+        ax_time.semilogx(ts[positive], s[positive, i], color=colours[i], lw=1)
+    ax_plane.plot(a[-1], s[-1], "k.", ms=4, label="final")
+    ax_plane.set_xlabel("second-layer weight $a$")
+    ax_plane.set_ylabel("overlap $s$")
+    ax_plane.legend(fontsize=8)
+    ax_time.set_xlabel("time $t$")
+    ax_time.set_ylabel("overlap $s$")
+    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+    fig.colorbar(sm, ax=ax_time, label="$a(0)$")
+    fig.suptitle(title or f"{a.shape[1]} particles, rtol={traj.rtol:g}, atol={traj.atol:g}")
+    fig.tight_layout()
+    return fig
+
+
+def plot_scaling(
+    eps: Float[ArrayLike, " N"],
+    times: Float[ArrayLike, "N R"],
+    fits: dict[int, ScalingFit] | None = None,
+    title: str | None = None,
+):
+    """Learning times `t_k(eps)` of an eps sweep on log-log axes, with fitted power laws.
+
+    One marker series per degree with a finite time; each fit in `fits` (from
+    `timescales.fit_scalings`) is drawn as a dashed line labelled with its exponent, its
+    uncertainty and the heuristic of THEORY.md section 6.
+
+    **Returns:** the matplotlib figure.
+    """
+    eps = np.asarray(eps, dtype=float)
+    times = np.asarray(times, dtype=float)
+    fig, ax = plt.subplots(figsize=(6.0, 4.5))
+    grid = np.geomspace(eps.min(), eps.max(), 100)
+    for k in range(times.shape[1]):
+        ok = np.isfinite(times[:, k])
+        if not ok.any():
+            continue
+        colour = _degree_colour(k)
+        ax.loglog(eps[ok], times[ok, k], "o", color=colour, label=f"degree {k}")
+        if fits and k in fits:
+            f = fits[k]
+            log = r" of $t/\log(1/\varepsilon)$" if f.log_factor else ""
+            ax.loglog(
+                grid,
+                f.predict(grid),
+                "--",
+                color=colour,
+                lw=1,
+                label=f"slope{log} {f.exponent:.3f} ± {f.stderr:.3f} (heuristic {f.heuristic:g})",
+            )
+    ax.set_xlabel(r"$\varepsilon$")
+    ax.set_ylabel("half-learning time $t_k$")
+    ax.set_title(title or "learning time-scales")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

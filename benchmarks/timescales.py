@@ -1,0 +1,102 @@
+"""Fitted learning-time exponents of the eps sweep, and the time of `sst run` on the example.
+
+Runs the sweep of `examples/sweep.toml` (eps = 1e-2 ... 1e-10; `--quick`: 1e-2 ... 1e-5) through
+the same code as `sst sweep`, prints the exponents `d log t_k / d log eps` of the half-learning
+times with their standard errors next to the heuristics of THEORY.md section 6, the separation
+`t_2 / t_1` at the smallest eps, and the wall time of `sst run examples/quickstart.toml` in a
+fresh process (imports and compilation included). Figures go to out/benchmarks/timescales/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+from sst.cli import run, sweep_analysis
+from sst.config import RunConfig, read_toml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="eps down to 1e-5 only")
+    args = parser.parse_args()
+    out = ROOT / "out" / "benchmarks" / "timescales"
+    shutil.rmtree(out, ignore_errors=True)  # no stale members from an earlier, longer sweep
+    out.mkdir(parents=True)
+
+    cli_out = out / "cli"
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "sst.cli", "run", str(ROOT / "examples" / "quickstart.toml")]
+        + ["--out", str(cli_out), "--no-progress"],
+        check=True,
+        capture_output=True,
+    )
+    cli_s = time.perf_counter() - start
+
+    raw = read_toml(ROOT / "examples" / "sweep.toml")
+    if args.quick:
+        raw["problem"]["eps"] = [1e-2, 1e-3, 1e-4, 1e-5]
+    config = RunConfig.from_dict(raw)
+    start = time.perf_counter()
+    summaries, failures = run(config, out / "sweep", progress=sys.stderr.isatty())
+    sweep_s = time.perf_counter() - start
+    result = sweep_analysis(summaries, out / "sweep")
+
+    print(
+        f"eps sweep: {config.init['particles']} {config.init['law']} particles, "
+        f"rtol={config.solver['rtol']:g}, atol={config.solver['atol']:g}, t in "
+        f"[{config.times['t_min']:g}, {config.times['t_max']:g}], {sweep_s:.1f} s"
+    )
+    print(f"{'eps':>8} {'steps':>7} {'ok':>3} {'wall s':>7} {'t_0':>10} {'t_1':>10} {'t_2':>10}")
+    for s in summaries:
+        t = [s["learning_times"].get(str(k), {}).get("half") for k in range(3)]
+        cells = " ".join(f"{x:>10.4g}" if x is not None else f"{'-':>10}" for x in t)
+        solver = s["solver"]
+        print(
+            f"{s['eps']:>8.0e} {solver['num_steps']:>7} {'y' if solver['success'] else 'n':>3} "
+            f"{solver['wall_time_s']:>7.1f} {cells}"
+        )
+    for f in failures:
+        print(f"failed: {f}")
+    print(
+        f"{'degree':>6} {'exponent':>9} {'stderr':>7} {'local':>7} {'heuristic':>9} {'points':>6}"
+    )
+    fields = {}
+    for k, f in result["exponents"].items():
+        how = " (of t/log(1/eps))" if f["log_factor"] else ""
+        local = result["local_exponents"][k][-1]
+        print(
+            f"{k:>6} {f['exponent']:>9.3f} {f['stderr']:>7.1e} {local:>7.3f} "
+            f"{f['heuristic']:>9.3g} {f['n']:>6}{how}"
+        )
+        fields[f"exponent_{k}"] = f"{f['exponent']:.3f}"
+        fields[f"stderr_{k}"] = f"{f['stderr']:.1e}"
+        fields[f"local_{k}"] = f"{local:.3f}"
+    smallest = min(summaries, key=lambda s: s["eps"])
+    t1 = smallest["learning_times"]["1"]["half"]
+    t2 = smallest["learning_times"]["2"]["half"]
+    separation = t2 / t1 if t1 and t2 else math.nan
+    print("local: slope between the two smallest eps (drift = corrections to scaling)")
+    print(f"t_2 / t_1 at eps = {smallest['eps']:g}: {separation:.1f}")
+    print(f"sst run examples/quickstart.toml: {cli_s:.1f} s (fresh process)")
+    print(f"figures: {out / 'sweep' / 'scaling.png'}, {out / 'sweep'}/eps=*/risk.png")
+    fields |= {
+        "eps_min": f"{smallest['eps']:g}",
+        "separation_t2_over_t1": f"{separation:.1f}",
+        "sweep_s": f"{sweep_s:.1f}",
+        "cli_run_s": f"{cli_s:.1f}",
+        "failed_members": str(len(failures)),
+    }
+    print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()))
+
+
+if __name__ == "__main__":
+    main()

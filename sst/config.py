@@ -1,0 +1,243 @@
+"""Run configurations of the `sst` command: a TOML file, validated key by key.
+
+```toml
+model = "mean_field"            # or "finite_dim"
+[problem]
+target = [0.5, 1.0, 1.0]        # Hermite coefficients, or "relu" / "erf"
+activation = [1.0, 1.0, 1.0, 1.0]
+eps = 1e-3                      # or a list: [1e-2, 1e-3, 1e-4]
+noise = 0.0
+[init]                          # mean_field: particles, law, scale, mean
+particles = 16                  # finite_dim: m, d, seed, law, scale
+law = "uniform"
+[times]
+t_min = 1e-8                    # first positive save time (default min(eps) / 100)
+t_max = 100.0
+n_save = 200                    # log-spaced save times, plus t = 0
+[solver]
+rtol = 1e-8
+atol = 1e-10
+max_steps = 100000
+```
+
+Every key is checked: an unknown key or a bad value raises `ValueError` naming the key and
+the allowed values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import tomllib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from .hermite import Hermite, erf, relu
+from .odes import FiniteDimODE, MeanFieldODE, Problem, quadrature_particles, random_init
+
+_LAWS = ("normal", "uniform", "rademacher")
+_MODELS = ("mean_field", "finite_dim")
+_FUNCTIONS = {"relu": relu, "erf": erf}
+
+
+def _function(key: str, value: Any) -> Any:
+    if isinstance(value, str) and value in _FUNCTIONS:
+        return value
+    if (
+        isinstance(value, list)
+        and value
+        and all(isinstance(c, int | float) and not isinstance(c, bool) for c in value)
+    ):
+        return [float(c) for c in value]
+    raise ValueError(
+        f"{key} must be a non-empty list of Hermite coefficients [c_0, c_1, ...] or one of "
+        f"{sorted(_FUNCTIONS)}; got {value!r}."
+    )
+
+
+def _number(low: float | None = None, strict: bool = True) -> Callable[[str, Any], float]:
+    def check(key: str, value: Any) -> float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = ok and np.isfinite(value)
+        if ok and low is not None:
+            ok = value > low if strict else value >= low
+        if not ok:
+            bound = "" if low is None else f" {'>' if strict else '>='} {low:g}"
+            raise ValueError(f"{key} must be a finite number{bound}; got {value!r}.")
+        return float(value)
+
+    return check
+
+
+def _integer(low: int) -> Callable[[str, Any], int]:
+    def check(key: str, value: Any) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{key} must be an integer >= {low}; got {value!r}.")
+        return value
+
+    return check
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[str, Any], str]:
+    def check(key: str, value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"{key} must be one of {list(options)}; got {value!r}.")
+        return value
+
+    return check
+
+
+def _eps(key: str, value: Any) -> float | list[float]:
+    positive = _number(0.0)
+    if isinstance(value, list):
+        if not value:
+            raise ValueError(f"{key} must be a positive number or a non-empty list of them.")
+        return [positive(f"{key}[{i}]", v) for i, v in enumerate(value)]
+    return positive(key, value)
+
+
+_REQUIRED = object()
+
+# Per table: key -> (validator, default). `None` defaults are filled from other keys.
+_SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
+    "problem": {
+        "target": (_function, _REQUIRED),
+        "activation": (_function, _REQUIRED),
+        "eps": (_eps, _REQUIRED),
+        "noise": (_number(0.0, strict=False), 0.0),
+    },
+    "init:mean_field": {
+        "particles": (_integer(1), 16),
+        "law": (_choice(_LAWS), "uniform"),
+        "scale": (_number(0.0), 1.0),
+        "mean": (_number(), 0.0),
+    },
+    "init:finite_dim": {
+        "m": (_integer(1), 16),
+        "d": (_integer(2), 100),
+        "seed": (_integer(0), 0),
+        "law": (_choice(_LAWS), "normal"),
+        "scale": (_number(0.0), 1.0),
+    },
+    "times": {
+        "t_min": (_number(0.0), None),
+        "t_max": (_number(0.0), 100.0),
+        "n_save": (_integer(2), 200),
+    },
+    "solver": {
+        "rtol": (_number(0.0), 1e-8),
+        "atol": (_number(0.0), 1e-10),
+        "max_steps": (_integer(1), 100_000),
+    },
+}
+
+
+def _table(name: str, schema_name: str, raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError(f"[{name}] must be a table of keys, got {raw!r}.")
+    schema = _SCHEMA[schema_name]
+    unknown = sorted(set(raw) - set(schema))
+    if unknown:
+        raise ValueError(
+            f"Unknown key {name}.{unknown[0]}; the allowed keys of [{name}] are {sorted(schema)}."
+        )
+    out = {}
+    for key, (check, default) in schema.items():
+        if key in raw:
+            out[key] = check(f"{name}.{key}", raw[key])
+        elif default is _REQUIRED:
+            raise ValueError(f"Missing required key {name}.{key} in [{name}].")
+        else:
+            out[key] = default
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """A validated run configuration (see the module docstring for the keys).
+
+    **Fields:** `model` and one validated dict per table (`problem`, `init`, `times`,
+    `solver`), defaults filled in.
+    """
+
+    model: str
+    problem: dict[str, Any]
+    init: dict[str, Any]
+    times: dict[str, Any]
+    solver: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> RunConfig:
+        """Validate a parsed TOML document; raise `ValueError` naming any bad key."""
+        allowed = ("init", "model", "problem", "solver", "times")
+        unknown = sorted(set(raw) - set(allowed))
+        if unknown:
+            raise ValueError(
+                f"Unknown top-level key {unknown[0]!r}; the allowed keys are {list(allowed)}."
+            )
+        model = _choice(_MODELS)("model", raw.get("model", "mean_field"))
+        if "problem" not in raw:
+            raise ValueError("Missing the [problem] table (target, activation, eps).")
+        problem = _table("problem", "problem", raw["problem"])
+        init = _table("init", f"init:{model}", raw.get("init", {}))
+        times = _table("times", "times", raw.get("times", {}))
+        if times["t_min"] is None:
+            times["t_min"] = min(np.atleast_1d(problem["eps"])) / 100.0
+        if times["t_min"] >= times["t_max"]:
+            raise ValueError(
+                f"times.t_min must be below times.t_max; got {times['t_min']:g} >= "
+                f"{times['t_max']:g}."
+            )
+        solver = _table("solver", "solver", raw.get("solver", {}))
+        return cls(model, problem, init, times, solver)
+
+    @classmethod
+    def from_file(cls, path: str | pathlib.Path) -> RunConfig:
+        """Read and validate a TOML file."""
+        return cls.from_dict(read_toml(path))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration with defaults filled in (round-trips through `from_dict`)."""
+        return dataclasses.asdict(self)
+
+    @property
+    def eps_list(self) -> list[float]:
+        """The values of eps to run, in the order given."""
+        return [float(e) for e in np.atleast_1d(self.problem["eps"])]
+
+    def build_problem(self, eps: float) -> Problem:
+        """The `Problem` at one value of eps."""
+        p = self.problem
+        return Problem(_hermite(p["target"]), _hermite(p["activation"]), eps, p["noise"])
+
+    def build(self, eps: float) -> tuple[MeanFieldODE | FiniteDimODE, Any, jax.Array]:
+        """Model, initial state and save times for one member of the run."""
+        problem = self.build_problem(eps)
+        i = self.init
+        if self.model == "mean_field":
+            model = MeanFieldODE(problem)
+            y0 = quadrature_particles(i["particles"], i["law"], i["scale"], i["mean"])
+        else:
+            model = FiniteDimODE(problem)
+            key = jax.random.PRNGKey(i["seed"])
+            y0 = random_init(key, i["m"], i["d"], i["scale"], i["law"]).state
+        t = self.times
+        ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(t["t_min"], t["t_max"], t["n_save"])])
+        return model, y0, ts
+
+
+def read_toml(path: str | pathlib.Path) -> dict[str, Any]:
+    """Parse a TOML file, turning syntax errors into `ValueError`."""
+    path = pathlib.Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path} is not valid TOML: {err}.") from err
+
+
+def _hermite(spec: str | list[float]) -> Hermite:
+    return _FUNCTIONS[spec]() if isinstance(spec, str) else Hermite(spec)

@@ -1,0 +1,180 @@
+"""The `sst` command: config -> files -> reload round trip, sweeps, failures, bad configs."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sst
+import sst.cli
+from sst.cli import main
+from sst.config import RunConfig
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+# Every run here has the same shapes (4 particles, 41 save times) so the solve compiles once.
+TINY = """
+model = "mean_field"
+[problem]
+target = [0.5, 1.0, 1.0]
+activation = [1.0, 1.0, 1.0, 1.0]
+eps = {eps}
+[init]
+particles = 4
+law = "uniform"
+[times]
+t_min = 1e-5
+t_max = 10.0
+n_save = 40
+[solver]
+rtol = 1e-7
+atol = 1e-9
+"""
+
+
+def _config(tmp_path, eps="1e-2", text=TINY) -> pathlib.Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text.format(eps=eps))
+    return path
+
+
+def test_run_round_trip(tmp_path):
+    path = _config(tmp_path)
+    out = tmp_path / "out"
+    assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "trajectory.npz",
+        "summary.json",
+        "risk.png",
+        "particles.png",
+    }
+    loaded = sst.load_trajectory(out / "trajectory.npz")
+    config = RunConfig.from_file(path)
+    model, y0, ts = config.build(1e-2)
+    direct = sst.solve(model, y0, ts, rtol=1e-7, atol=1e-9)
+    for name in ("ts", "a", "s", "weights", "risk", "residuals", "valid", "num_steps"):
+        np.testing.assert_array_equal(getattr(loaded, name), getattr(direct, name), err_msg=name)
+    assert loaded.Q is None and (loaded.rtol, loaded.atol) == (1e-7, 1e-9)
+
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["final_risk"] == float(direct.risk[-1])
+    for fraction, name in ((0.5, "half"), (0.9, "ninety")):
+        expected = sst.learning_times(direct.ts, direct.residuals, fraction)
+        # JSON has no NaN: a degree not learned by t_max is written as null.
+        written = [summary["learning_times"][str(k)][name] for k in range(3)]
+        np.testing.assert_allclose(np.array(written, dtype=float), expected, rtol=1e-12)
+    assert summary["solver"]["num_steps"] == int(direct.num_steps)
+    assert summary["solver"]["success"] is True
+    assert set(summary["versions"]) >= {"python", "sst", "jax", "diffrax"}
+    assert RunConfig.from_dict(summary["config"]) == config
+    assert summary["phases"][0]["kind"] == "plateau"
+
+
+def test_sweep_fits_exponents(tmp_path):
+    out = tmp_path / "out"
+    path = _config(tmp_path, eps="[1e-2, 1e-3]")
+    assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
+    for eps in ("0.01", "0.001"):
+        assert (out / f"eps={eps}" / "summary.json").exists()
+    result = json.loads((out / "sweep.json").read_text())
+    assert result["eps"] == [1e-2, 1e-3]
+    # Degree 0 is fitted by the fast layer alone: t_0 is proportional to eps (THEORY.md sec. 6).
+    assert result["exponents"]["0"]["exponent"] == pytest.approx(1.0, abs=0.02)
+    assert result["exponents"]["1"]["log_factor"] is True
+    assert (out / "scaling.png").exists()
+
+
+def test_failed_member_keeps_earlier_files(tmp_path, monkeypatch, capsys):
+    real_solve = sst.cli.solve
+    calls = []
+
+    def failing_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("simulated solver crash")
+        return real_solve(*args, **kwargs)
+
+    monkeypatch.setattr(sst.cli, "solve", failing_second)
+    out = tmp_path / "out"
+    path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4]")
+    assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 1
+    assert json.loads((out / "eps=0.01" / "summary.json").read_text())["eps"] == 1e-2
+    assert (out / "eps=0.01" / "trajectory.npz").exists()
+    assert "simulated solver crash" in (out / "eps=0.001" / "error.json").read_text()
+    assert (out / "eps=0.0001" / "summary.json").exists()  # later members still run
+    assert json.loads((out / "sweep.json").read_text())["eps"] == [1e-2, 1e-4]
+    assert "eps=0.001" in capsys.readouterr().err
+
+
+def test_unsuccessful_solve_is_reported(tmp_path, capsys):
+    text = TINY.replace("atol = 1e-9", "atol = 1e-9\nmax_steps = 5")
+    out = tmp_path / "out"
+    assert main(["run", str(_config(tmp_path, text=text)), "--out", str(out)]) == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["solver"]["success"] is False
+    assert summary["solver"]["t_reached"] < 10.0
+    assert "max_steps" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (("problem", "target", "tanh"), ["problem.target", "erf", "relu"]),
+        (("problem", "eps", -1.0), ["problem.eps", "> 0"]),
+        (("problem", "eps", []), ["problem.eps"]),
+        (("problem", "eps", [1e-2, "a"]), ["problem.eps[1]"]),
+        (("problem", "colour", 1), ["problem.colour", "activation", "eps", "noise", "target"]),
+        (("init", "law", "cauchy"), ["init.law", "normal", "rademacher", "uniform"]),
+        (("init", "particles", 0), ["init.particles", ">= 1"]),
+        (("init", "d", 10), ["init.d", "law", "mean", "particles", "scale"]),
+        (("times", "n_save", 2.5), ["times.n_save", "integer"]),
+        (("times", "t_min", 1e3), ["times.t_min", "times.t_max"]),
+        (("solver", "rtol", 0), ["solver.rtol", "> 0"]),
+        ((None, "model", "pde"), ["model", "finite_dim", "mean_field"]),
+        ((None, "extra", {}), ["extra", "problem", "solver"]),
+    ],
+)
+def test_bad_config_names_key_and_allowed_values(change, named):
+    raw = {
+        "problem": {"target": [0.0, 1.0], "activation": [1.0, 1.0], "eps": 1e-2},
+        "init": {},
+        "times": {},
+        "solver": {},
+    }
+    table, key, value = change
+    (raw if table is None else raw[table])[key] = value
+    with pytest.raises(ValueError) as info:
+        RunConfig.from_dict(raw)
+    for word in named:
+        assert word in str(info.value)
+
+
+def test_bad_config_file_exits_with_message(tmp_path, capsys):
+    path = tmp_path / "bad.toml"
+    path.write_text(TINY.format(eps="1e-2").replace('law = "uniform"', 'law = "cauchy"'))
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "init.law" in err and "uniform" in err
+    assert not (tmp_path / "out").exists()
+    path.write_text("[problem\n")
+    assert main(["run", str(path), "--out", str(tmp_path / "out")]) == 2
+    assert "not valid TOML" in capsys.readouterr().err
+    assert main(["sweep", str(_config(tmp_path)), "--out", str(tmp_path / "out")]) == 2
+    assert "two or more" in capsys.readouterr().err
+
+
+def test_console_script_help():
+    sst_command = pathlib.Path(sys.executable).parent / "sst"
+    result = subprocess.run(
+        [str(sst_command), "--help"], capture_output=True, text=True, check=True
+    )
+    assert "run" in result.stdout and "sweep" in result.stdout
+
+
+@pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.toml")))
+def test_example_configs_are_valid(example):
+    config = RunConfig.from_file(example)
+    assert config.eps_list

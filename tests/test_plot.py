@@ -1,0 +1,133 @@
+"""Figures build, carry the expected artists, and show exactly the data they were given."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import sst
+from sst.plot import plot_particles, plot_risk, plot_scaling
+from sst.timescales import detect_phases, fit_scalings, learning_times
+
+
+@pytest.fixture(scope="module")
+def synthetic() -> sst.Trajectory:
+    """A hand-made trajectory: residuals with known learning times, one row masked invalid."""
+    ts = np.concatenate([[0.0], np.geomspace(1e-6, 10, 200)])
+    t_k = np.array([1e-5, 1e-2, 0.3])
+    r0 = np.array([0.5, 1.0, 1.0])
+    r = r0 / np.sqrt(1 + (ts[:, None] / t_k) ** 4)
+    risk = 0.5 * np.sum(r**2, axis=1)
+    m = 5
+    a0 = np.linspace(-1, 1, m)
+    a = a0[None, :] * (1 + ts[:, None])
+    s = np.tanh(ts[:, None] * a0[None, :])
+    valid = np.ones(ts.size, bool)
+    valid[-1] = False
+    return sst.Trajectory(
+        ts=jnp.asarray(ts),
+        a=jnp.asarray(a),
+        s=jnp.asarray(s),
+        Q=None,
+        weights=jnp.full(m, 1 / m),
+        risk=jnp.asarray(risk),
+        residuals=jnp.asarray(r),
+        valid=jnp.asarray(valid),
+        success=jnp.asarray(False),
+        num_steps=jnp.asarray(1),
+        num_accepted_steps=jnp.asarray(1),
+        num_rejected_steps=jnp.asarray(0),
+        rtol=1e-8,
+        atol=1e-10,
+    )
+
+
+def test_plot_risk_shows_the_inputs(synthetic):
+    fig = plot_risk(synthetic)
+    (ax,) = fig.axes
+    keep = np.asarray(synthetic.valid) & (np.asarray(synthetic.ts) > 0)
+    ts = np.asarray(synthetic.ts)[keep]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    np.testing.assert_array_equal(lines["risk"].get_xdata(), ts)
+    np.testing.assert_array_equal(lines["risk"].get_ydata(), np.asarray(synthetic.risk)[keep])
+    r = np.asarray(synthetic.residuals)[keep]
+    for k in range(3):
+        np.testing.assert_array_equal(lines[f"$r_{{{k}}}^2/2$"].get_ydata(), 0.5 * r[:, k] ** 2)
+    # One dotted vertical line per half-learning time, at the known times.
+    vlines = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
+    np.testing.assert_allclose(vlines, learning_times(ts, r, 0.5), rtol=1e-12)
+    np.testing.assert_allclose(vlines, [1e-5, 1e-2, 0.3], rtol=1e-3)
+    spans = ax.patches  # axvspan of each drop
+    drops = [p for p in detect_phases(ts, np.asarray(synthetic.risk)[keep]) if p.kind == "drop"]
+    assert len(spans) == len(drops) == 3
+    assert "rtol=1e-08" in ax.get_title()
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_plot_risk_draws_on_a_given_axis(synthetic):
+    fig, axes = plt.subplots(1, 2)
+    assert plot_risk(synthetic, ax=axes[1], phases=False) is fig
+    assert not axes[0].get_lines() and axes[1].get_lines()
+    assert not axes[1].patches
+    plt.close(fig)
+
+
+def test_plot_particles_one_line_per_particle(synthetic):
+    fig = plot_particles(synthetic)
+    plane, time_ax, colourbar = fig.axes
+    valid = np.asarray(synthetic.valid)
+    a = np.asarray(synthetic.a)[valid]
+    s = np.asarray(synthetic.s)[valid]
+    paths = [line for line in plane.get_lines() if line.get_label() != "final"]
+    assert len(paths) == a.shape[1] and len(time_ax.get_lines()) == a.shape[1]
+    for i, line in enumerate(paths):
+        np.testing.assert_array_equal(line.get_xdata(), a[:, i])
+        np.testing.assert_array_equal(line.get_ydata(), s[:, i])
+    (final,) = [line for line in plane.get_lines() if line.get_label() == "final"]
+    np.testing.assert_array_equal(final.get_xdata(), a[-1])
+    # Colours follow a(0): the lowest and highest a(0) sit at the two ends of the colour map.
+    cmap = plt.get_cmap("coolwarm")
+    np.testing.assert_allclose(paths[0].get_color(), cmap(0.0))
+    np.testing.assert_allclose(paths[-1].get_color(), cmap(1.0))
+    assert colourbar.get_ylabel() == "$a(0)$"
+    plt.close(fig)
+
+
+def test_plot_scaling_shows_times_and_fits():
+    eps = np.logspace(-2, -6, 5)
+    times = np.stack([0.3 * eps, eps**0.5 * np.log(1 / eps), 2 * eps**0.25], axis=1)
+    times[1, 2] = np.nan  # a degree not learned at one eps is left out, not plotted as 0
+    fits = fit_scalings(eps, times)
+    fig = plot_scaling(eps, times, fits)
+    (ax,) = fig.axes
+    markers = [line for line in ax.get_lines() if line.get_linestyle() == "None"]
+    fitted = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(markers) == 3 and len(fitted) == 3
+    for k, line in enumerate(markers):
+        ok = np.isfinite(times[:, k])
+        np.testing.assert_array_equal(line.get_xdata(), eps[ok])
+        np.testing.assert_array_equal(line.get_ydata(), times[ok, k])
+    for k, line in enumerate(fitted):
+        # The fitted lines go through the exact power laws used to make the data.
+        x = np.asarray(line.get_xdata())
+        truth = [0.3 * x, x**0.5 * np.log(1 / x), 2 * x**0.25][k]
+        np.testing.assert_allclose(line.get_ydata(), truth, rtol=1e-9)
+        assert "heuristic" in line.get_label()
+    plt.close(fig)
+
+
+def test_plot_risk_sums_high_degrees(synthetic):
+    # Six residual columns, shown as degrees 0..2 and one line for the sum over degrees 3..5.
+    r = np.asarray(synthetic.residuals)
+    wide = np.concatenate([r, 0.1 * r], axis=1)
+    traj = eqx.tree_at(lambda t: t.residuals, synthetic, jnp.asarray(wide))
+    fig = plot_risk(traj, max_degree=2)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    assert "$r_{3}^2/2$" not in lines
+    keep = np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
+    np.testing.assert_allclose(
+        lines["$\\sum_{k>2} r_k^2/2$"].get_ydata(), 0.5 * np.sum(wide[keep, 3:] ** 2, axis=1)
+    )
+    plt.close(fig)
