@@ -21,6 +21,7 @@ from .odes import (  # noqa: E402
     quadrature_particles,
     random_init,
 )
+from .particles import ParticleRun, full_batch_gd, online_sgd, population_gd  # noqa: E402
 from .solve import Trajectory, default_solver, solve  # noqa: E402
 from .timescales import crossing_time, learning_times  # noqa: E402
 
@@ -30,6 +31,7 @@ __all__ = [
     "Hermite",
     "MeanFieldODE",
     "MeanFieldState",
+    "ParticleRun",
     "Problem",
     "RandomInit",
     "Trajectory",
@@ -38,9 +40,12 @@ __all__ = [
     "cross_kernel_grad",
     "default_solver",
     "erf",
+    "full_batch_gd",
     "hermite_basis",
     "learning_times",
+    "online_sgd",
     "particles_from_law",
+    "population_gd",
     "quadrature_particles",
     "random_init",
     "relu",
