@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Bool, Float, PRNGKeyArray
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .odes import FiniteDimODE, FiniteDimState, Problem
 from .solve import check_times
