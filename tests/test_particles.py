@@ -70,7 +70,7 @@ def test_sgd_mean_over_seeds_matches_the_ode_within_statistical_error():
     gd = _run(sst.population_gd, NOISY, TS, 1e-3)
     risks = np.stack(
         [
-            _run(sst.online_sgd, NOISY, TS, 1e-3, jax.random.PRNGKey(seed), batch=4).risk
+            _run(sst.online_sgd, NOISY, TS, 1e-3, jax.random.PRNGKey(seed), batch=16).risk
             for seed in range(48)
         ]
     )
