@@ -22,6 +22,7 @@ from .odes import (  # noqa: E402
     quadrature_particles,
     random_init,
 )
+from .particles import ParticleRun, full_batch_gd, online_sgd, population_gd  # noqa: E402
 from .rosenbrock import ParticleJacobian, Rodas4  # noqa: E402
 from .solve import Trajectory, default_solver, solve  # noqa: E402
 from .timescales import (  # noqa: E402
@@ -40,23 +41,27 @@ __all__ = [
     "MeanFieldODE",
     "MeanFieldState",
     "ParticleJacobian",
+    "ParticleRun",
     "Problem",
     "RandomInit",
     "Rodas4",
     "Trajectory",
     "cross_kernel",
-    "crossing_time",
     "cross_kernel_grad",
+    "crossing_time",
     "default_solver",
     "detect_phases",
     "erf",
     "fit_exponent",
     "fit_scalings",
+    "full_batch_gd",
     "hermite_basis",
     "learning_times",
     "load_trajectory",
     "local_exponents",
+    "online_sgd",
     "particles_from_law",
+    "population_gd",
     "quadrature_particles",
     "random_init",
     "relu",
