@@ -260,11 +260,10 @@ class MeanFieldODE(eqx.Module):
         a, theta = y
         return MeanFieldState(a, jnp.sin(theta), jnp.broadcast_to(args, a.shape))
 
-    def _residual_vector(self, a: Array, s: Array, weights: Array) -> Array:
+    def _residual_vector(self, moments: Array) -> Array:
         """`r_k = phi_k - sigma_k m_k` for `k` up to the activation's degree (moment path)."""
         sigma = self.problem.activation.coeffs
-        n = sigma.shape[0]
-        return _pad(self.problem.target.coeffs, n) - sigma * _moments(weights, a, s, n)
+        return _pad(self.problem.target.coeffs, sigma.shape[0]) - sigma * moments
 
     def _particle_rates(self, a: Array, s: Array, r: Array) -> tuple[Array, Array]:
         """`da/dt` and the bracket `g` of each particle given the residuals (moment path).
@@ -277,7 +276,8 @@ class MeanFieldODE(eqx.Module):
     def _rates(self, a: Array, s: Array, weights: Array) -> tuple[Array, Array]:
         """`da/dt` and the bracket `g_i` in `ds_i/dt = (1 - s_i^2) a_i g_i`."""
         if self.uses_moments:
-            return self._particle_rates(a, s, self._residual_vector(a, s, weights))
+            n = self.problem.activation.coeffs.shape[0]
+            return self._particle_rates(a, s, self._residual_vector(_moments(weights, a, s, n)))
         p = self.problem
         q = s[:, None] * s[None, :]
         pa = weights * a
@@ -309,8 +309,8 @@ class MeanFieldODE(eqx.Module):
         k = jnp.arange(n, dtype=s.dtype)
         powers = _powers(s, n)  # s^k, (n, m)
         d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k s^(k-1)
-        sr = sigma * self._residual_vector(a, s, weights)
-        g = power_series_grad(sr, s)
+        sr = sigma * self._residual_vector(powers @ (weights * a))
+        g = sr @ d_powers
         dg = power_series_grad(k[1:] * sr[1:], s)
         eps = self.problem.eps
         D = jnp.stack(
