@@ -9,6 +9,8 @@ import jax
 # The ODEs span time scales from eps to 1 with eps down to 1e-12: float64 is the default.
 jax.config.update("jax_enable_x64", True)
 
+from .batch import batch_mesh, shard_batch, solve_batch  # noqa: E402
+from .grad import hitting_time, log_time_area, risk_at  # noqa: E402
 from .hermite import Hermite, cross_kernel, cross_kernel_grad, erf, hermite_basis, relu  # noqa: E402
 from .odes import (  # noqa: E402
     FiniteDimODE,
@@ -33,16 +35,22 @@ __all__ = [
     "Problem",
     "RandomInit",
     "Trajectory",
+    "batch_mesh",
     "cross_kernel",
     "crossing_time",
     "cross_kernel_grad",
     "default_solver",
     "erf",
     "hermite_basis",
+    "hitting_time",
     "learning_times",
+    "log_time_area",
     "particles_from_law",
     "quadrature_particles",
     "random_init",
     "relu",
+    "risk_at",
+    "shard_batch",
     "solve",
+    "solve_batch",
 ]
