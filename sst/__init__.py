@@ -10,7 +10,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 from .batch import batch_mesh, shard_batch, solve_batch  # noqa: E402
-from .grad import hitting_time, log_time_area, risk_at  # noqa: E402
+from .grad import grad_adjoint, hitting_time, log_time_area, risk_at  # noqa: E402
 from .hermite import Hermite, cross_kernel, cross_kernel_grad, erf, hermite_basis, relu  # noqa: E402
 from .odes import (  # noqa: E402
     FiniteDimODE,
@@ -23,6 +23,7 @@ from .odes import (  # noqa: E402
     quadrature_particles,
     random_init,
 )
+from .optimize import OptimizeResult, optimize_activation  # noqa: E402
 from .solve import Trajectory, default_solver, solve  # noqa: E402
 from .timescales import crossing_time, learning_times  # noqa: E402
 
@@ -32,6 +33,7 @@ __all__ = [
     "Hermite",
     "MeanFieldODE",
     "MeanFieldState",
+    "OptimizeResult",
     "Problem",
     "RandomInit",
     "Trajectory",
@@ -41,10 +43,12 @@ __all__ = [
     "cross_kernel_grad",
     "default_solver",
     "erf",
+    "grad_adjoint",
     "hermite_basis",
     "hitting_time",
     "learning_times",
     "log_time_area",
+    "optimize_activation",
     "particles_from_law",
     "quadrature_particles",
     "random_init",

@@ -11,15 +11,19 @@ activation and the initial state. This module provides the functionals people di
 
 **Which adjoint.**
 
-- Reverse mode (`jax.grad`, `jax.vjp`): the default `diffrax.RecursiveCheckpointAdjoint`,
-  i.e. differentiate through the solver's own operations. The gradient is exact for the discrete
-  solve, costs a small multiple of the forward solve and stores only checkpoints.
+- Reverse mode (`jax.grad`, `jax.vjp`): `diffrax.RecursiveCheckpointAdjoint`, i.e.
+  differentiate through the solver's own operations; the gradient is exact for the discrete
+  solve. `grad_adjoint()` gives it enough checkpoints (one per step for the first 1024 steps) that
+  the backward pass recomputes nothing: the states here are small (`2m` numbers), so memory is
+  cheap, and the gradient costs 2-3 forward solves instead of 4-9 with diffrax's default
+  (`benchmarks/batch.py`). Beyond that many steps the checkpoints are reused (treeverse).
   `diffrax.BacksolveAdjoint` is *not* suitable here: it re-integrates the state backwards in
   time, and the fast second layer, strongly contracting forwards (rates up to `U(1)/eps`,
   THEORY.md section 8), is strongly expanding backwards, so the reconstructed state (and the
   gradient) blows up unless eps is large.
-- Forward mode (`jax.jvp`, `jax.jacfwd`): pass `adjoint=diffrax.ForwardMode()` to `sst.solve`;
-  the recursive-checkpoint adjoint only supports reverse mode. Forward mode is cheaper when there
+- Forward mode (`jax.jvp`, `jax.jacfwd`): pass `adjoint=grad_adjoint("forward")`
+  (`diffrax.ForwardMode()`) to `sst.solve`; the recursive-checkpoint adjoint only supports
+  reverse mode. Forward mode is cheaper when there
   are fewer inputs than outputs (one direction in parameter space, a whole risk curve out).
 
 **Accuracy.** Derivatives of the discrete solve differ from those of the exact flow by about the
@@ -29,6 +33,7 @@ solver tolerance; at `rtol = 1e-10` they match central finite differences to rel
 
 from __future__ import annotations
 
+import diffrax as dfx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
@@ -37,6 +42,19 @@ from .odes import FiniteDimODE, MeanFieldODE
 from .solve import Trajectory
 
 Model = MeanFieldODE | FiniteDimODE
+
+
+def grad_adjoint(mode: str = "reverse", checkpoints: int = 1024) -> dfx.AbstractAdjoint:
+    """The adjoint to pass to `sst.solve` for differentiating a trajectory (see above).
+
+    **Arguments:** `mode` is `"reverse"` (for `jax.grad`, `jax.vjp`, `jax.jacrev`) or `"forward"`
+    (for `jax.jvp`, `jax.jacfwd`); `checkpoints` bounds the steps stored in reverse mode.
+    """
+    if mode == "reverse":
+        return dfx.RecursiveCheckpointAdjoint(checkpoints=checkpoints)
+    if mode == "forward":
+        return dfx.ForwardMode()
+    raise ValueError(f"mode must be 'reverse' or 'forward', got {mode!r}.")
 
 
 def _log_time(ts: Array) -> Array:

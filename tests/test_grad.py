@@ -1,6 +1,5 @@
 import functools
 
-import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,10 +36,11 @@ def _functionals(theta, adjoint=None):
 @functools.cache
 def _compiled():
     forward = jax.jit(_functionals)
-    reverse = jax.jit(jax.jacrev(_functionals))
+    reverse = jax.jit(jax.jacrev(lambda x: _functionals(x, sst.grad_adjoint("reverse"))))
 
     def tangent(theta, direction):
-        return jax.jvp(lambda x: _functionals(x, dfx.ForwardMode()), (theta,), (direction,))[1]
+        forward_mode = sst.grad_adjoint("forward")
+        return jax.jvp(lambda x: _functionals(x, forward_mode), (theta,), (direction,))[1]
 
     return forward, reverse, jax.jit(tangent)
 
