@@ -64,7 +64,9 @@ def shard_batch(tree, mesh: Mesh):
                 f"A batch of {x.shape[0]} members cannot be split evenly across {n} devices; "
                 f"pad it to a multiple of {n}."
             )
-        return jax.device_put(x, sharding)
+        # Each process supplies only the slices its own devices hold: also right on several hosts.
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
     return jax.tree_util.tree_map(put, tree)
 
@@ -93,6 +95,11 @@ def _solve_group(model: Model, y0: State | None, ts: Array, members: dict, optio
         )
 
     return jax.vmap(one)(members)
+
+
+@eqx.filter_jit
+def _replicate(tree, sharding):
+    return jax.lax.with_sharding_constraint(tree, sharding)
 
 
 def _check_members(
@@ -207,6 +214,9 @@ def solve_batch(
         if mesh is not None:
             group = shard_batch(group, mesh)
         out = _solve_group(model, shared_y0, ts, group, solve_options)
+        if mesh is not None:
+            # Replicate so that every process (on several hosts) can read the whole group.
+            out = _replicate(out, NamedSharding(mesh, PartitionSpec()))
         pieces.append(jax.tree_util.tree_map(np.asarray, out))
     stacked = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs)[:size], *pieces)
     inverse = np.argsort(order, kind="stable")
