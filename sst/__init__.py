@@ -24,6 +24,7 @@ from .odes import (  # noqa: E402
     random_init,
 )
 from .optimize import OptimizeResult, optimize_activation  # noqa: E402
+from .rosenbrock import ParticleJacobian, Rodas4  # noqa: E402
 from .solve import Trajectory, default_solver, solve  # noqa: E402
 from .timescales import crossing_time, learning_times  # noqa: E402
 
@@ -34,8 +35,10 @@ __all__ = [
     "MeanFieldODE",
     "MeanFieldState",
     "OptimizeResult",
+    "ParticleJacobian",
     "Problem",
     "RandomInit",
+    "Rodas4",
     "Trajectory",
     "batch_mesh",
     "cross_kernel",

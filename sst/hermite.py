@@ -174,7 +174,7 @@ class Hermite(eqx.Module):
             return (jnp.sqrt(1.0 - q**2) + (jnp.pi - jnp.arccos(q)) * q) / (2 * jnp.pi)
         if self.closed_form == "erf":
             return (2.0 / jnp.pi) * jnp.arcsin(jnp.clip(q, -1.0, 1.0) / 2.0)
-        return _power_series(self.coeffs**2, q)
+        return power_series(self.coeffs**2, q)
 
     def kernel_grad(self, q: Float[ArrayLike, ...]) -> Float[Array, ...]:
         """`U'(q)`, the derivative of `kernel`."""
@@ -183,7 +183,7 @@ class Hermite(eqx.Module):
             return (jnp.pi - jnp.arccos(jnp.clip(q, -1.0, 1.0))) / (2 * jnp.pi)
         if self.closed_form == "erf":
             return 2.0 / (jnp.pi * jnp.sqrt(4.0 - jnp.clip(q, -1.0, 1.0) ** 2))
-        return _power_series_grad(self.coeffs**2, q)
+        return power_series_grad(self.coeffs**2, q)
 
     @property
     def norm2(self) -> Float[Array, ""]:
@@ -255,7 +255,7 @@ def cross_kernel(
     """
     if _same_closed_form(target, activation):
         return activation.kernel(s)
-    return _power_series(_cross_coeffs(target, activation), jnp.asarray(s))
+    return power_series(_cross_coeffs(target, activation), jnp.asarray(s))
 
 
 def cross_kernel_grad(
@@ -264,7 +264,7 @@ def cross_kernel_grad(
     """`V'(s)`, the derivative of `cross_kernel`."""
     if _same_closed_form(target, activation):
         return activation.kernel_grad(s)
-    return _power_series_grad(_cross_coeffs(target, activation), jnp.asarray(s))
+    return power_series_grad(_cross_coeffs(target, activation), jnp.asarray(s))
 
 
 def _same_closed_form(target: Hermite, activation: Hermite) -> bool:
@@ -276,19 +276,19 @@ def _cross_coeffs(target: Hermite, activation: Hermite) -> Array:
     return target.coeffs[:n] * activation.coeffs[:n]
 
 
-def _power_series(c: Array, q: Array) -> Array:
-    # Horner's rule: sum_k c_k q^k.
+def power_series(c: Array, q: Array) -> Array:
+    """`sum_k c_k q^k` by Horner's rule (zero for an empty `c`)."""
+    if c.shape[0] == 0:
+        return jnp.zeros_like(q)
     out = jnp.zeros_like(q) + c[-1]
     for ck in c[-2::-1]:
         out = out * q + ck
     return out
 
 
-def _power_series_grad(c: Array, q: Array) -> Array:
-    k = jnp.arange(1, c.shape[0], dtype=c.dtype)
-    if c.shape[0] == 1:
-        return jnp.zeros_like(q)
-    return _power_series(k * c[1:], q)
+def power_series_grad(c: Array, q: Array) -> Array:
+    """Derivative of `power_series(c, q)` with respect to `q`."""
+    return power_series(jnp.arange(1, c.shape[0], dtype=c.dtype) * c[1:], q)
 
 
 def _is_concrete(x) -> bool:

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from .hermite import Hermite, cross_kernel, cross_kernel_grad
+from .hermite import Hermite, cross_kernel, cross_kernel_grad, power_series, power_series_grad
+from .rosenbrock import ParticleJacobian
 
 
 def _concrete(x) -> bool:
@@ -117,10 +118,18 @@ def _pad(c: Array, n: int) -> Array:
     return jnp.zeros(n, c.dtype).at[: min(n, c.shape[0])].set(c[:n])
 
 
+def _powers(s: Array, n: int) -> Array:
+    """`s^k` for `k < n` along a new last axis, by repeated products (cheaper and exact-er than
+    `pow` with an exponent array)."""
+    out = [jnp.ones_like(s)]
+    for _ in range(n - 1):
+        out.append(out[-1] * s)
+    return jnp.stack(out, -1)
+
+
 def _moments(weights: Array, a: Array, s: Array, n: int) -> Array:
     # m_k = sum_i p_i a_i s_i^k for k < n.
-    powers = s[..., None] ** jnp.arange(n)
-    return jnp.einsum("i,i,ik->k", weights, a, powers)
+    return (weights * a) @ _powers(s, n)
 
 
 def _check_common(a: np.ndarray, s: np.ndarray) -> None:
@@ -236,21 +245,29 @@ class MeanFieldODE(eqx.Module):
         a, theta = y
         return MeanFieldState(a, jnp.sin(theta), jnp.broadcast_to(args, a.shape))
 
+    def _residual_vector(self, a: Array, s: Array, weights: Array) -> Array:
+        """`r_k = phi_k - sigma_k m_k` for `k` up to the activation's degree (moment path)."""
+        sigma = self.problem.activation.coeffs
+        n = sigma.shape[0]
+        return _pad(self.problem.target.coeffs, n) - sigma * _moments(weights, a, s, n)
+
+    def _particle_rates(self, a: Array, s: Array, r: Array) -> tuple[Array, Array]:
+        """`da/dt` and the bracket `g` of each particle given the residuals (moment path).
+
+        `eps da_i/dt = sum_k sigma_k s_i^k r_k` and `g_i = sum_k k sigma_k s_i^(k-1) r_k`.
+        """
+        sr = self.problem.activation.coeffs * r
+        return power_series(sr, s) / self.problem.eps, power_series_grad(sr, s)
+
     def _rates(self, a: Array, s: Array, weights: Array) -> tuple[Array, Array]:
         """`da/dt` and the bracket `g_i` in `ds_i/dt = (1 - s_i^2) a_i g_i`."""
-        p = self.problem
         if self.uses_moments:
-            sigma = p.activation.coeffs
-            n = sigma.shape[0]
-            r = _pad(p.target.coeffs, n) - sigma * _moments(weights, a, s, n)
-            powers = s[:, None] ** jnp.arange(n)
-            da = powers @ (sigma * r)
-            bracket = powers[:, : n - 1] @ (jnp.arange(1, n) * sigma[1:] * r[1:])
-        else:
-            q = s[:, None] * s[None, :]
-            pa = weights * a
-            da = p.V(s) - p.U(q) @ pa
-            bracket = p.dV(s) - p.dU(q) @ (pa * s)
+            return self._particle_rates(a, s, self._residual_vector(a, s, weights))
+        p = self.problem
+        q = s[:, None] * s[None, :]
+        pa = weights * a
+        da = p.V(s) - p.U(q) @ pa
+        bracket = p.dV(s) - p.dU(q) @ (pa * s)
         return da / p.eps, bracket
 
     def vector_field(self, t, y: tuple[Array, Array], weights: Array) -> tuple[Array, Array]:
@@ -258,6 +275,41 @@ class MeanFieldODE(eqx.Module):
         a, theta = y
         da, bracket = self._rates(a, jnp.sin(theta), weights)
         return da, jnp.cos(theta) * a * bracket
+
+    def particle_jacobian(self, y: tuple[Array, Array], weights: Array) -> ParticleJacobian | None:
+        """Jacobian of `vector_field` as block-diagonal plus rank-(K+1) parts (moment path only).
+
+        Each particle's rate depends on its own `(a_i, theta_i)` and on the residuals `r`, which
+        are linear in the moments: `J = D + B R` (see `sst.rosenbrock`). With `s = sin(theta)`,
+        `c = cos(theta)`, `A(s) = sum_k sigma_k r_k s^k` and `g = A'`: `da/dt = A(s) / eps` and
+        `dtheta/dt = c a g(s)`, so the parts are closed-form and cost O(m K). Returns `None` for
+        the dense O(m^2) path, which has no such structure.
+        """
+        if not self.uses_moments:
+            return None
+        a, theta = y
+        s, c = jnp.sin(theta), jnp.cos(theta)
+        sigma = self.problem.activation.coeffs
+        n = sigma.shape[0]
+        k = jnp.arange(n, dtype=s.dtype)
+        powers = _powers(s, n)  # s^k
+        d_powers = jnp.pad(powers[:, :-1], ((0, 0), (1, 0))) * k  # k s^(k-1)
+        sr = sigma * self._residual_vector(a, s, weights)
+        g = power_series_grad(sr, s)
+        dg = power_series_grad(k[1:] * sr[1:], s)
+        eps = self.problem.eps
+        D = jnp.stack(
+            [
+                jnp.stack([jnp.zeros_like(a), c * g / eps], -1),
+                jnp.stack([c * g, a * (c**2 * dg - s * g)], -1),
+            ],
+            -2,
+        )
+        B = jnp.stack([sigma * powers / eps, (c * a)[:, None] * sigma * d_powers], -2)
+        R = -(sigma[:, None, None] * weights[None, :, None]) * jnp.stack(
+            [powers.T, (a * c)[None, :] * d_powers.T], -1
+        )
+        return ParticleJacobian(D=D, B=B, R=R)
 
     def __call__(self, t, state: MeanFieldState, args=None) -> MeanFieldState:
         """Diffrax vector field on `MeanFieldState` (the weights have zero derivative)."""

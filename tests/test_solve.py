@@ -151,3 +151,64 @@ def test_label_noise_shifts_risk_only(cubic_problem):
     shifted = sst.solve(sst.MeanFieldODE(noisy), y0, TS)
     np.testing.assert_allclose(shifted.risk - clean.risk, 0.5 * 0.3**2, rtol=1e-9)
     np.testing.assert_allclose(shifted.a, clean.a, rtol=1e-12)
+
+
+STIFF_PROBLEM_COEFFS = ([0.5, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0])
+
+
+def _stiff_problem(eps):
+    return sst.Problem(*(sst.Hermite(c) for c in STIFF_PROBLEM_COEFFS), eps=eps)
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-6, 1e-10, 1e-12])
+def test_default_solver_matches_a_tight_reference_across_eps(eps):
+    # Reference: 1000x tighter tolerances and dense LU instead of the Woodbury solves.
+    ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-14, 0, 57)])
+    model = sst.MeanFieldODE(_stiff_problem(eps))
+    y0 = sst.quadrature_particles(8)
+    traj = sst.solve(model, y0, ts)
+    ref = sst.solve(model, y0, ts, solver=sst.Rodas4("dense"), rtol=1e-11, atol=1e-13)
+    assert float(jnp.max(jnp.abs(traj.risk - ref.risk))) < 1e-6
+    assert float(jnp.max(jnp.abs(traj.s - ref.s))) < 1e-6
+    assert float(jnp.max(jnp.abs(traj.a - ref.a)) / jnp.max(jnp.abs(ref.a))) < 1e-6
+    assert float(jnp.max(jnp.diff(traj.risk))) <= 1e-12 * float(traj.risk[0])
+
+
+@pytest.mark.parametrize("eps", [1e-1, 1e-4, 1e-8, 1e-12])
+def test_default_solver_integrates_to_t100_with_monotone_risk(eps):
+    ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-14, 2, 81)])
+    traj = sst.solve(sst.MeanFieldODE(_stiff_problem(eps)), sst.quadrature_particles(16), ts)
+    assert bool(traj.success)
+    assert float(jnp.max(jnp.diff(traj.risk))) <= 1e-12 * float(traj.risk[0])
+    assert float(traj.risk[-1]) < 1e-6 * float(traj.risk[0])
+
+
+def test_default_solver_matches_kvaerno5_in_overlap_coordinates():
+    # A second formulation: the dense O(m^2) vector field in (a, s) itself, diffrax's ESDIRK.
+    import diffrax as dfx
+
+    ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 1, 41)])
+    problem = _stiff_problem(1e-2)
+    y0 = sst.quadrature_particles(8)
+    dense = sst.MeanFieldODE(problem, interaction="dense")
+
+    def field(t, y, args):
+        rate = dense(t, sst.MeanFieldState(y[0], y[1], y0.weights))
+        return rate.a, rate.s
+
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(field),
+        dfx.Kvaerno5(),
+        ts[0],
+        ts[-1],
+        None,
+        (y0.a, y0.s),
+        saveat=dfx.SaveAt(ts=ts),
+        stepsize_controller=dfx.ClipStepSizeController(
+            dfx.PIDController(rtol=1e-11, atol=1e-13), step_ts=ts
+        ),
+        max_steps=100_000,
+    )
+    traj = sst.solve(sst.MeanFieldODE(problem), y0, ts)
+    np.testing.assert_allclose(traj.s, sol.ys[1], atol=1e-7)
+    np.testing.assert_allclose(traj.a, sol.ys[0], rtol=1e-7, atol=1e-7)
