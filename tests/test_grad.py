@@ -72,7 +72,9 @@ def test_grad_and_jvp_match_central_differences(eps):
         float(direction[k]) * np.asarray(_central_differences(forward, theta, k)) for k in range(4)
     )
     np.testing.assert_allclose(jvp, fd_dir, rtol=1e-5)
-    np.testing.assert_allclose(jvp, jac @ np.asarray(direction), rtol=1e-10)
+    # Forward and reverse mode agree to the solver tolerance (rtol 1e-9), not to rounding: with
+    # the Rodas4 default they differ by ~5e-9 at eps = 1e-4 (they agreed to 1e-15 with Kvaerno5).
+    np.testing.assert_allclose(jvp, jac @ np.asarray(direction), rtol=1e-7)
 
 
 def _relaxation(eps, saves=801):
