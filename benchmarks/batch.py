@@ -10,7 +10,7 @@ h0 + h1 + h2 + h3, saves at 0 and 40 log-spaced times in [1e-4, 10], default sol
 - `mixed eps`: eps log-uniform in [1e-4, 1e-1], grouped by stiffness (default) vs one plain vmap.
 - `grad`: `jax.grad` of the risk at t = 10 with respect to eps, the activation's coefficients and
   the initial state (adjoint `sst.grad_adjoint()`, and diffrax's default for comparison), against
-  the forward solve of the same function (all jitted, warm, best of 3).
+  the forward solve of the same function (all jitted, warm, best of 5, interleaved).
 
 Prints a table and `RESULT batch_speedup=... grad_cost_ratio=... devices4_speedup=...`.
 `--quick` shrinks the batch (scaled throughput) to finish in about a minute.
@@ -49,14 +49,17 @@ def member(tree, i):
     return jax.tree_util.tree_map(lambda x: x[i], tree)
 
 
-def timed(fn, repeats: int = 1) -> float:
-    """Best wall time of `repeats` warm calls (the first call compiles and is not timed)."""
-    jax.block_until_ready(fn())
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
+def timed(*fns, repeats: int = 3) -> list[float]:
+    """Best wall time of each of `fns` over `repeats` warm calls, interleaved so that the load of
+    this shared machine hits all of them alike (the first call compiles and is not timed)."""
+    for fn in fns:
         jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
+    best = [float("inf")] * len(fns)
+    for _ in range(repeats):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            best[i] = min(best[i], time.perf_counter() - start)
     return best
 
 
@@ -64,7 +67,7 @@ def device_throughput(n: int, m: int) -> dict:
     """Run inside a subprocess whose XLA_FLAGS fixed the device count."""
     y0s = initialisations(n, m)
     mesh = sst.batch_mesh()
-    seconds = timed(lambda: sst.solve_batch(model(), y0s, TS, mesh=mesh).risk)
+    (seconds,) = timed(lambda: sst.solve_batch(model(), y0s, TS, mesh=mesh).risk, repeats=2)
     return {"devices": len(jax.devices()), "seconds": seconds, "per_second": n / seconds}
 
 
@@ -93,7 +96,7 @@ def main() -> None:
     if args.devices_worker:
         print(json.dumps(device_throughput(*args.devices_worker)))
         return
-    n = args.n or (64 if args.quick else 1024)
+    n = args.n or (32 if args.quick else 1024)
     n_loop = args.loop or (8 if args.quick else 32)
     m = args.m
     rows = []
@@ -101,14 +104,13 @@ def main() -> None:
     y0s = initialisations(n, m)
     mdl = model()
     singles = [member(y0s, i) for i in range(n_loop)]
-    jax.block_until_ready(sst.solve(mdl, singles[0], TS).risk)
-    start = time.perf_counter()
-    for y0 in singles:
-        jax.block_until_ready(sst.solve(mdl, y0, TS).risk)
-    loop_rate = n_loop / (time.perf_counter() - start)
+    loop_seconds, batch_seconds = timed(
+        lambda: [sst.solve(mdl, y0, TS).risk for y0 in singles],
+        lambda: sst.solve_batch(mdl, y0s, TS).risk,
+        repeats=2,
+    )
+    loop_rate = n_loop / loop_seconds
     rows.append(("python loop of sst.solve", n_loop, loop_rate))
-
-    batch_seconds = timed(lambda: sst.solve_batch(mdl, y0s, TS).risk)
     batch_rate = n / batch_seconds
     rows.append(("sst.solve_batch (1 device)", n, batch_rate))
 
@@ -118,13 +120,14 @@ def main() -> None:
         device_rates[k] = result["per_second"]
         rows.append((f"solve_batch, {k} forced host device(s)", n, device_rates[k]))
 
-    n_mixed = min(n, 64)
+    n_mixed = 64
     eps_mixed = 10.0 ** np.random.default_rng(0).uniform(-4, -1, n_mixed)
     y0_mixed = jax.tree_util.tree_map(lambda x: x[:n_mixed], y0s)
-    plain = timed(
-        lambda: sst.solve_batch(mdl, y0_mixed, TS, eps=eps_mixed, group_size=n_mixed).risk
+    plain, grouped = timed(
+        lambda: sst.solve_batch(mdl, y0_mixed, TS, eps=eps_mixed, group_size=n_mixed).risk,
+        lambda: sst.solve_batch(mdl, y0_mixed, TS, eps=eps_mixed).risk,
+        repeats=2,
     )
-    grouped = timed(lambda: sst.solve_batch(mdl, y0_mixed, TS, eps=eps_mixed).risk)
     rows.append(("mixed eps, one plain vmap", n_mixed, n_mixed / plain))
     rows.append(("mixed eps, grouped by decade of eps", n_mixed, n_mixed / grouped))
 
@@ -137,9 +140,12 @@ def main() -> None:
     y0 = singles[0]
     forward = jax.jit(final_risk)
     gradient = jax.jit(jax.grad(final_risk, argnums=(0, 1)), static_argnums=2)
-    t_forward = timed(lambda: forward(theta, y0), repeats=3)
-    t_grad = timed(lambda: gradient(theta, y0, sst.grad_adjoint()), repeats=3)
-    t_grad_default = timed(lambda: gradient(theta, y0, None), repeats=3)
+    t_forward, t_grad, t_grad_default = timed(
+        lambda: forward(theta, y0),
+        lambda: gradient(theta, y0, sst.grad_adjoint()),
+        lambda: gradient(theta, y0, None),
+        repeats=5,
+    )
     grad_ratio = t_grad / t_forward
 
     print(f"\nbatch benchmark: m={m} particles, eps=1e-3, rtol=1e-8, atol=1e-10, {len(TS)} saves")
