@@ -120,7 +120,7 @@ def main() -> None:
         device_rates[k] = result["per_second"]
         rows.append((f"solve_batch, {k} forced host device(s)", n, device_rates[k]))
 
-    n_mixed = 64
+    n_mixed = min(n, 64)
     eps_mixed = 10.0 ** np.random.default_rng(0).uniform(-4, -1, n_mixed)
     y0_mixed = jax.tree_util.tree_map(lambda x: x[:n_mixed], y0s)
     plain, grouped = timed(
