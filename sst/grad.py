@@ -15,12 +15,8 @@ activation and the initial state. This module provides the functionals people di
   differentiate through the solver's own operations; the gradient is exact for the discrete
   solve. `grad_adjoint()` gives it enough checkpoints (one per step for the first 1024 steps) that
   the backward pass recomputes nothing: the states here are small (`2m` numbers), so memory is
-  cheap, and the gradient costs 2-3 forward solves instead of 4-9 with diffrax's default
-  (`benchmarks/batch.py`). Beyond that many steps the checkpoints are reused (treeverse).
-  `diffrax.BacksolveAdjoint` is *not* suitable here: it re-integrates the state backwards in
-  time, and the fast second layer, strongly contracting forwards (rates up to `U(1)/eps`,
-  THEORY.md section 8), is strongly expanding backwards, so the reconstructed state (and the
-  gradient) blows up unless eps is large.
+  cheap. Beyond that many steps the checkpoints are reused (treeverse). `benchmarks/batch.py`
+  measures the cost of a gradient relative to the forward solve.
 - Forward mode (`jax.jvp`, `jax.jacfwd`): pass `adjoint=grad_adjoint("forward")`
   (`diffrax.ForwardMode()`) to `sst.solve`; the recursive-checkpoint adjoint only supports
   reverse mode. Forward mode is cheaper when there
