@@ -19,11 +19,11 @@ activation and the initial state. This module provides the functionals people di
   measures the cost of a gradient relative to the forward solve.
 - Forward mode (`jax.jvp`, `jax.jacfwd`): pass `adjoint=grad_adjoint("forward")`
   (`diffrax.ForwardMode()`) to `sst.solve`; the recursive-checkpoint adjoint only supports
-  reverse mode. Forward mode is cheaper when there
-  are fewer inputs than outputs (one direction in parameter space, a whole risk curve out).
+  reverse mode. Forward mode is cheaper when there are fewer inputs than outputs (one direction
+  in parameter space, a whole risk curve out).
 
 **Accuracy.** Derivatives of the discrete solve differ from those of the exact flow by about the
-solver tolerance; at `rtol = 1e-10` they match central finite differences to relative 1e-5
+solver tolerance; at `rtol = 1e-9` they match central finite differences to relative 1e-5
 (tests/test_grad.py).
 """
 
