@@ -1,0 +1,122 @@
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import sst
+
+# Tight tolerances: the derivative of the discrete solve and central differences of it then both
+# sit within ~1e-7 of the exact flow's derivative, far inside the 1e-5 being checked.
+RTOL, ATOL = 1e-9, 1e-11
+TS = jnp.concatenate([jnp.zeros(1), jnp.logspace(-5, 0.5, 111)])
+Y0 = sst.quadrature_particles(4)
+LEVEL = 0.3
+# Parameters differentiated: eps, the target's degree-2 coefficient phi_2, the activation's
+# degree-1 coefficient sigma_1 and the first particle's initial second-layer weight a_1(0).
+NAMES = ("eps", "phi_2", "sigma_1", "a_1(0)")
+
+
+def _functionals(theta, adjoint=None):
+    eps, phi2, sigma1, a0 = theta
+    problem = sst.Problem(
+        sst.Hermite(jnp.array([0.5, 1.0, 0.0, 0.0]).at[2].set(phi2)),
+        sst.Hermite(jnp.array([1.0, 0.0, 1.0, 0.5]).at[1].set(sigma1)),
+        eps,
+    )
+    y0 = sst.MeanFieldState(Y0.a.at[0].set(a0), Y0.s, Y0.weights)
+    model = sst.MeanFieldODE(problem)
+    traj = sst.solve(model, y0, TS, rtol=RTOL, atol=ATOL, adjoint=adjoint)
+    return jnp.stack(
+        [sst.risk_at(traj, 0.5), sst.log_time_area(traj), sst.hitting_time(traj, LEVEL, model)]
+    )
+
+
+@functools.cache
+def _compiled():
+    forward = jax.jit(_functionals)
+    reverse = jax.jit(jax.jacrev(lambda x: _functionals(x, sst.grad_adjoint("reverse"))))
+
+    def tangent(theta, direction):
+        forward_mode = sst.grad_adjoint("forward")
+        return jax.jvp(lambda x: _functionals(x, forward_mode), (theta,), (direction,))[1]
+
+    return forward, reverse, jax.jit(tangent)
+
+
+def _theta(eps):
+    return jnp.array([eps, 0.6, 1.0, float(Y0.a[0])])
+
+
+def _central_differences(forward, theta, k, rel=1e-4):
+    # rel = 1e-4 balances the O(h^2) truncation against solver noise of order rtol / h.
+    h = rel * abs(float(theta[k]))
+    e = jnp.zeros_like(theta).at[k].set(h)
+    return (forward(theta + e) - forward(theta - e)) / (2 * h)
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-4])
+def test_grad_and_jvp_match_central_differences(eps):
+    forward, reverse, tangent = _compiled()
+    theta = _theta(eps)
+    values = np.asarray(forward(theta))
+    assert np.all(np.isfinite(values)) and TS[1] < values[2] < TS[-1]
+    jac = np.asarray(reverse(theta))
+    for k, name in enumerate(NAMES):
+        fd = np.asarray(_central_differences(forward, theta, k))
+        np.testing.assert_allclose(jac[:, k], fd, rtol=1e-5, err_msg=f"d/d{name}, eps={eps}")
+    direction = jnp.array([1.0, -0.5, 0.3, 2.0]) * jnp.array([eps, 1.0, 1.0, 1.0])
+    jvp = np.asarray(tangent(theta, direction))
+    fd_dir = sum(
+        float(direction[k]) * np.asarray(_central_differences(forward, theta, k)) for k in range(4)
+    )
+    np.testing.assert_allclose(jvp, fd_dir, rtol=1e-5)
+    # Forward and reverse mode agree to the solver tolerance (rtol 1e-9), not to rounding: with
+    # the Rodas4 default they differ by ~5e-9 at eps = 1e-4 (they agreed to 1e-15 with Kvaerno5).
+    np.testing.assert_allclose(jvp, jac @ np.asarray(direction), rtol=1e-7)
+
+
+def _relaxation(eps, saves=801):
+    # Degree 0 only: r_0(t) = r0 exp(-sigma0^2 t / eps) and risk = r_0^2 / 2 (closed form),
+    # whatever the overlaps, which then stay put.
+    model = sst.MeanFieldODE(sst.Problem(sst.Hermite([0.7]), sst.Hermite([1.3]), eps=eps))
+    ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 0, saves)])
+    y0 = sst.MeanFieldState([-0.5, 0.5], [0.3, -0.2])
+    return model, sst.solve(model, y0, ts)
+
+
+def test_hitting_time_and_its_eps_derivative_match_the_closed_form():
+    eps, level, r0, sigma0 = 1e-2, 1e-3, 0.7, 1.3
+    exact = eps / (2 * sigma0**2) * np.log(r0**2 / (2 * level))
+
+    def hit(e, cubic):
+        model, traj = _relaxation(e, saves=201)
+        return sst.hitting_time(traj, level, model if cubic else None)
+
+    # Cubic Hermite with exact rates, saves 0.046 apart in log t: O(h^4) location error.
+    t_hit, dt_deps = jax.value_and_grad(hit)(eps, True)
+    np.testing.assert_allclose(t_hit, exact, rtol=1e-6)
+    np.testing.assert_allclose(dt_deps, exact / eps, rtol=1e-5)
+    # The linear interpolant is second-order in the location, first-order in the derivative.
+    t_lin, dt_lin = jax.value_and_grad(hit)(eps, False)
+    np.testing.assert_allclose(t_lin, exact, rtol=5e-3)
+    np.testing.assert_allclose(dt_lin, exact / eps, rtol=1e-1)
+
+
+def test_functionals_agree_with_their_definitions_on_a_trajectory():
+    _, traj = _relaxation(1e-2)
+    ts, risk = np.asarray(traj.ts), np.asarray(traj.risk)
+    assert float(sst.risk_at(traj, ts[300])) == risk[300]
+    mid = np.sqrt(ts[300] * ts[301])
+    np.testing.assert_allclose(sst.risk_at(traj, mid), 0.5 * (risk[300] + risk[301]), rtol=1e-12)
+    level = 0.5 * risk[0]
+    np.testing.assert_allclose(
+        sst.hitting_time(traj, level), sst.crossing_time(ts, risk, level), rtol=1e-12
+    )
+    assert np.isnan(float(sst.hitting_time(traj, -1.0)))
+    # Area: the closed form of int R d(log t) from ts[1] to ts[-1], R = r0^2/2 exp(-2 t/tau).
+    tau = 1e-2 / 1.3**2
+    fine = np.logspace(-4, 0, 200_001)
+    exact = np.trapezoid(0.5 * 0.49 * np.exp(-2 * fine / tau), np.log(fine))
+    np.testing.assert_allclose(sst.log_time_area(traj), exact, rtol=1e-4)
