@@ -7,16 +7,14 @@
 
 from __future__ import annotations
 
-import matplotlib
+# No backend is forced here: notebooks keep their inline backend, and headless runs fall back
+# to Agg by themselves.
+import matplotlib.pyplot as plt
+import numpy as np
+from jaxtyping import ArrayLike, Float
 
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from jaxtyping import ArrayLike, Float  # noqa: E402
-
-from .solve import Trajectory  # noqa: E402
-from .timescales import ScalingFit, detect_phases, learning_times  # noqa: E402
+from .solve import Trajectory
+from .timescales import ScalingFit, detect_phases, learning_times
 
 # Colour of degree k in every figure, so that a degree looks the same across panels.
 _DEGREE_COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
