@@ -88,16 +88,42 @@ class ParticleJacobian(eqx.Module):
         p, n = self.B.shape[:2]
         A_inv = _small_inverse(c * jnp.eye(p)[:, :, None] - self.D)
         A_inv_B = [sum(A_inv[i][j] * self.B[j] for j in range(p)) for i in range(p)]
-        capacitance = jnp.eye(n) - sum(self.R[i] @ A_inv_B[i].T for i in range(p))
-        cap_lu = jsl.lu_factor(capacitance)
+        # Contractions over particles as reductions, not dots: under vmap a dot becomes one
+        # small LAPACK/Eigen call per batch member on CPU.
+        capacitance = jnp.eye(n) - sum(
+            jnp.sum(self.R[i][:, None, :] * A_inv_B[i][None, :, :], axis=-1) for i in range(p)
+        )
+        cap_inv = _gauss_jordan_inverse(capacitance)
 
         def solve(b_flat: Array) -> Array:
             b = b_flat.reshape(p, -1)
             x0 = [sum(A_inv[i][j] * b[j] for j in range(p)) for i in range(p)]
-            z = jsl.lu_solve(cap_lu, sum(self.R[i] @ x0[i] for i in range(p)))
-            return jnp.concatenate([x0[i] + z @ A_inv_B[i] for i in range(p)])
+            v = sum(jnp.sum(self.R[i] * x0[i], axis=-1) for i in range(p))
+            z = jnp.sum(cap_inv * v, axis=-1)
+            return jnp.concatenate(
+                [x0[i] + jnp.sum(z[:, None] * A_inv_B[i], axis=0) for i in range(p)]
+            )
 
         return solve
+
+
+def _gauss_jordan_inverse(M: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """Inverse of a small matrix by Gauss-Jordan elimination with partial pivoting, unrolled.
+
+    Written with elementwise operations only, so that under vmap a batch of capacitance
+    matrices is inverted in a few fused loops instead of one LAPACK call per member.
+    """
+    n = M.shape[0]
+    rows = jnp.arange(n)
+    aug = jnp.concatenate([M, jnp.eye(n, dtype=M.dtype)], axis=1)
+    for k in range(n):
+        pivot = k + jnp.argmax(jnp.abs(aug[k:, k]))
+        is_pivot = (rows == pivot)[:, None]
+        pivot_row = jnp.sum(jnp.where(is_pivot, aug, 0.0), axis=0)
+        aug = jnp.where(is_pivot, aug[k], aug).at[k].set(pivot_row / pivot_row[k])
+        factors = jnp.where(rows == k, 0.0, aug[:, k])
+        aug = aug - factors[:, None] * aug[k]
+    return aug[:, n:]
 
 
 def _small_inverse(A: Float[Array, "p p m"]) -> list[list[Array]]:
