@@ -6,6 +6,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 import sst
+from sst.rosenbrock import _gauss_jordan_inverse
 
 
 def _fixed_step_error(field, y0, t1, exact, n_steps):
@@ -66,14 +67,29 @@ def test_woodbury_solve_equals_dense_solve(activation, eps):
     flat, unravel = ravel_pytree(y)
     J = jax.jacfwd(lambda f: ravel_pytree(model.vector_field(0.0, unravel(f), weights))[0])(flat)
     b = jax.random.normal(jax.random.PRNGKey(5), flat.shape)
+    parts = model.particle_jacobian(y, weights)
     for c in (0.7, 1e3, 1e12):
         M = c * jnp.eye(flat.shape[0]) - J
-        x = model.particle_jacobian(y, weights).shifted_solver(c)(b)
-        # Backward error: x solves a system within roundoff of M x = b.
-        scale = jnp.linalg.norm(M, ord=jnp.inf) * jnp.max(jnp.abs(x)) + jnp.max(jnp.abs(b))
-        assert float(jnp.max(jnp.abs(M @ x - b)) / scale) < 1e-12
-        if jnp.linalg.cond(M) < 1e8:
-            np.testing.assert_allclose(x, jnp.linalg.solve(M, b), rtol=1e-8)
+        np.testing.assert_allclose(parts.shifted_matvec(c, b), M @ b, rtol=1e-12, atol=1e-12)
+        factor = parts.shifted_solver(c)
+        # The transpose solve is what reverse-mode differentiation of a step uses.
+        for matrix, x in ((M, factor.solve(b)), (M.T, factor.transpose_solve(b))):
+            # Backward error: x solves a system within roundoff of matrix x = b.
+            norm = jnp.linalg.norm(matrix, ord=jnp.inf)
+            scale = norm * jnp.max(jnp.abs(x)) + jnp.max(jnp.abs(b))
+            assert float(jnp.max(jnp.abs(matrix @ x - b)) / scale) < 1e-12
+            if jnp.linalg.cond(matrix) < 1e8:
+                np.testing.assert_allclose(x, jnp.linalg.solve(matrix, b), rtol=1e-8)
+
+
+def test_gauss_jordan_inverse_pivots():
+    # A zero (and a tiny) leading pivot break elimination without row exchanges.
+    swap = jnp.array([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [4.0, 5.0, 0.0]])
+    tiny = jnp.array([[1e-14, 1.0], [1.0, 1.0]])
+    random = jax.random.normal(jax.random.PRNGKey(3), (6, 6))
+    for M in (swap, tiny, random):
+        inv = _gauss_jordan_inverse(M)
+        np.testing.assert_allclose(inv @ M, jnp.eye(M.shape[0]), atol=1e-12)
 
 
 def test_dense_interaction_has_no_particle_structure():
