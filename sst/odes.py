@@ -144,9 +144,7 @@ def _powers(s: Array, n: int) -> Array:
 
 def _moments(weights: Array, a: Array, s: Array, n: int) -> Array:
     """`m_k = sum_i p_i a_i s_i^k` for `k < n`."""
-    # A reduction rather than a matrix-vector product: under vmap the latter becomes a batched
-    # dot, which XLA:CPU runs as one small matrix-vector call per batch member.
-    return jnp.sum(_powers(s, n) * (weights * a), axis=-1)
+    return _powers(s, n) @ (weights * a)
 
 
 def _check_common(a: np.ndarray, s: np.ndarray) -> None:
@@ -311,8 +309,8 @@ class MeanFieldODE(eqx.Module):
         k = jnp.arange(n, dtype=s.dtype)
         powers = _powers(s, n)  # s^k, (n, m)
         d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k s^(k-1)
-        sr = sigma * self._residual_vector(jnp.sum(powers * (weights * a), axis=-1))
-        g = jnp.sum(sr[:, None] * d_powers, axis=0)
+        sr = sigma * self._residual_vector(powers @ (weights * a))
+        g = sr @ d_powers
         dg = power_series_grad(k[1:] * sr[1:], s)
         eps = self.problem.eps
         D = jnp.stack(

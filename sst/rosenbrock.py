@@ -81,17 +81,15 @@ class ParticleJacobian(eqx.Module):
         """Factors for solving `(c I - J) x = b` (and its transpose) by the Woodbury identity.
 
         `(A - B R)^{-1} = A^{-1} + A^{-1} B (I - R A^{-1} B)^{-1} R A^{-1}` with `A = c I - D`
-        block diagonal: O(m p^3 + m p n^2 + n^3) work, all of it elementwise or reductions over
-        particles. The factors are not differentiated (see `Rodas4` for how derivatives go).
+        block diagonal: O(m p^3 + m p n^2 + n^3) work, all of it elementwise or matrix-vector
+        products over particles. The factors are not differentiated (see `Rodas4` for how derivatives go).
         """
         p, n = self.B.shape[:2]
         D, B, R, c = jax.lax.stop_gradient((self.D, self.B, self.R, c))
         A_inv = _small_inverse(c * jnp.eye(p)[:, :, None] - D)
         A_inv_B = [sum(A_inv[i][j] * B[j] for j in range(p)) for i in range(p)]
         R_A_inv = [sum(R[i] * A_inv[i][j] for i in range(p)) for j in range(p)]
-        # Contractions over particles as reductions, not dots: under vmap a dot becomes one
-        # small LAPACK/Eigen call per batch member on CPU.
-        capacitance = jnp.eye(n) - sum(_contract(R[i], A_inv_B[i]) for i in range(p))
+        capacitance = jnp.eye(n) - sum(R[i] @ A_inv_B[i].T for i in range(p))
         return Woodbury(A_inv, A_inv_B, _gauss_jordan_inverse(capacitance), R_A_inv)
 
     def shifted_matvec(self, c: Float[Array, ""], x_flat: Array) -> Array:
@@ -143,31 +141,24 @@ class DenseLU(eqx.Module):
         return jsl.lu_solve((self.lu, self.pivots), b, trans=1)
 
 
-def _contract(X: Float[Array, "n m"], Y: Float[Array, "n m"]) -> Float[Array, "n n"]:
-    """`X @ Y.T` as a reduction over particles."""
-    return jnp.sum(X[:, None, :] * Y[None, :, :], axis=-1)
-
-
 def _woodbury(
     A_inv: list[list[Array]], left: list[Array], cap_inv: Array, right: list[Array], b_flat: Array
 ) -> Array:
     """`A^{-1} b + left cap_inv (right . b)`, the Woodbury solve (or its transpose)."""
     p = len(left)
     b = b_flat.reshape(p, -1)
-    z = cap_inv @ sum(jnp.sum(right[j] * b[j], axis=-1) for j in range(p))
+    z = cap_inv @ sum(right[j] @ b[j] for j in range(p))
     return jnp.concatenate(
-        [
-            sum(A_inv[i][j] * b[j] for j in range(p)) + jnp.sum(z[:, None] * left[i], axis=0)
-            for i in range(p)
-        ]
+        [sum(A_inv[i][j] * b[j] for j in range(p)) + z @ left[i] for i in range(p)]
     )
 
 
 def _gauss_jordan_inverse(M: Float[Array, "n n"]) -> Float[Array, "n n"]:
     """Inverse of a small matrix by Gauss-Jordan elimination with partial pivoting, unrolled.
 
-    Written with elementwise operations only, so that under vmap a batch of capacitance
-    matrices is inverted in a few fused loops instead of one LAPACK call per member.
+    Written with elementwise operations only: LAPACK's LU of a 4 x 4 capacitance matrix and its
+    solves cost more than the rest of a 64-particle step, and under vmap they ran once per
+    batch member.
     """
     n = M.shape[0]
     rows = jnp.arange(n)
