@@ -82,7 +82,8 @@ class ParticleJacobian(eqx.Module):
 
         `(A - B R)^{-1} = A^{-1} + A^{-1} B (I - R A^{-1} B)^{-1} R A^{-1}` with `A = c I - D`
         block diagonal: O(m p^3 + m p n^2 + n^3) work, all of it elementwise or matrix-vector
-        products over particles. The factors are not differentiated (see `Rodas4` for how derivatives go).
+        products over particles. The factors are not differentiated: `Rodas4` differentiates
+        its solves implicitly through `shifted_matvec`.
         """
         p, n = self.B.shape[:2]
         D, B, R, c = jax.lax.stop_gradient((self.D, self.B, self.R, c))
@@ -96,12 +97,10 @@ class ParticleJacobian(eqx.Module):
         """`(c I - J) x` for flat `x`: what implicit differentiation of the solve needs."""
         p = self.B.shape[0]
         x = x_flat.reshape(p, -1)
-        global_part = sum(jnp.sum(self.R[j] * x[j], axis=-1) for j in range(p))
+        global_part = sum(self.R[j] @ x[j] for j in range(p))
         return jnp.concatenate(
             [
-                c * x[i]
-                - sum(self.D[i, j] * x[j] for j in range(p))
-                - jnp.sum(global_part[:, None] * self.B[i], axis=0)
+                c * x[i] - sum(self.D[i, j] * x[j] for j in range(p)) - global_part @ self.B[i]
                 for i in range(p)
             ]
         )
