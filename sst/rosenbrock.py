@@ -226,25 +226,19 @@ class Rodas4(dfx.AbstractAdaptiveSolver):
         return terms.vf(t0, y0, args)
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
-        flat0, unravel = ravel_pytree(y0)
-        y1_flat, error = self._stages(terms, args, flat0, unravel, t0, t1)
-        y1 = unravel(y1_flat)
-        dense_info = dict(y0=y0, y1=y1)
-        return y1, unravel(error), dense_info, None, dfx.RESULTS.successful
-
-    def _stages(self, terms, args, flat0, unravel, t0, t1):
-        """The six stages, returning `y1` and the error estimate (flat).
-
-        The linear solves differentiate implicitly (`custom_linear_solve`): the derivative of
-        `x = M^{-1} b` is `M^{-1} (db - dM x)`, with `dM x` from the cheap product `M x`, and
-        reverse mode solves with the transpose. Differentiating through the factorisation's
-        own operations instead cost 1.3x more per gradient (`benchmarks/batch.py` setup).
-        """
         h = t1 - t0
-        rate = _rate(terms, args, unravel)
-        f0, dfdt = jax.jvp(lambda t: rate(t, flat0), (t0,), (jnp.ones_like(t0),))
-        matvec, factor = self._linear_system(terms, args, flat0, unravel, t0, 1.0 / (h * _GAMMA))
+        flat0, unravel = ravel_pytree(y0)
 
+        def rate(t, y_flat):
+            return ravel_pytree(terms.vf(t, unravel(y_flat), args))[0]
+
+        f0, dfdt = jax.jvp(lambda t: rate(t, flat0), (t0,), (jnp.ones_like(t0),))
+        matvec, factor = self._linear_system(terms, rate, t0, y0, flat0, args, 1.0 / (h * _GAMMA))
+
+        # The solves differentiate implicitly: the derivative of x = M^{-1} b is
+        # M^{-1} (db - dM x), with dM x from the cheap product M x, and reverse mode solves with
+        # the transpose. Differentiating through the factorisation's own operations instead cost
+        # 1.3x more per gradient (the setup of benchmarks/batch.py).
         def solve(b):
             return jax.lax.custom_linear_solve(
                 matvec,
@@ -255,36 +249,29 @@ class Rodas4(dfx.AbstractAdaptiveSolver):
 
         ks = []
         for i in range(6):
-            y_i = _stage_state(flat0, ks, i)
+            y_i = flat0 + sum(a * k for a, k in zip(_A[i], ks, strict=True)) if i else flat0
             f_i = f0 if i == 0 else rate(t0 + _STAGE_TIMES[i] * h, y_i)
             rhs = f_i + sum((c / h) * k for c, k in zip(_C[i], ks, strict=True)) if i else f_i
             if _STAGE_GAMMAS[i] != 0.0:
                 rhs = rhs + (_STAGE_GAMMAS[i] * h) * dfdt
             ks.append(solve(rhs))
-        return y_i + ks[-1], ks[-1]
+        y1_flat = y_i + ks[-1]
+        y1 = unravel(y1_flat)
+        y_error = unravel(ks[-1])
+        dense_info = dict(y0=y0, y1=y1)
+        return y1, y_error, dense_info, None, dfx.RESULTS.successful
 
-    def _linear_system(self, terms, args, flat0, unravel, t0, c):
+    def _linear_system(self, terms, rate, t0, y0, flat0, args, c):
         """`x -> (c I - J) x` (differentiable in the model and the state) and its factors."""
         if self.linear_solver == "auto":
             model = getattr(_vector_field(terms), "__self__", None)
             structure = getattr(model, "particle_jacobian", None)
-            parts = structure(unravel(flat0), args) if structure is not None else None
+            parts = structure(y0, args) if structure is not None else None
             if parts is not None:
                 return (lambda x: parts.shifted_matvec(c, x)), parts.shifted_solver(c)
-        J = jax.jacfwd(lambda y: _rate(terms, args, unravel)(t0, y))(flat0)
+        J = jax.jacfwd(lambda y: rate(t0, y))(flat0)
         lu, pivots = jsl.lu_factor(jax.lax.stop_gradient(c * jnp.eye(flat0.shape[0]) - J))
         return (lambda x: c * x - J @ x), DenseLU(lu, pivots)
-
-
-def _rate(terms, args, unravel):
-    def rate(t, y_flat):
-        return ravel_pytree(terms.vf(t, unravel(y_flat), args))[0]
-
-    return rate
-
-
-def _stage_state(flat0, ks, i):
-    return flat0 + sum(a * k for a, k in zip(_A[i], ks[:i], strict=True)) if i else flat0
 
 
 def _vector_field(terms):
