@@ -97,10 +97,12 @@ class ParticleJacobian(eqx.Module):
         """`(c I - J) x` for flat `x`: what implicit differentiation of the solve needs."""
         p = self.B.shape[0]
         x = x_flat.reshape(p, -1)
-        global_part = sum(self.R[j] @ x[j] for j in range(p))
+        global_part = sum(jnp.sum(self.R[j] * x[j], axis=-1) for j in range(p))
         return jnp.concatenate(
             [
-                c * x[i] - sum(self.D[i, j] * x[j] for j in range(p)) - global_part @ self.B[i]
+                c * x[i]
+                - sum(self.D[i, j] * x[j] for j in range(p))
+                - jnp.sum(global_part[:, None] * self.B[i], axis=0)
                 for i in range(p)
             ]
         )
