@@ -74,7 +74,10 @@ def device_throughput(n: int, m: int) -> dict:
 
 
 def run_devices(k: int, n: int, m: int) -> dict:
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={k}")
+    # Host devices even on a machine with an accelerator, where the flag would not apply.
+    env = dict(
+        os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={k}", JAX_PLATFORMS="cpu"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env["PYTHONPATH"] = root
     out = subprocess.run(
@@ -165,7 +168,10 @@ def main() -> None:
     t_forward, t_grad, t_grad_default = grad_rows[0][1:]
     grad_ratio = t_grad / t_forward
 
-    print(f"\nbatch benchmark: m={m} particles, eps=1e-3, rtol=1e-8, atol=1e-10, {len(TS)} saves")
+    print(
+        f"\nbatch benchmark on {jax.default_backend()} (device rows: host CPU): m={m} particles, "
+        f"eps=1e-3, rtol=1e-8, atol=1e-10, {len(TS)} saves"
+    )
     print(f"{'configuration':42s} {'solves':>7s} {'solves/s':>10s} {'vs loop':>8s}")
     for name, count, rate in rows:
         print(f"{name:42s} {count:7d} {rate:10.2f} {rate / loop_rate:8.2f}")
@@ -189,7 +195,7 @@ def main() -> None:
         f"devices4_speedup={device_rates[4] / device_rates[1]:.3f} "
         f"grouping_speedup={plain / grouped:.3f} "
         f"grad_cost_ratio_default={t_grad_default / t_forward:.3f} loop_per_s={loop_rate:.3f} "
-        f"batch_per_s={batch_rate:.3f} {by_m}n={n} m={m}"
+        f"batch_per_s={batch_rate:.3f} {by_m}n={n} m={m} backend={jax.default_backend()}"
     )
 
 
