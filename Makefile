@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m sst.demo --out out/demo
+	$(BIN)/python -m sst._demo --out out/demo
 
 test: $(STAMP)
 	$(BIN)/ruff check sst tests benchmarks

@@ -1,82 +1,142 @@
 """sst: learning time-scales of two-layer networks, as solvable, batchable, differentiable ODEs.
 
 Implements the order-parameter dynamics of Berthier, Montanari and Zhou, "Learning time-scales in
-two-layers neural networks" (arXiv:2303.00055). See THEORY.md for the equations.
+two-layers neural networks" (arXiv:2303.00055). The equations are on the docs' model page.
+`sst` needs float64 and never changes JAX's configuration: call
+`jax.config.update("jax_enable_x64", True)` first.
 """
 
-import jax
-
-# The ODEs span time scales from eps to 1 with eps down to 1e-12: float64 is the default.
-jax.config.update("jax_enable_x64", True)
-
-from .batch import batch_mesh, shard_batch, solve_batch  # noqa: E402
-from .grad import grad_adjoint, hitting_time, log_time_area, risk_at  # noqa: E402
-from .hermite import Hermite, cross_kernel, cross_kernel_grad, erf, hermite_basis, relu  # noqa: E402
-from .io import load_trajectory, save_trajectory  # noqa: E402
-from .odes import (  # noqa: E402
-    FiniteDimODE,
-    FiniteDimState,
-    MeanFieldODE,
-    MeanFieldState,
-    Problem,
-    RandomInit,
-    particles_from_law,
-    quadrature_particles,
-    random_init,
+from ._batch import batch_mesh as batch_mesh
+from ._batch import shard_batch as shard_batch
+from ._batch import solve_batch as solve_batch
+from ._finite_dim import FiniteDimODE as FiniteDimODE
+from ._finite_dim import FiniteDimState as FiniteDimState
+from ._functionals import (
+    crossing_time as crossing_time,
 )
-from .optimize import OptimizeResult, optimize_activation  # noqa: E402
-from .particles import ParticleRun, full_batch_gd, online_sgd, population_gd  # noqa: E402
-from .rosenbrock import ParticleJacobian, Rodas4  # noqa: E402
-from .solve import Trajectory, default_solver, solve  # noqa: E402
-from .timescales import (  # noqa: E402
-    crossing_time,
-    detect_phases,
-    fit_exponent,
-    fit_scalings,
-    learning_times,
-    local_exponents,
+from ._functionals import (
+    grad_adjoint as grad_adjoint,
 )
-
-__all__ = [
-    "FiniteDimODE",
-    "FiniteDimState",
-    "Hermite",
-    "MeanFieldODE",
-    "MeanFieldState",
-    "OptimizeResult",
-    "ParticleJacobian",
-    "ParticleRun",
-    "Problem",
-    "RandomInit",
-    "Rodas4",
-    "Trajectory",
-    "batch_mesh",
-    "cross_kernel",
-    "cross_kernel_grad",
-    "crossing_time",
-    "default_solver",
-    "detect_phases",
-    "erf",
-    "fit_exponent",
-    "fit_scalings",
-    "full_batch_gd",
-    "grad_adjoint",
-    "hermite_basis",
-    "hitting_time",
-    "learning_times",
-    "load_trajectory",
-    "local_exponents",
-    "log_time_area",
-    "online_sgd",
-    "optimize_activation",
-    "particles_from_law",
-    "population_gd",
-    "quadrature_particles",
-    "random_init",
-    "relu",
-    "risk_at",
-    "save_trajectory",
-    "shard_batch",
-    "solve",
-    "solve_batch",
-]
+from ._functionals import (
+    hitting_time as hitting_time,
+)
+from ._functionals import (
+    log_time_area as log_time_area,
+)
+from ._functionals import (
+    risk_at as risk_at,
+)
+from ._hermite import Hermite as Hermite
+from ._hermite import erf as erf
+from ._hermite import hermite_basis as hermite_basis
+from ._hermite import relu as relu
+from ._init import (
+    RandomInit as RandomInit,
+)
+from ._init import (
+    particles_from_law as particles_from_law,
+)
+from ._init import (
+    quadrature_particles as quadrature_particles,
+)
+from ._init import (
+    random_init as random_init,
+)
+from ._io import load_trajectory as load_trajectory
+from ._io import save_trajectory as save_trajectory
+from ._linear import (
+    AbstractJacobian as AbstractJacobian,
+)
+from ._linear import (
+    DenseJacobian as DenseJacobian,
+)
+from ._linear import (
+    ParticleJacobian as ParticleJacobian,
+)
+from ._linear import (
+    WoodburySolver as WoodburySolver,
+)
+from ._mean_field import MeanFieldODE as MeanFieldODE
+from ._mean_field import MeanFieldState as MeanFieldState
+from ._model import AbstractModel as AbstractModel
+from ._optimize import OptimizeResult as OptimizeResult
+from ._optimize import optimize_activation as optimize_activation
+from ._plot import (
+    plot_ode_vs_network as plot_ode_vs_network,
+)
+from ._plot import (
+    plot_particles as plot_particles,
+)
+from ._plot import (
+    plot_risk as plot_risk,
+)
+from ._plot import (
+    plot_scaling as plot_scaling,
+)
+from ._problem import AbstractProblemModel as AbstractProblemModel
+from ._problem import Problem as Problem
+from ._rosenbrock import (
+    RODAS4 as RODAS4,
+)
+from ._rosenbrock import (
+    AbstractRosenbrock as AbstractRosenbrock,
+)
+from ._rosenbrock import (
+    Rodas4 as Rodas4,
+)
+from ._rosenbrock import (
+    RosenbrockInterpolation as RosenbrockInterpolation,
+)
+from ._rosenbrock import (
+    RosenbrockTableau as RosenbrockTableau,
+)
+from ._solution import (
+    RESULTS as RESULTS,
+)
+from ._solution import (
+    TrainingRecord as TrainingRecord,
+)
+from ._solution import (
+    Trajectory as Trajectory,
+)
+from ._solve import default_solver as default_solver
+from ._solve import solve as solve
+from ._timescales import (
+    Phase as Phase,
+)
+from ._timescales import (
+    ScalingFit as ScalingFit,
+)
+from ._timescales import (
+    detect_phases as detect_phases,
+)
+from ._timescales import (
+    fit_exponent as fit_exponent,
+)
+from ._timescales import (
+    fit_scalings as fit_scalings,
+)
+from ._timescales import (
+    heuristic_exponent as heuristic_exponent,
+)
+from ._timescales import (
+    learning_times as learning_times,
+)
+from ._timescales import (
+    local_exponents as local_exponents,
+)
+from ._train import (
+    AbstractEstimator as AbstractEstimator,
+)
+from ._train import (
+    FixedSamples as FixedSamples,
+)
+from ._train import (
+    OnlineSGD as OnlineSGD,
+)
+from ._train import (
+    PopulationGradient as PopulationGradient,
+)
+from ._train import (
+    train as train,
+)

@@ -24,16 +24,18 @@ import sys
 import time
 from typing import Any
 
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
 from tqdm import tqdm
 
+from ._io import save_trajectory
+from ._plot import plot_particles, plot_risk, plot_scaling
+from ._solution import Trajectory
+from ._solve import solve
+from ._timescales import detect_phases, fit_scalings, learning_times, local_exponents
 from .config import RunConfig, read_toml
-from .io import save_trajectory
-from .plot import plot_particles, plot_risk, plot_scaling
-from .solve import solve
-from .timescales import detect_phases, fit_scalings, learning_times, local_exponents
 
 _FRACTIONS = {"half": 0.5, "ninety": 0.9}
 
@@ -66,13 +68,11 @@ def versions() -> dict[str, str]:
 
 
 def learning_time_table(
-    ts: Float[ArrayLike, " T"],
-    residuals: Float[ArrayLike, "T R"],
-    target_coeffs: Float[ArrayLike, " K"],
+    traj: Trajectory, target_coeffs: Float[ArrayLike, " K"]
 ) -> dict[str, dict[str, float]]:
     """`{degree: {"half": t, "ninety": t}}` for the degrees of the target, and any other
     degree that was learned (`nan` where not learned by the last time)."""
-    times = {name: learning_times(ts, residuals, f) for name, f in _FRACTIONS.items()}
+    times = {name: learning_times(traj, f) for name, f in _FRACTIONS.items()}
     phi = np.asarray(target_coeffs)
     return {
         str(k): {name: float(t[k]) for name, t in times.items()}
@@ -109,18 +109,12 @@ def run_member(config: RunConfig, eps: float, out: pathlib.Path, progress: bool)
         "eps": eps,
         "model": config.model,
         "final_risk": float(risk[-1]),
-        "learning_times": learning_time_table(
-            np.asarray(traj.ts)[valid],
-            np.asarray(traj.residuals)[valid],
-            model.problem.target.coeffs,
-        ),
-        "phases": [vars(p) for p in detect_phases(np.asarray(traj.ts)[valid], risk)],
+        "learning_times": learning_time_table(traj, model.problem.target.coeffs),
+        "phases": [vars(p) for p in detect_phases(traj)],
         "solver": {
             "success": bool(traj.success),
             "t_reached": float(np.asarray(traj.ts)[valid][-1]),
-            "num_steps": int(traj.num_steps),
-            "num_accepted_steps": int(traj.num_accepted_steps),
-            "num_rejected_steps": int(traj.num_rejected_steps),
+            **{name: int(value) for name, value in traj.stats.items()},
             "rtol": traj.rtol,
             "atol": traj.atol,
             "max_steps": s["max_steps"],
@@ -239,6 +233,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sst` console script; returns the exit status."""
     args = _parser().parse_args(argv)
+    jax.config.update("jax_enable_x64", True)
     try:
         raw = read_toml(args.config)
         if args.eps and isinstance(raw.get("problem"), dict):

@@ -36,8 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .hermite import Hermite, erf, relu
-from .odes import FiniteDimODE, MeanFieldODE, Problem, quadrature_particles, random_init
+from ._finite_dim import FiniteDimODE
+from ._hermite import Hermite, erf, relu
+from ._init import quadrature_particles, random_init
+from ._mean_field import MeanFieldODE
+from ._problem import Problem
 
 _LAWS = ("normal", "uniform", "rademacher")
 _MODELS = ("mean_field", "finite_dim")

@@ -1,16 +1,17 @@
 """Many solves at once: batches of initial states and parameters, grouped by stiffness, sharded.
 
 `jax.vmap(lambda y0: sst.solve(model, y0, ts, throw=False))(y0s)` already works: `sst.solve` is a
-pure diffrax solve, and every array of a `Problem` (`eps`, the Hermite coefficients) is a JAX array
-that can be batched. `solve_batch` adds what a plain vmap lacks:
+pure diffrax solve, and every parameter of a model (`model.parameters()`: `eps`, the Hermite
+coefficients) is a JAX array that can be batched. `solve_batch` adds what a plain vmap lacks:
 
 - **Stiffness groups.** A vmapped adaptive solve runs until its slowest member is done, and every
-  member pays for every step. The step count grows as `eps` shrinks (THEORY.md sections 6 and 8),
+  member pays for every step. The step count grows as `eps` shrinks (docs: model, #time-scales),
   so a batch mixing `eps = 1e-1` and `eps = 1e-4` makes the easy members pay for the stiff one.
   `solve_batch` sorts the members by `eps` and solves consecutive groups of `group_size` members
   as separate vmaps (all groups have the same shape, so they share one compilation).
 - **Per-member failures.** Solves run with `throw=False`; a member that fails (step budget, NaN)
-  has `success[i] = False` and NaN rows masked by `valid[i]`, and the other members are unaffected.
+  has `result[i]` set (`success[i] = False`) and NaN rows masked by `valid[i]`; the other
+  members are unaffected.
 - **Devices.** With `mesh=`, each group is split across the devices of a one-axis mesh
   (`jax.sharding.NamedSharding`, `jit` of `vmap`); results are identical to one device.
   Implicit solvers fail under `pmap` and `shard_map` with these JAX versions, which is why the
@@ -30,12 +31,10 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float
 
-from .hermite import Hermite
-from .odes import FiniteDimODE, FiniteDimState, MeanFieldODE, MeanFieldState, Problem
-from .solve import Trajectory, check_times, solve
-
-Model = MeanFieldODE | FiniteDimODE
-State = MeanFieldState | FiniteDimState
+from ._model import AbstractModel
+from ._solution import Trajectory
+from ._solve import solve
+from ._validate import check_times, is_traced, require_x64
 
 BATCH_AXIS = "batch"
 
@@ -71,23 +70,12 @@ def shard_batch(tree, mesh: Mesh):
     return jax.tree_util.tree_map(put, tree)
 
 
-def _with_member(model: Model, member: dict[str, Array]) -> Model:
-    """`model` with this member's eps and Hermite coefficients (validated when concrete)."""
-    p = model.problem
-    problem = Problem(
-        Hermite(member.get("target", p.target.coeffs), p.target.closed_form),
-        Hermite(member.get("activation", p.activation.coeffs), p.activation.closed_form),
-        member.get("eps", p.eps),
-        p.noise,
-    )
-    return eqx.tree_at(lambda m: m.problem, model, problem)
-
-
 @eqx.filter_jit
-def _solve_group(model: Model, y0: State | None, ts: Array, members: dict, options: dict):
+def _solve_group(model: AbstractModel, y0, ts: Array, members: dict, options: dict):
     def one(member):
+        parameters = {k: v for k, v in member.items() if k != "y0"}
         return solve(
-            _with_member(model, member),
+            model.with_parameters(**parameters) if parameters else model,
             member["y0"] if y0 is None else y0,
             ts,
             throw=False,
@@ -103,33 +91,37 @@ def _replicate(tree, sharding):
 
 
 def _check_members(
-    model: Model, y0: State, eps, target, activation
-) -> tuple[dict[str, np.ndarray], State | None, int]:
+    model: AbstractModel, y0, parameters: dict[str, ArrayLike]
+) -> tuple[dict[str, np.ndarray], Any, int]:
     """Validate the batch and return its per-member arrays, the shared `y0` (or None), size."""
-    members: dict[str, np.ndarray] = {}
-    leaves = jax.tree_util.tree_leaves(y0)
-    if any(isinstance(x, jax.core.Tracer) for x in leaves + [eps, target, activation]):
+    if is_traced((y0, parameters)):
         raise ValueError(
             "solve_batch groups members by their concrete eps and cannot be traced (jit, grad); "
             "inside a transformation use jax.vmap(lambda ...: sst.solve(..., throw=False))."
         )
-    single = model.split(y0)[0][0].ndim == 1
+    members: dict[str, Any] = {}
+    single = jax.tree_util.tree_leaves(model.split(y0)[0])[0].ndim == 1
     if not single:
         members["y0"] = jax.tree_util.tree_map(np.asarray, y0)
-    batched = (("eps", eps, 1), ("target", target, 2), ("activation", activation, 2))
-    for name, value, ndim in batched:
-        if value is not None:
-            arr = np.asarray(value, dtype=float)
-            if arr.ndim != ndim:
-                raise ValueError(
-                    f"{name} must hold one {'value' if ndim == 1 else 'coefficient row'} per batch "
-                    f"member (shape {'(B,)' if ndim == 1 else '(B, K)'}), got shape {arr.shape}."
-                )
-            members[name] = arr
+    known = model.parameters()
+    for name, value in parameters.items():
+        if name not in known:
+            raise ValueError(
+                f"{type(model).__name__} has no parameter {name!r}; its parameters are "
+                f"{sorted(known)}."
+            )
+        arr = np.asarray(value, dtype=float)
+        ndim = np.ndim(known[name]) + 1
+        if arr.ndim != ndim:
+            raise ValueError(
+                f"{name} must hold one value per batch member: shape (B,) + the model's "
+                f"{np.shape(known[name])} with ndim {ndim}, got shape {arr.shape}."
+            )
+        members[name] = arr
     if not members:
         raise ValueError(
-            "Nothing is batched: pass y0 with a leading batch axis, or eps, target or activation "
-            "arrays with one entry per member."
+            "Nothing is batched: pass y0 with a leading batch axis, or eps or parameters= arrays "
+            "with one entry per member."
         )
     sizes = {k: jax.tree_util.tree_leaves(v)[0].shape[0] for k, v in members.items()}
     if len(set(sizes.values())) != 1:
@@ -140,18 +132,18 @@ def _check_members(
     # Every member must be a valid problem on its own: build (and so validate) each one.
     for i in range(size):
         member = {k: jax.tree_util.tree_map(lambda x, i=i: x[i], v) for k, v in members.items()}
-        _with_member(model, member).check_state(member.get("y0", y0))
+        state = member.pop("y0", y0)
+        (model.with_parameters(**member) if member else model).check_state(state)
     return members, (None if "y0" in members else y0), size
 
 
 def solve_batch(
-    model: Model,
-    y0: State,
+    model: AbstractModel,
+    y0: Any,
     ts: Float[ArrayLike, " T"],
     *,
     eps: Float[ArrayLike, " B"] | None = None,
-    target: Float[ArrayLike, "B K"] | None = None,
-    activation: Float[ArrayLike, "B K"] | None = None,
+    parameters: dict[str, ArrayLike] | None = None,
     group_size: int | None = None,
     mesh: Mesh | None = None,
     warn: bool = True,
@@ -161,14 +153,17 @@ def solve_batch(
 
     **Arguments:**
 
-    - `model`: the `MeanFieldODE` or `FiniteDimODE` shared by all members.
+    - `model`: the `sst.AbstractModel` shared by all members.
     - `y0`: one initial state shared by all members, or states with a leading batch axis
       (e.g. `a` and `s` of shape `(B, m)`).
     - `ts`: save times, shared.
-    - `eps`: `(B,)` relative learning rates, one per member (default: the model's).
-    - `target`, `activation`: `(B, K)` Hermite coefficients, one row per member, replacing the
-      coefficients of the model's target or activation (for `relu`/`erf` the closed-form kernel
-      stays; only the truncated series used for `V` and the residuals changes).
+    - `eps`: `(B,)` relative learning rates, one per member (default: the model's); the same
+      as `parameters={"eps": eps}`.
+    - `parameters`: any of `model.parameters()`, each with a leading batch axis, replacing the
+      model's (`model.with_parameters`). For `MeanFieldODE` and `FiniteDimODE`: `"eps"`,
+      `"target"` and `"activation"`, the latter two `(B, K)` Hermite coefficients, one row per
+      member (for `relu`/`erf` the closed-form kernel stays; only the truncated series used
+      for `V` and the residuals changes).
     - `group_size`: members per vmapped call. Members are sorted by `eps` and solved in groups
       of this size, so each group only pays for its own stiffest member. Default: the whole
       batch if all `eps` lie within a factor of 10, else one group per decade of `eps` spanned
@@ -180,22 +175,29 @@ def solve_batch(
       `throw` is not accepted: failures are reported per member.
 
     **Returns:** a `Trajectory` whose arrays carry a leading batch axis `B` in the input order;
-    `success[i]` and `valid[i]` say whether member `i` succeeded and which rows are valid.
-    Member `i` alone is `jax.tree_util.tree_map(lambda x: x[i], traj)`.
+    `result[i]` (`success[i]`) and `valid[i]` say how member `i` ended and which rows are
+    valid. Member `i` alone is `traj[i]`.
     """
     if "throw" in solve_options:
         raise ValueError(
             "solve_batch reports failures per member (Trajectory.success); do not pass throw."
         )
-    if not isinstance(model, MeanFieldODE | FiniteDimODE):
+    if not isinstance(model, AbstractModel):
         raise ValueError(
-            f"model must be a MeanFieldODE or FiniteDimODE, got {type(model).__name__}."
+            "model must be an sst.AbstractModel (e.g. sst.MeanFieldODE), got "
+            f"{type(model).__name__}."
         )
+    require_x64("sst.solve_batch")
     check_times(ts)
     ts = jnp.asarray(ts, dtype=float)
-    members, shared_y0, size = _check_members(model, y0, eps, target, activation)
+    parameters = dict(parameters or {})
+    if eps is not None:
+        if "eps" in parameters:
+            raise ValueError("Pass eps either as eps= or in parameters=, not both.")
+        parameters["eps"] = eps
+    members, shared_y0, size = _check_members(model, y0, parameters)
 
-    eps_all = members.get("eps", np.full(size, float(model.problem.eps)))
+    eps_all = members.get("eps", np.full(size, float(model.eps)))
     order = np.argsort(eps_all, kind="stable")
     n_dev = 1 if mesh is None else mesh.devices.size
     if group_size is None:

@@ -13,8 +13,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from .solve import Trajectory
-from .timescales import ScalingFit, detect_phases, learning_times
+from ._solution import Trajectory
+from ._timescales import ScalingFit, _check_single, detect_phases, learning_times
 
 # Colour of degree k in every figure, so that a degree looks the same across panels.
 _DEGREE_COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
@@ -25,6 +25,12 @@ _NEGLIGIBLE = 1e-20
 
 def _degree_colour(k: int) -> str:
     return _DEGREE_COLOURS[k % len(_DEGREE_COLOURS)]
+
+
+def _tolerances(traj: Trajectory) -> str:
+    if traj.training is not None:
+        return f"{type(traj.training.estimator).__name__}, eta={traj.training.eta:g}"
+    return f"rtol={traj.rtol:g}, atol={traj.atol:g}"
 
 
 def _valid_positive(traj: Trajectory) -> np.ndarray:
@@ -39,7 +45,7 @@ def plot_risk(
     phases: bool = True,
     max_degree: int = 6,
 ):
-    """Risk and squared Hermite residuals `r_k^2 / 2` against log time (THEORY.md section 6).
+    """Risk and squared Hermite residuals `r_k^2 / 2` against log time (docs: model, #time-scales).
 
     One line per degree `k <= max_degree` (degrees that are zero up to rounding are left out),
     and one line for the sum over the higher degrees, if any (a ReLU target has 33).
@@ -49,13 +55,14 @@ def plot_risk(
 
     **Returns:** the matplotlib figure.
     """
+    _check_single(traj, "plot_risk")
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.2))
     valid = _valid_positive(traj)
     ts = np.asarray(traj.ts)[valid]
     risk = np.asarray(traj.risk)[valid]
     ax.loglog(ts, risk, color="k", lw=2, label="risk")
     r2 = np.asarray(traj.residuals)[valid] ** 2
-    t_half = learning_times(ts, np.sqrt(r2), 0.5)
+    t_half = learning_times(traj, 0.5)
     curves = [
         (k, f"$r_{{{k}}}^2/2$", 0.5 * r2[:, k]) for k in range(min(r2.shape[1], max_degree + 1))
     ]
@@ -70,7 +77,7 @@ def plot_risk(
         if k <= max_degree and np.isfinite(t_half[k]):
             ax.axvline(t_half[k], color=colour, ls=":", lw=1)
     if phases:
-        for p in detect_phases(ts, risk):
+        for p in detect_phases(traj):
             if p.kind == "drop":
                 ax.axvspan(p.t_start, p.t_end, color="0.85", zorder=0, label="drop")
     # Below ~1e-12 of the initial risk a learned curve shows only float64 rounding.
@@ -78,7 +85,7 @@ def plot_risk(
     ax.set_ylim(max(ax.get_ylim()[0], 1e-12 * top), top)
     ax.set_xlabel("time $t$")
     ax.set_ylabel("risk")
-    ax.set_title(title or f"rtol={traj.rtol:g}, atol={traj.atol:g}")
+    ax.set_title(title or _tolerances(traj))
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=8)
@@ -89,16 +96,17 @@ def plot_risk(
 def plot_particles(traj: Trajectory, title: str | None = None, cmap: str = "coolwarm"):
     """Particle phase portrait: each particle's path in the `(a, s)` plane, and `s_i(t)`.
 
-    Left panel: `(a_i(t), s_i(t))`, one line per particle, starting at `s = 0` (THEORY.md
-    section 5). Right panel: the overlaps `s_i(t)` against log time. Lines are coloured by
+    Left panel: `(a_i(t), s_i(t))`, one line per particle, starting at `s = 0` (docs: model,
+    #mean-field-ode). Right panel: the overlaps `s_i(t)` against log time. Lines are coloured by
     `a_i(0)` (colour bar), which is what determines a particle's fate when `s(0) = 0`.
 
     **Returns:** the matplotlib figure (axes: plane, time, colour bar).
     """
+    _check_single(traj, "plot_particles")
     valid = np.asarray(traj.valid)
     ts = np.asarray(traj.ts)[valid]
-    a = np.asarray(traj.a)[valid]
-    s = np.asarray(traj.s)[valid]
+    a = np.asarray(traj.ys.a)[valid]
+    s = np.asarray(traj.ys.s)[valid]
     a0 = a[0]
     norm = plt.Normalize(a0.min(), a0.max() if a0.max() > a0.min() else a0.min() + 1.0)
     colours = plt.get_cmap(cmap)(norm(a0))
@@ -115,7 +123,7 @@ def plot_particles(traj: Trajectory, title: str | None = None, cmap: str = "cool
     ax_time.set_ylabel("overlap $s$")
     sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
     fig.colorbar(sm, ax=ax_time, label="$a(0)$")
-    fig.suptitle(title or f"{a.shape[1]} particles, rtol={traj.rtol:g}, atol={traj.atol:g}")
+    fig.suptitle(title or f"{a.shape[1]} particles, {_tolerances(traj)}")
     fig.tight_layout()
     return fig
 
@@ -130,7 +138,7 @@ def plot_scaling(
 
     One marker series per degree with a finite time; each fit in `fits` (from
     `timescales.fit_scalings`) is drawn as a dashed line labelled with its exponent, its
-    uncertainty and the heuristic of THEORY.md section 6.
+    uncertainty and the heuristic `1/(2l)` of the docs' model page.
 
     **Returns:** the matplotlib figure.
     """
@@ -163,11 +171,13 @@ def plot_scaling(
     return fig
 
 
-def plot_ode_vs_particles(ode: Trajectory, runs, mean_field=None, title=None, neurons: int = 4):
-    """Particle runs overlaid on the ODE from the same initial point (THEORY.md section 7).
+def plot_ode_vs_network(ode: Trajectory, runs, mean_field=None, title=None, neurons: int = 4):
+    """Training runs of the network overlaid on the ODE from the same initial point (docs:
+    model, #sgd).
 
     Left: population risk against time of `ode` (a `FiniteDimODE` trajectory), of the optional
-    `mean_field` trajectory and of each `sst.ParticleRun` in `runs` (labelled by step and batch).
+    `mean_field` trajectory and of each training run in `runs` (trajectories from `sst.train`,
+    labelled by estimator and step).
     Right: the overlaps `s_i(t)` of the first `neurons` neurons, ODE solid, the run with the
     smallest step dotted.
 
@@ -178,24 +188,20 @@ def plot_ode_vs_particles(ode: Trajectory, runs, mean_field=None, title=None, ne
     if mean_field is not None:
         ax_r.plot(mean_field.ts, mean_field.risk, color="k", ls="--", lw=1.5, label="MeanFieldODE")
     for run in runs:
-        kind = f"B={run.batch}" if run.batch else "population GD"
         valid = np.asarray(run.valid)
         ax_r.plot(
-            np.asarray(run.ts)[valid],
-            np.asarray(run.risk)[valid],
-            lw=1.2,
-            label=f"eta={run.eta:g}, {kind}",
+            np.asarray(run.ts)[valid], np.asarray(run.risk)[valid], lw=1.2, label=_tolerances(run)
         )
     ax_r.set_yscale("log")
     ax_r.set_xlabel("time $t$")
     ax_r.set_ylabel("population risk")
     ax_r.legend(fontsize=8)
-    finest = min(runs, key=lambda r: r.eta)
-    for i in range(min(neurons, ode.s.shape[1])):
-        (line,) = ax_s.plot(ode.ts, ode.s[:, i], lw=2)
-        ax_s.plot(finest.ts, finest.s[:, i], ls=":", lw=2, color=line.get_color())
+    finest = min(runs, key=lambda r: r.training.eta)
+    for i in range(min(neurons, ode.ys.s.shape[1])):
+        (line,) = ax_s.plot(ode.ts, ode.ys.s[:, i], lw=2)
+        ax_s.plot(finest.ts, finest.ys.s[:, i], ls=":", lw=2, color=line.get_color())
     ax_s.set_xlabel("time $t$")
-    ax_s.set_ylabel(f"$s_i$ (solid: ODE, dotted: eta={finest.eta:g})")
+    ax_s.set_ylabel(f"$s_i$ (solid: ODE, dotted: eta={finest.training.eta:g})")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

@@ -6,12 +6,11 @@ import argparse
 import pathlib
 import time
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
 import sst
-from sst.plot import plot_risk
-from sst.timescales import learning_times
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -20,6 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--eps", type=float, default=1e-3)
     parser.add_argument("--particles", type=int, default=32)
     args = parser.parse_args(argv)
+    jax.config.update("jax_enable_x64", True)
 
     problem = sst.Problem(
         target=sst.Hermite([0.5, 1.0, 1.0, 1.0]),  # phi = h_0/2 + h_1 + h_2 + h_3
@@ -32,14 +32,14 @@ def main(argv: list[str] | None = None) -> None:
     traj = sst.solve(sst.MeanFieldODE(problem), y0, ts)
     elapsed = time.perf_counter() - start
 
-    t_half = learning_times(traj.ts, traj.residuals, 0.5)
-    t_90 = learning_times(traj.ts, traj.residuals, 0.9)
+    t_half = sst.learning_times(traj, 0.5)
+    t_90 = sst.learning_times(traj, 0.9)
     print(
         f"Reduced ODE, eps={args.eps:g}, {args.particles} normal quadrature particles, "
         f"rtol={traj.rtol:g}, atol={traj.atol:g}"
     )
     print(
-        f"{int(traj.num_steps)} steps ({int(traj.num_rejected_steps)} rejected), "
+        f"{int(traj.stats['num_steps'])} steps ({int(traj.stats['num_rejected_steps'])} rejected), "
         f"{elapsed:.2f} s including compilation"
     )
     print(f"{'degree':>6} {'phi_k':>8} {'t_half':>12} {'t_90%':>12}")
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"final risk R(t={float(ts[-1]):g}) = {float(traj.risk[-1]):.3e}")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig = plot_risk(traj, title=f"cubic target, eps={args.eps:g}, m={args.particles}")
+    fig = sst.plot_risk(traj, title=f"cubic target, eps={args.eps:g}, m={args.particles}")
     fig.savefig(out / "risk.png", dpi=150)
     print(f"wrote {out / 'risk.png'}")
     if not np.all(np.isfinite(t_half)):

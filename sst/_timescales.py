@@ -1,14 +1,14 @@
-"""Time-scale analysis of trajectories (THEORY.md section 6).
+"""Time-scale analysis of trajectories (docs: model, #time-scales).
 
 - `crossing_time`, `learning_times`: when each Hermite component of the target is learned.
 - `detect_phases`: the plateaus and drops of the risk on log time.
 - `fit_exponent`, `fit_scalings`, `local_exponents`: fitted exponents `d log t_k / d log eps`
-  of an eps sweep, with their uncertainty, compared with the heuristic scalings of THEORY.md
-  section 6.
+  of an eps sweep, with their uncertainty, compared with the heuristic scalings `t_l ~ eps^(1/(2l))`
+  (docs: model, #time-scales).
 
 The residuals `r_k` these functions read are the projections of the target minus the network
 function on `h_k(<u*, x>)`; `sst.solve` computes them exactly for any activation, closed-form
-kernels included (`r_k = phi_k - sigma_k m_k`, THEORY.md section 5).
+kernels included (`r_k = phi_k - sigma_k m_k`, docs: model, #mean-field-ode).
 """
 
 from __future__ import annotations
@@ -18,58 +18,54 @@ import dataclasses
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
+from ._functionals import crossing_time
+from ._solution import Trajectory
+
 # A degree counts as carried by the residuals when |r_k(0)| exceeds this fraction of |r(0)|:
 # degrees absent from the target start at zero up to rounding, and have no learning time.
 _PRESENT = 1e-10
 
-#: Heuristic exponents `t_k ~ eps^HEURISTIC_EXPONENTS[k]` for a bounded law of `a(0)` and
-#: `s(0) = 0` (THEORY.md section 6); degree 1 carries an extra factor `log(1/eps)`.
-HEURISTIC_EXPONENTS: dict[int, float] = {0: 1.0, 1: 0.5, 2: 0.25}
 #: Degrees whose heuristic scaling carries a factor `log(1/eps)`.
 LOG_FACTOR_DEGREES: frozenset[int] = frozenset({1})
 
 
-def crossing_time(
-    ts: Float[ArrayLike, " T"], values: Float[ArrayLike, " T"], level: float
-) -> float:
-    """First time at which `values` falls to `level` or below, interpolated linearly in log time.
-
-    Returns `nan` if the level is never reached on the grid (and `ts[0]` if it starts below it).
-    Interpolating in log time matches how learning curves are read: drops happen over a fixed
-    factor of time, not a fixed interval.
-    """
-    ts = np.asarray(ts, dtype=float)
-    values = np.asarray(values, dtype=float)
-    below = np.nonzero(values <= level)[0]
-    if below.size == 0:
-        return float("nan")
-    j = int(below[0])
-    if j == 0:
-        return float(ts[0])
-    t0, t1, v0, v1 = ts[j - 1], ts[j], values[j - 1], values[j]
-    frac = (v0 - level) / (v0 - v1)
-    if t0 > 0:
-        return float(np.exp(np.log(t0) + frac * (np.log(t1) - np.log(t0))))
-    return float(t0 + frac * (t1 - t0))
+def heuristic_exponent(degree: int) -> float:
+    """The exponent of `t_l ~ eps^(1/(2l))` for a bounded law of `a(0)` and `s(0) = 0`
+    (docs: model, #time-scales): 1 for degree 0 (learned at `t ~ eps`), `1/(2l)` for `l >= 1`
+    (degree 1 with an extra factor `log(1/eps)`)."""
+    return 1.0 if degree == 0 else 1.0 / (2 * degree)
 
 
-def learning_times(
-    ts: Float[ArrayLike, " T"], residuals: Float[ArrayLike, "T R"], fraction: float = 0.5
-) -> Float[np.ndarray, " R"]:
-    """For each Hermite degree `k`, the time when `r_k^2` has lost `fraction` of its initial value.
+def learning_times(traj: Trajectory, fraction: float = 0.5) -> Float[np.ndarray, " R"]:
+    """For each residual `k` of `traj` (each Hermite degree, labelled by
+    `traj.residual_labels`), the time when `r_k^2` has lost `fraction` of its initial value.
 
-    `fraction=0.5` is "half learned", `0.9` is "90% learned" (THEORY.md section 6). Degrees whose
-    initial residual is zero up to rounding (absent from the target, or fitted by the initial
-    network) get `nan`, and so do degrees not learned by `ts[-1]`.
+    `fraction=0.5` is "half learned", `0.9` is "90% learned" (docs: model, #time-scales).
+    Residuals whose initial value is zero up to rounding (absent from the target, or fitted by
+    the initial network) get `nan`, and so do those not learned by the last valid save.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie strictly between 0 and 1, got {fraction}.")
-    r2 = np.asarray(residuals, dtype=float) ** 2
+    _check_single(traj, "learning_times")
+    valid = np.asarray(traj.valid)
+    ts = np.asarray(traj.ts)[valid]
+    r2 = np.asarray(traj.residuals, dtype=float)[valid] ** 2
     out = np.full(r2.shape[1], np.nan)
+    if ts.size == 0:
+        return out
     present = r2[0] > _PRESENT**2 * np.sum(r2[0])
     for k in np.nonzero(present)[0]:
-        out[k] = crossing_time(ts, r2[:, k], (1.0 - fraction) * r2[0, k])
+        out[k] = float(crossing_time(ts, r2[:, k], (1.0 - fraction) * r2[0, k]))
     return out
+
+
+def _check_single(traj: Trajectory, name: str) -> None:
+    if not isinstance(traj, Trajectory):
+        raise ValueError(f"{name} needs an sst.Trajectory, got {type(traj).__name__}.")
+    if traj.batch_size is not None:
+        raise ValueError(
+            f"{name} needs a single trajectory, got a batch of {traj.batch_size}; pass traj[i]."
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,14 +83,13 @@ class Phase:
 
 
 def detect_phases(
-    ts: Float[ArrayLike, " T"],
-    risk: Float[ArrayLike, " T"],
+    traj: Trajectory,
     *,
     rate_threshold: float = 0.02,
     min_drop: float = 0.01,
     min_plateau_decades: float = 0.25,
 ) -> list[Phase]:
-    """Split a learning curve into plateaus and drops on log time (THEORY.md section 6).
+    """Split a learning curve into plateaus and drops on log time (docs: model, #time-scales).
 
     The rate of learning is `-dR / d log10(t)` divided by the total decrease of the risk over the
     curve: a drop is a maximal interval where it exceeds `rate_threshold` (a fraction of the total
@@ -104,7 +99,7 @@ def detect_phases(
 
     **Arguments:**
 
-    - `ts`, `risk`: the curve; times `<= 0` and non-finite values are ignored.
+    - `traj`: a single trajectory; its valid saves at times `> 0` make the curve.
     - `rate_threshold`: drop/plateau boundary, fraction of the total decrease per decade.
     - `min_drop`: drops losing less than this fraction of the total decrease become plateau.
     - `min_plateau_decades`: plateaus shorter than this (in decades) between two drops are
@@ -113,13 +108,10 @@ def detect_phases(
     **Returns:** the phases in time order, covering the valid part of the curve; empty if fewer
     than three valid points, a single plateau if the risk does not decrease.
     """
-    ts = np.asarray(ts, dtype=float)
-    risk = np.asarray(risk, dtype=float)
-    if ts.shape != risk.shape or ts.ndim != 1:
-        raise ValueError(
-            f"ts and risk must be 1-d arrays of the same length, got {ts.shape} and {risk.shape}."
-        )
-    keep = (ts > 0) & np.isfinite(risk)
+    _check_single(traj, "detect_phases")
+    ts = np.asarray(traj.ts, dtype=float)
+    risk = np.asarray(traj.risk, dtype=float)
+    keep = (ts > 0) & np.isfinite(risk) & np.asarray(traj.valid)
     ts, risk = ts[keep], risk[keep]
     if ts.size < 3:
         return []
@@ -162,7 +154,7 @@ class ScalingFit:
 
     **Fields:** `exponent` and its standard error `stderr` (`nan` from two points),
     `prefactor`, `log_factor`, the number of points `n` used, and `heuristic`, the exponent of
-    THEORY.md section 6 for this degree (`nan` where none is stated).
+    the docs' model page for this degree (`nan` where none is stated).
     """
 
     exponent: float
@@ -185,8 +177,8 @@ def fit_exponent(
     """Least-squares slope of `log t` against `log eps`: the exponent `d log t / d log eps`.
 
     With `log_factor=True` the fit is of `log(t / log(1/eps))`, which accounts for the
-    logarithmic factor of the degree-1 heuristic `t_1 ~ eps^(1/2) log(1/eps)` (THEORY.md
-    section 6). Points with a non-finite or non-positive time are left out.
+    logarithmic factor of the degree-1 heuristic `t_1 ~ eps^(1/2) log(1/eps)` (docs: model,
+    #time-scales). Points with a non-finite or non-positive time are left out.
 
     **Returns:** a `ScalingFit`; its `stderr` is the standard error of the slope from the
     residuals of the fit (`nan` with exactly two points). It is statistical only: see
@@ -252,7 +244,7 @@ def fit_scalings(
     """Fit `d log t_k / d log eps` for every degree `k` with at least two learning times.
 
     `times[i, k]` is the learning time of degree `k` at `eps[i]` (from `learning_times`).
-    Degree 1 is fitted with the `log(1/eps)` factor removed (THEORY.md section 6); each fit
+    Degree 1 is fitted with the `log(1/eps)` factor removed (docs: model, #time-scales); each fit
     carries the heuristic exponent of its degree for comparison.
 
     **Returns:** `{degree: ScalingFit}` for the degrees that could be fitted.
@@ -269,5 +261,5 @@ def fit_scalings(
         if np.unique(eps[ok]).size < 2:
             continue
         fit = fit_exponent(eps, times[:, k], log_factor=k in LOG_FACTOR_DEGREES)
-        fits[k] = dataclasses.replace(fit, heuristic=HEURISTIC_EXPONENTS.get(k, float("nan")))
+        fits[k] = dataclasses.replace(fit, heuristic=heuristic_exponent(k))
     return fits

@@ -6,7 +6,7 @@ activation and the initial state. This module provides the functionals people di
 
 - `risk_at`: the risk at a time (interpolated in log time between saves);
 - `log_time_area`: the area under the risk curve against `log t`, which weighs every time scale
-  (every plateau and drop of THEORY.md section 6) equally;
+  (every plateau and drop, docs: model, #time-scales) equally;
 - `hitting_time`: the first time the risk falls to a level, a differentiable event.
 
 **Which adjoint.**
@@ -34,10 +34,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
-from .odes import FiniteDimODE, MeanFieldODE
-from .solve import Trajectory
-
-Model = MeanFieldODE | FiniteDimODE
+from ._model import AbstractModel
+from ._solution import Trajectory
 
 
 def grad_adjoint(mode: str = "reverse", checkpoints: int = 1024) -> dfx.AbstractAdjoint:
@@ -89,15 +87,15 @@ def log_time_area(traj: Trajectory) -> Float[Array, ""]:
 
 
 def hitting_time(
-    traj: Trajectory, level: Float[ArrayLike, ""], model: Model | None = None
+    traj: Trajectory, level: Float[ArrayLike, ""], model: AbstractModel | None = None
 ) -> Float[Array, ""]:
     """First time the risk falls to `level`, a differentiable event.
 
     The crossing is located between the two bracketing saves and interpolated in `log t` (in `t`
     if the left save is at `t = 0`):
 
-    - without `model`, linearly in the risk (the convention of `sst.crossing_time`): the
-      location is second-order accurate in the save spacing, its derivative only first-order;
+    - without `model`, linearly in the risk (as `crossing_time`): the location is second-order
+      accurate in the save spacing, its derivative only first-order;
     - with the `model` that produced `traj`, by the cubic Hermite interpolant built from the risk
       and its exact rate `dR/dt = grad R . f` at both saves: fourth-order accurate, and its
       derivative third-order. Use this one for gradients of hitting times.
@@ -110,27 +108,47 @@ def hitting_time(
     Returns `ts[0]` if the risk starts at or below `level` and NaN if it never gets there
     (including when the solve failed before reaching it).
     """
-    ts, risk = traj.ts, traj.risk
-    level = jnp.asarray(level, dtype=risk.dtype)
-    below = risk <= level
+    rate = None
+    if model is not None:
+
+        def rate(i):
+            state = traj.state(i)
+            return jax.jvp(model.risk, (state,), (model.rate(traj.ts[i], state),))[1]
+
+    return _crossing(traj.ts, traj.risk, level, rate)
+
+
+def crossing_time(
+    ts: Float[ArrayLike, " T"], values: Float[ArrayLike, " T"], level: Float[ArrayLike, ""]
+) -> Float[Array, ""]:
+    """First time at which `values` falls to `level` or below, interpolated linearly in log time
+    (in `t` if the left save is at `t = 0`); differentiable.
+
+    Returns NaN if the level is never reached on the grid (and `ts[0]` if it starts below it).
+    Interpolating in log time matches how learning curves are read: drops happen over a fixed
+    factor of time, not a fixed interval.
+    """
+    return _crossing(jnp.asarray(ts, dtype=float), jnp.asarray(values, dtype=float), level, None)
+
+
+def _crossing(ts: Array, values: Array, level, rate) -> Array:
+    """The crossing of `values` with `level`; with `rate(i)` (`d values / dt` at save `i`) by the
+    cubic Hermite interpolant, else linearly (see `hitting_time`)."""
+    level = jnp.asarray(level, dtype=values.dtype)
+    below = values <= level
     j = jnp.clip(jnp.argmax(below), 1, ts.shape[0] - 1)
     in_log = ts[j - 1] > 0
     u = jnp.where(in_log, _log_time(ts), ts)
     u0, du = u[j - 1], u[j] - u[j - 1]
-    r0, r1 = risk[j - 1] - level, risk[j] - level
-    if model is None:
+    r0, r1 = values[j - 1] - level, values[j] - level
+    if rate is None:
         slopes = (r1 - r0, r1 - r0)
     else:
-        # dR/du on the unit interval: dR/dt * dt/du * du, with dt/du = t in log time.
-        def rate(i):
-            state = traj.state(i)
-            dr_dt = jax.jvp(model.risk, (state,), (model(ts[i], state),))[1]
-            return dr_dt * jnp.where(in_log, ts[i], 1.0) * du
-
-        slopes = (rate(j - 1), rate(j))
+        # d values / du on the unit interval: dR/dt * dt/du * du, with dt/du = t in log time.
+        slopes = tuple(rate(i) * jnp.where(in_log, ts[i], 1.0) * du for i in (j - 1, j))
 
     def cubic(x):
-        # Cubic Hermite interpolant of risk - level on x in [0, 1], and its derivative.
+        # Cubic Hermite interpolant of values - level on x in [0, 1], and its derivative.
         h00, h10, h01, h11 = (
             2 * x**3 - 3 * x**2 + 1,
             x**3 - 2 * x**2 + x,
@@ -148,7 +166,7 @@ def hitting_time(
 
     safe = jnp.where(r0 == r1, 1.0, r0 - r1)
     x = jax.lax.stop_gradient(jnp.clip(r0 / safe, 0.0, 1.0))
-    for _ in range(_NEWTON_ITERATIONS if model is not None else 0):
+    for _ in range(_NEWTON_ITERATIONS if rate is not None else 0):
         value, slope = jax.lax.stop_gradient(cubic(x))
         x = jnp.clip(x - value / jnp.where(slope == 0, 1.0, slope), 0.0, 1.0)
     value, slope = cubic(x)

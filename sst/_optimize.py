@@ -1,7 +1,7 @@
 """Designing the activation by gradient descent through the learning dynamics (with optax).
 
 The learning curve depends smoothly on the activation's Hermite coefficients `sigma_k`
-(THEORY.md sections 5 and 6): `sigma_k` sets the rate at which degree `k` of the target is
+(docs: model, #time-scales): `sigma_k` sets the rate at which degree `k` of the target is
 learned. `optimize_activation` minimises a differentiable functional of the trajectory over the
 coefficients with their norm `|sigma|` held fixed (a larger activation trivially learns faster):
 the coefficients are `|sigma| v / |v|` and Adam updates `v`.
@@ -16,10 +16,12 @@ import numpy as np
 import optax
 from jaxtyping import Array, ArrayLike, Float
 
-from .grad import hitting_time, log_time_area, risk_at
-from .hermite import Hermite
-from .odes import MeanFieldODE, MeanFieldState, Problem
-from .solve import Trajectory, solve
+from ._functionals import hitting_time, log_time_area, risk_at
+from ._hermite import Hermite
+from ._mean_field import MeanFieldODE, MeanFieldState
+from ._problem import Problem
+from ._solution import Trajectory
+from ._solve import solve
 
 OBJECTIVES = ("risk", "area", "time")
 
@@ -90,8 +92,7 @@ def optimize_activation(
     solve_options = {**solve_options, "throw": False}
 
     def trajectory(v):
-        activation = Hermite(norm * v / jnp.linalg.norm(v))
-        model = MeanFieldODE(Problem(problem.target, activation, problem.eps, problem.noise))
+        model = MeanFieldODE(problem.with_parameters(activation=norm * v / jnp.linalg.norm(v)))
         return model, solve(model, y0, ts, **solve_options)
 
     def loss(v):

@@ -1,0 +1,110 @@
+"""The exact finite-dimensional order-parameter ODE (docs: model, #finite-dimensional-ode)."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._linear import DenseJacobian
+from ._problem import AbstractProblemModel, Problem, _moments
+from ._validate import check_particles
+
+
+class FiniteDimState(eqx.Module):
+    """State of the exact finite-dimensional ODE (docs: model, #finite-dimensional-ode).
+
+    **Fields:** `a` second-layer weights `(m,)`, `s` overlaps `<u*, w_i>` `(m,)`, `Q` the overlap
+    matrix `<w_i, w_j>` `(m, m)`, symmetric with unit diagonal.
+    """
+
+    a: Float[Array, " m"]
+    s: Float[Array, " m"]
+    Q: Float[Array, "m m"]
+
+    def __init__(self, a, s, Q):
+        self.a = jnp.asarray(a, dtype=float)
+        self.s = jnp.asarray(s, dtype=float)
+        self.Q = jnp.asarray(Q, dtype=float)
+
+
+class FiniteDimODE(AbstractProblemModel):
+    """The exact order-parameter ODE of population gradient flow (docs: model,
+    #finite-dimensional-ode):
+
+    `eps da_i/dt = V(s_i) - (1/m) sum_j a_j U(Q_ij)`,
+    `ds_i/dt = a_i V'(s_i)(1 - s_i^2) - (a_i/m) sum_{j!=i} a_j U'(Q_ij)(s_j - Q_ij s_i)`,
+    `dQ_ij/dt = M_ij + M_ji`, `M_ij = a_i V'(s_i)(s_j - s_i Q_ij)
+    - (a_i/m) sum_{k!=i} a_k U'(Q_ik)(Q_kj - Q_ik Q_ij)`.
+
+    Exact for any `d` and `m`: `d` enters only through the initial condition.
+    """
+
+    problem: Problem
+
+    def check_state(self, state: FiniteDimState) -> None:
+        """Raise `ValueError` if `state` is not a valid `(a, s, Q)`."""
+        if not isinstance(state, FiniteDimState):
+            raise ValueError(f"FiniteDimODE needs a FiniteDimState, got {type(state).__name__}.")
+        a, s, Q = (np.asarray(x) for x in (state.a, state.s, state.Q))
+        m = a.shape[0] if a.ndim == 1 else -1
+        if a.ndim != 1 or s.shape != a.shape or Q.shape != (m, m):
+            raise ValueError(
+                "FiniteDimState needs a and s of shape (m,) and Q of shape (m, m); got "
+                f"{a.shape}, {s.shape} and {Q.shape}."
+            )
+        check_particles(a, s)
+        if not np.all(np.isfinite(Q)):
+            raise ValueError("Q contains NaN or inf; pass the finite overlap matrix W @ W.T.")
+        if np.max(np.abs(Q - Q.T)) > 1e-10 or np.max(np.abs(np.diag(Q) - 1.0)) > 1e-10:
+            raise ValueError(
+                "Q must be symmetric with unit diagonal (the Gram matrix of unit vectors); "
+                "symmetrise it and set its diagonal to 1."
+            )
+        if np.max(np.abs(Q)) > 1.0 + 1e-12:
+            raise ValueError("Entries of Q are overlaps of unit vectors and must lie in [-1, 1].")
+
+    def split(self, state: FiniteDimState) -> tuple[tuple[Array, Array, Array], None]:
+        """Evolving part `(a, s, Q)` and constant `args` (none) of a state."""
+        return (state.a, state.s, state.Q), None
+
+    def merge(self, y: tuple[Array, Array, Array], args: None) -> FiniteDimState:
+        """Inverse of `split`."""
+        return FiniteDimState(*y)
+
+    def __call__(self, t, y: tuple[Array, Array, Array], args=None):
+        """Time derivative of `(a, s, Q)`."""
+        a, s, Q = y
+        p = self.problem
+        m = a.shape[0]
+        off = 1.0 - jnp.eye(m)
+        Q_off = Q * off  # the diagonal is 1 by construction; never differentiate U there
+        U = p.U(Q_off) * off + p.U(1.0) * jnp.eye(m)
+        G = (a[None, :] * p.dU(Q_off)) * off  # G_ik = a_k U'(Q_ik), k != i
+        da = (p.V(s) - U @ a / m) / p.eps
+        aVp = a * p.dV(s)
+        ds = aVp * (1.0 - s**2) - (a / m) * (G @ s - s * jnp.sum(G * Q_off, axis=1))
+        M = aVp[:, None] * (s[None, :] - s[:, None] * Q_off) - (a / m)[:, None] * (
+            G @ Q - Q_off * jnp.sum(G * Q_off, axis=1)[:, None]
+        )
+        dQ = (M + M.T) * off
+        return da, ds, dQ
+
+    def jacobian(self, t, y, args=None) -> DenseJacobian:
+        """The dense Jacobian of the vector field (every pair of neurons interacts through Q)."""
+        return DenseJacobian.of(self, t, y, args)
+
+    def moments(self, state: FiniteDimState) -> Float[Array, " R"]:
+        """`m_k = (1/m) sum_i a_i s_i^k` for `k` up to the target's degree."""
+        m = state.a.shape[0]
+        return _moments(jnp.full(m, 1.0 / m), state.a, state.s, len(self.problem.degrees))
+
+    def risk(self, state: FiniteDimState) -> Float[Array, ""]:
+        """`R = |phi|^2/2 - (1/m) sum_i a_i V(s_i) + (1/2m^2) sum_ij a_i a_j U(Q_ij)` (+ noise)."""
+        p = self.problem
+        a, s, Q = state.a, state.s, state.Q
+        m = a.shape[0]
+        eye = jnp.eye(m)
+        U = p.U(Q * (1 - eye)) * (1 - eye) + p.U(1.0) * eye
+        return p.baseline_risk - jnp.sum(a * p.V(s)) / m + 0.5 * (a @ U @ a) / m**2

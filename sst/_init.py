@@ -1,0 +1,108 @@
+"""Initial conditions: quadrature or given particles for the mean-field ODE, random networks
+in dimension `d` for the finite-dimensional ODE and for training."""
+
+from __future__ import annotations
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._finite_dim import FiniteDimState
+from ._mean_field import MeanFieldState
+
+
+def quadrature_particles(
+    m: int, law: str = "normal", scale: float = 1.0, mean: float = 0.0
+) -> MeanFieldState:
+    """Deterministic particles discretising the law of `a(0)`, `s(0) = 0` (docs: model,
+    #mean-field-ode).
+
+    **Arguments:**
+
+    - `m`: number of particles.
+    - `law`: `"normal"` (Gauss-Hermite nodes of N(mean, scale^2)), `"uniform"` (Gauss-Legendre
+      nodes on [mean - scale, mean + scale]) or `"rademacher"` (mean +- scale with weight 1/2;
+      `m` must be even, the two atoms are split into m/2 equal particles each).
+
+    **Returns:** a `MeanFieldState` whose weights are the quadrature weights.
+    """
+    if not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be a positive integer number of particles, got {m!r}.")
+    if law == "normal":
+        x, w = np.polynomial.hermite_e.hermegauss(m)
+        w = w / w.sum()
+    elif law == "uniform":
+        x, w = np.polynomial.legendre.leggauss(m)
+        w = w / 2.0
+    elif law == "rademacher":
+        if m % 2:
+            raise ValueError(f"law='rademacher' needs an even number of particles, got m={m}.")
+        x = np.repeat([-1.0, 1.0], m // 2)
+        w = np.full(m, 1.0 / m)
+    else:
+        raise ValueError(f"law must be 'normal', 'uniform' or 'rademacher', got {law!r}.")
+    return MeanFieldState(mean + scale * x, np.zeros(m), w)
+
+
+def particles_from_law(
+    nodes: Float[ArrayLike, " m"], weights: Float[ArrayLike, " m"]
+) -> MeanFieldState:
+    """Particles at given nodes `a(0)` with given weights and `s(0) = 0`."""
+    nodes = np.asarray(nodes, dtype=float)
+    return MeanFieldState(nodes, np.zeros_like(nodes), weights)
+
+
+class RandomInit(eqx.Module):
+    """A random initialisation of the network in dimension `d` and its order parameters.
+
+    **Fields:** `state` (the exact `FiniteDimState`), `W` the first-layer weights `(m, d)` with
+    unit rows, `u` the unit target direction `(d,)`. `state.s = W u` and `state.Q = W W^T`.
+    """
+
+    state: FiniteDimState
+    W: Float[Array, "m d"]
+    u: Float[Array, " d"]
+
+    @classmethod
+    def from_weights(
+        cls, a: Float[ArrayLike, " m"], W: Float[ArrayLike, "m d"], u: Float[ArrayLike, " d"]
+    ) -> RandomInit:
+        """The network `(a, W)` with target direction `u` and its exact order parameters (e.g.
+        to continue a training run from `traj.training.W`)."""
+        a, W, u = (jnp.asarray(v, dtype=float) for v in (a, W, u))
+        Q = W @ W.T
+        Q = 0.5 * (Q + Q.T)
+        Q = Q.at[jnp.diag_indices(W.shape[0])].set(1.0)
+        return cls(FiniteDimState(a, W @ u, Q), W, u)
+
+    def mean_field(self) -> MeanFieldState:
+        """The same particles `(a, s)` with equal weights, for `MeanFieldODE`."""
+        return MeanFieldState(self.state.a, self.state.s)
+
+
+def random_init(
+    key: PRNGKeyArray, m: int, d: int, a_scale: float = 1.0, a_law: str = "normal"
+) -> RandomInit:
+    """Random unit first-layer weights in dimension `d` and random second-layer weights.
+
+    `w_i` uniform on the sphere, `u* = e_1`; `a_i` i.i.d. normal with standard deviation
+    `a_scale` (`a_law="normal"`), uniform on `[-a_scale, a_scale]` (`"uniform"`) or `+-a_scale`
+    (`"rademacher"`). Overlaps are of order `1/sqrt(d)` (docs: model, #finite-dimensional-ode).
+    """
+    if m < 1 or d < 2:
+        raise ValueError(f"random_init needs m >= 1 and d >= 2, got m={m}, d={d}.")
+    kw, ka = jax.random.split(key)
+    W = jax.random.normal(kw, (m, d))
+    W = W / jnp.linalg.norm(W, axis=1, keepdims=True)
+    u = jnp.zeros(d).at[0].set(1.0)
+    if a_law == "normal":
+        a = a_scale * jax.random.normal(ka, (m,))
+    elif a_law == "uniform":
+        a = jax.random.uniform(ka, (m,), minval=-a_scale, maxval=a_scale)
+    elif a_law == "rademacher":
+        a = a_scale * jax.random.rademacher(ka, (m,)).astype(float)
+    else:
+        raise ValueError(f"a_law must be 'normal', 'uniform' or 'rademacher', got {a_law!r}.")
+    return RandomInit.from_weights(a, W, u)

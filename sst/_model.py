@@ -1,0 +1,81 @@
+"""What every order-parameter model provides: `AbstractModel`."""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Hashable
+from typing import Any, Generic, TypeVar
+
+import equinox as eqx
+import jax
+from jaxtyping import Array, Float, PyTree
+
+from ._linear import AbstractJacobian
+
+State = TypeVar("State")
+
+
+class AbstractModel(eqx.Module, Generic[State]):
+    """An ODE for the order parameters of a learning problem, as `sst.solve` integrates it.
+
+    A model has two views of its state: the user-facing state (an `eqx.Module` such as
+    `MeanFieldState`) and the solver coordinates `y` with constant `args` (`split`/`merge`),
+    chosen so that implicit steps stay inside the domain (e.g. `s = sin(theta)`). Calling the
+    model is its vector field in solver coordinates, `model(t, y, args) = dy/dt`, so that
+    `diffrax.ODETerm(model)` integrates it and a Rosenbrock solver can ask for `jacobian`.
+
+    Concrete models implement every abstract method below; `solve`, `solve_batch`, the gradient
+    functionals and the plots use nothing else.
+    """
+
+    @abc.abstractmethod
+    def split(self, state: State) -> tuple[PyTree[Array], Any]:
+        """Solver coordinates `y` and constant `args` of a state."""
+
+    @abc.abstractmethod
+    def merge(self, y: PyTree[Array], args: Any) -> State:
+        """Inverse of `split` (also on `y` with leading batch or time axes)."""
+
+    @abc.abstractmethod
+    def __call__(self, t: Any, y: PyTree[Array], args: Any) -> PyTree[Array]:
+        """The vector field `dy/dt` in solver coordinates."""
+
+    @abc.abstractmethod
+    def jacobian(self, t: Any, y: PyTree[Array], args: Any) -> AbstractJacobian:
+        """The Jacobian of `__call__` in `y`, as a structure that solves with `c I - J`
+        (`DenseJacobian.of(self, t, y, args)` where there is no structure to exploit)."""
+
+    @abc.abstractmethod
+    def risk(self, state: State) -> Float[Array, ""]:
+        """The population risk of a state."""
+
+    @abc.abstractmethod
+    def residuals(self, state: State) -> Float[Array, " R"]:
+        """The components of the target not yet learned, labelled by `residual_labels`."""
+
+    @property
+    @abc.abstractmethod
+    def residual_labels(self) -> tuple[Hashable, ...]:
+        """What each residual is (a Hermite degree, a multi-index)."""
+
+    @abc.abstractmethod
+    def check_state(self, state: State) -> None:
+        """Raise `ValueError` (one sentence naming the fix) if a concrete state is invalid."""
+
+    @property
+    @abc.abstractmethod
+    def eps(self) -> Float[Array, ""]:
+        """The relative learning rate: solves are grouped by it (stiffness grows as it shrinks)."""
+
+    @abc.abstractmethod
+    def parameters(self) -> dict[str, Array]:
+        """The arrays a batch of solves may vary, by name (always `"eps"`)."""
+
+    @abc.abstractmethod
+    def with_parameters(self, **values: Array) -> AbstractModel[State]:
+        """This model with some `parameters()` replaced (validated when concrete)."""
+
+    def rate(self, t: Any, state: State) -> State:
+        """`d state / dt`, the vector field carried from solver coordinates to the state."""
+        y, args = self.split(state)
+        return jax.jvp(lambda y: self.merge(y, args), (y,), (self(t, y, args),))[1]

@@ -1,0 +1,48 @@
+"""Checks shared by the entry points: concrete or traced inputs, save times, float64."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jaxtyping import ArrayLike
+
+
+def is_traced(tree: Any) -> bool:
+    """Whether any leaf of `tree` is a tracer (inside jit, vmap, grad): then no concrete check."""
+    return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+def check_times(ts: ArrayLike) -> np.ndarray:
+    """Validate save times: a finite, strictly increasing 1-d array of at least two times."""
+    ts_np = np.asarray(ts, dtype=float)
+    if ts_np.ndim != 1 or ts_np.shape[0] < 2:
+        raise ValueError(f"ts must be a 1-d array of at least two times, got shape {ts_np.shape}.")
+    if not np.all(np.isfinite(ts_np)):
+        raise ValueError("ts contains NaN or inf; pass finite save times.")
+    if np.any(np.diff(ts_np) <= 0):
+        raise ValueError("ts must be strictly increasing; sort it and drop duplicates.")
+    return ts_np
+
+
+def require_x64(where: str) -> None:
+    """Raise if float64 is off: the ODEs span time scales from eps to 100 with eps far below the
+    float32 resolution. `sst` never changes JAX's configuration itself."""
+    if not jax.config.jax_enable_x64:
+        raise RuntimeError(
+            f"{where} needs float64: add `jax.config.update('jax_enable_x64', True)` right after "
+            "`import jax`, before creating any array."
+        )
+
+
+def check_particles(a: np.ndarray, s: np.ndarray) -> None:
+    if a.shape[0] == 0:
+        raise ValueError("The state has no particles; pass at least one.")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
+        raise ValueError("The state contains NaN or inf in a or s; pass finite values.")
+    if np.max(np.abs(s)) > 1.0:
+        raise ValueError(
+            f"Overlaps s must lie in [-1, 1] (they are <u*, w_i> for unit vectors); got "
+            f"max |s| = {np.max(np.abs(s)):.6g}."
+        )
