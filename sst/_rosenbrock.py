@@ -199,7 +199,10 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
             rhs = f_i + _combine(tab.C[i], ks) / h
             if tab.gammas[i] != 0.0:
                 rhs = rhs + (tab.gammas[i] * h) * dfdt
-            ks.append(lx.linear_solve(operator, rhs, linear_solver, state=state).value)
+            # A non-finite stage (a trial step far too long) must reach the error estimate, which
+            # rejects the step, rather than raise.
+            solution = lx.linear_solve(operator, rhs, linear_solver, state=state, throw=False)
+            ks.append(solution.value)
         y1 = unravel(flat0 + _combine(tab.b, ks))
         y_error = unravel(_combine(tab.e, ks))
         dense_info = dict(
