@@ -33,6 +33,8 @@ import numpy as np
 
 import sst
 
+jax.config.update("jax_enable_x64", True)
+
 TS = jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 1, 40)])
 TARGET = sst.Hermite([0.5, 1.0, 1.0, 1.0])
 ACTIVATION = sst.Hermite([1.0, 1.0, 1.0, 1.0])

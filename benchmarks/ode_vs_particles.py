@@ -1,13 +1,14 @@
 """Do the ODEs describe the network? Online SGD and population GD against the order-parameter ODEs.
 
-Default problem (THEORY.md section 7): cubic target `phi = h1 + h2 + h3`, activation
+Default problem (docs: model, SGD section): cubic target `phi = h1 + h2 + h3`, activation
 `sigma = h1 + h2/2 + h3/2`, `eps = 1e-2`, `a(0) ~ N(0, 1)`, `w_i(0)` uniform on the sphere,
 horizon `T = 1` (the plateau, the drop of the degree-1 part and the slower fit of degrees 2-3).
 The activation's small higher coefficients keep `E[sigma'^2] = 2.25` (against 6 for
 `h1 + h2 + h3`), which divides the SGD noise `eta d a^2 E[(f - y)^2 sigma'^2] / B` accordingly.
 For each `(m, d)` one random initial point is shared by online SGD, `FiniteDimODE` (same
 `(a, s, Q)`) and `MeanFieldODE` (same `(a, s)`, d = infinity). SGD runs in float32 with batch
-`B = 10` at d = 100 and `B = 100` above; its noise level is `eta * d / B` (THEORY.md section 7).
+`B = 10` at d = 100 and `B = 100` above; its noise level is `eta * d / B` (docs: model,
+SGD section).
 Its cost is dominated by drawing the `B x d` Gaussian inputs of every step (`T d^2 / (eta d / B)`
 normals per run), which is why d = 10000 is run at the largest step only. The ODEs use diffrax
 Tsit5 (explicit: at eps = 1e-2 the fast layer's rate U(1)/eps = 150 is not stiff on this
@@ -37,7 +38,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import sst
-from sst.plot import plot_ode_vs_particles
+
+jax.config.update("jax_enable_x64", True)
 
 PROBLEM = sst.Problem(
     sst.Hermite([0.0, 1.0, 1.0, 1.0]), sst.Hermite([0.0, 1.0, 0.5, 0.5]), eps=1e-2
@@ -72,8 +74,8 @@ def _timed(fn, repeats=1):
 
 
 def _learning_time_error(run, ode) -> float:
-    t_run = sst.learning_times(run.ts, run.residuals, 0.5)
-    t_ode = sst.learning_times(ode.ts, ode.residuals, 0.5)
+    t_run = sst.learning_times(run, 0.5)
+    t_ode = sst.learning_times(ode, 0.5)
     known = np.isfinite(t_ode)
     return float(np.max(np.abs(t_run[known] - t_ode[known]) / t_ode[known]))
 
@@ -97,29 +99,25 @@ def compare(m: int, d: int, batch: int, etas, ts, seed: int, progress: bool):
         key = jax.random.PRNGKey(seed + 1)
 
         def sgd(ts=ts, eta=eta, key=key):
-            return sst.online_sgd(
+            return sst.train(
                 PROBLEM,
-                init.state.a,
-                init.W,
-                init.u,
+                init,
                 ts,
-                eta,
-                key,
-                batch=batch,
+                eta=eta,
+                estimator=sst.OnlineSGD(batch),
+                key=key,
                 dtype=jnp.float32,
                 progress=progress,
             )
 
         # One step compiles the same step function; then the whole run is timed.
-        sst.online_sgd(
+        sst.train(
             PROBLEM,
-            init.state.a,
-            init.W,
-            init.u,
+            init,
             jnp.array([0.0, eta]),
-            eta,
-            key,
-            batch=batch,
+            eta=eta,
+            estimator=sst.OnlineSGD(batch),
+            key=key,
             dtype=jnp.float32,
         )
         start = time.perf_counter()
@@ -136,8 +134,8 @@ def compare(m: int, d: int, batch: int, etas, ts, seed: int, progress: bool):
                 noise=eta * d / batch,
                 err=float(jnp.max(jnp.abs(run.risk - ode.risk))),
                 err_mf=float(jnp.max(jnp.abs(run.risk - mf.risk))),
-                s_err=float(jnp.max(jnp.abs(run.s - ode.s))),
-                Q_err=float(jnp.max(jnp.abs(run.Q - ode.Q))),
+                s_err=float(jnp.max(jnp.abs(run.ys.s - ode.ys.s))),
+                Q_err=float(jnp.max(jnp.abs(run.ys.Q - ode.ys.Q))),
                 t_half_err=_learning_time_error(run, ode),
                 t_sgd=t_sgd,
                 t_ode=t_ode,
@@ -154,14 +152,14 @@ def gd_convergence(ts):
     ode = sst.solve(sst.FiniteDimODE(PROBLEM), init.state, ts, **ODE_OPTIONS)
     errors, risk_errors = [], []
     for eta in GD_ETAS:
-        run = sst.population_gd(PROBLEM, init.state.a, init.W, init.u, ts, eta)
+        run = sst.train(PROBLEM, init, ts, eta=eta)
         risk_errors.append(float(jnp.max(jnp.abs(run.risk - ode.risk))))
         errors.append(
             max(
                 risk_errors[-1],
-                float(jnp.max(jnp.abs(run.s - ode.s))),
-                float(jnp.max(jnp.abs(run.Q - ode.Q))),
-                float(jnp.max(jnp.abs(run.a - ode.a))),
+                float(jnp.max(jnp.abs(run.ys.s - ode.ys.s))),
+                float(jnp.max(jnp.abs(run.ys.Q - ode.ys.Q))),
+                float(jnp.max(jnp.abs(run.ys.a - ode.ys.a))),
             )
         )
     return np.array(errors), np.array(risk_errors)
@@ -272,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ode, mf, runs = overlay
-    fig = plot_ode_vs_particles(
+    fig = sst.plot_ode_vs_network(
         ode,
         runs,
         mean_field=mf,

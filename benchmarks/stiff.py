@@ -26,6 +26,8 @@ from scipy.integrate import solve_ivp
 
 import sst
 
+jax.config.update("jax_enable_x64", True)
+
 TARGET = [0.5, 1.0, 1.0, 1.0]
 ACTIVATION = [1.0, 1.0, 1.0, 1.0]
 ACTIVATION_K8 = [1.0, 1.0, 1.0, 1.0, 0.5, 0.5, 0.3, 0.3, 0.2]
@@ -49,7 +51,7 @@ def best_time(fn, repeats: int) -> tuple[float, object]:
 def errors(traj: sst.Trajectory, ref: sst.Trajectory) -> tuple[float, float]:
     """Sup error of the risk curve, and of `a` relative to max |a| of the reference."""
     risk = float(jnp.max(jnp.abs(traj.risk - ref.risk)))
-    a = float(jnp.max(jnp.abs(traj.a - ref.a)) / jnp.max(jnp.abs(ref.a)))
+    a = float(jnp.max(jnp.abs(traj.ys.a - ref.ys.a)) / jnp.max(jnp.abs(ref.ys.a)))
     return risk, a
 
 
@@ -83,7 +85,7 @@ def run_scipy(
     differences (`exact_jac=False`, what an off-the-shelf call does).
 
     `coords="theta"`: sst's solver coordinates (a, theta). `coords="s"`: the equations as
-    THEORY.md section 5 writes them, in (a, s).
+    the docs' model page writes them, in (a, s).
     """
     model = sst.MeanFieldODE(problem(eps))
     y, weights = model.split(y0)
@@ -91,7 +93,7 @@ def run_scipy(
         y = (y0.a, y0.s)
 
         def field(y):
-            rate = model(0.0, sst.MeanFieldState(y[0], y[1], weights))
+            rate = model.rate(0.0, sst.MeanFieldState(y[0], y[1], weights))
             return rate.a, rate.s
 
         def to_state(ys):
@@ -99,7 +101,7 @@ def run_scipy(
     else:
 
         def field(y):
-            return model.vector_field(0.0, y, weights)
+            return model(0.0, y, weights)
 
         def to_state(ys):
             return model.merge(ys, weights)
@@ -148,12 +150,12 @@ def run_scipy(
 
 
 def reference(eps: float, y0) -> sst.Trajectory:
-    """1000x tighter tolerances and dense LU instead of the Woodbury solves."""
+    """1000x tighter tolerances, and the dense O(m^2) interaction with dense LU solves instead of
+    the moments and the Woodbury solves."""
     return sst.solve(
-        sst.MeanFieldODE(problem(eps)),
+        sst.MeanFieldODE(problem(eps), interaction="dense"),
         y0,
         TS,
-        solver=sst.Rodas4("dense"),
         rtol=1e-11,
         atol=1e-13,
         max_steps=400_000,
@@ -202,6 +204,37 @@ def run_many_particles(m: int, eps: float, activation) -> tuple[float, sst.Traje
     return best_time(call, 1)
 
 
+def dense_output_rows(y0, refs: dict) -> float:
+    """Stepping onto the save times (the default) against free steps and the 3rd-order dense
+    output, at two tolerances: steps and saved-risk error. Returns the ratio of free steps to
+    clipped steps at the free tolerance that matches the default's error (rtol 1e-9 vs 1e-8)."""
+    print("save times: stepped onto (default) vs dense output between free steps")
+    print(
+        f"{'eps':>8} {'rtol':>6} {'clip_steps':>10} {'clip_err':>9} {'free_steps':>10} {'free_err':>9}"
+    )
+    ratios = []
+    for eps in (1e-3, 1e-6):
+        model = sst.MeanFieldODE(problem(eps))
+        ref = refs[eps] if eps in refs else reference(eps, y0)
+        steps = {}
+        for rtol in (1e-8, 1e-9):
+            clip = sst.solve(model, y0, TS, rtol=rtol, atol=rtol / 100)
+            free = sst.solve(
+                model,
+                y0,
+                TS,
+                stepsize_controller=dfx.PIDController(rtol=rtol, atol=rtol / 100),
+            )
+            steps[rtol] = (int(clip.stats["num_steps"]), int(free.stats["num_steps"]))
+            print(
+                f"{eps:8.0e} {rtol:6.0e} {steps[rtol][0]:10d} {errors(clip, ref)[0]:9.1e} "
+                f"{steps[rtol][1]:10d} {errors(free, ref)[0]:9.1e}"
+            )
+        ratios.append(steps[1e-9][1] / steps[1e-8][0])
+    print()
+    return float(np.mean(ratios))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer eps, small budgets (~1 min)")
@@ -223,10 +256,11 @@ def main() -> None:
         refs[eps] = ref
         r_err, a_err = errors(traj, ref)
         print(
-            f"{eps:8.0e} {wall:8.3f} {int(traj.num_steps):6d} {int(traj.num_rejected_steps):8d} "
+            f"{eps:8.0e} {wall:8.3f} {int(traj.stats['num_steps']):6d} "
+            f"{int(traj.stats['num_rejected_steps']):8d} "
             f"{r_err:9.1e} {a_err:9.1e}"
         )
-    steps = np.array([int(r[2].num_steps) for r in rows])
+    steps = np.array([int(r[2].stats["num_steps"]) for r in rows])
     slope = np.polyfit(np.log10(1 / np.array(eps_list)), steps, 1)[0]
     print(f"steps ~ {slope:.0f} per decade of 1/eps (log-linear fit)\n")
 
@@ -268,8 +302,8 @@ def main() -> None:
         traj = res["traj"]
         compiled = f"{res['compile']:9.2f}" if i == 0 else f"{'(cached)':>9}"
         print(
-            f"{eps:8.0e} {res['wall']:8.2f} {compiled} {int(traj.num_steps):7d} "
-            f"{int(traj.num_rejected_steps):8d} {bool(traj.success)!s:>7}"
+            f"{eps:8.0e} {res['wall']:8.2f} {compiled} {int(traj.stats['num_steps']):7d} "
+            f"{int(traj.stats['num_rejected_steps']):8d} {bool(traj.success)!s:>7}"
         )
     print()
 
@@ -288,9 +322,11 @@ def main() -> None:
         large[label] = wall_m
         print(
             f"m = {m_large} sampled particles, activation of degree {label[1]}, eps = 1e-6, "
-            f"[0, 100], 41 saves: {wall_m:.2f} s, {int(traj_m.num_steps)} steps "
-            f"({int(traj_m.num_rejected_steps)} rejected), final risk {float(traj_m.risk[-1]):.2e}"
+            f"[0, 100], 41 saves: {wall_m:.2f} s, {int(traj_m.stats['num_steps'])} steps "
+            f"({int(traj_m.stats['num_rejected_steps'])} rejected), "
+            f"final risk {float(traj_m.risk[-1]):.2e}"
         )
+    dense_ratio = dense_output_rows(y0, refs)
     max_solve = max(wall for _, wall, _, _ in rows)
     tag = "m1e4" if m_large == 10_000 else f"m{m_large}"
     print(
@@ -299,7 +335,8 @@ def main() -> None:
         f"speedup_vs_scipy_bdf_exactjac_1e-6={speedups[('BDF', 's', True, 1e-6)]} "
         f"{tag}_s={large['K8']:.2f} {tag}_k3_s={large['K3']:.2f} "
         f"speedup_vs_scipy_bdf_m{m_mid}={bound}{res['wall'] / own:.1f} "
-        f"compile_s={compile_s:.2f} steps_per_decade={slope:.0f} quick={quick}"
+        f"compile_s={compile_s:.2f} steps_per_decade={slope:.0f} "
+        f"free_vs_clip_steps={dense_ratio:.2f} quick={quick}"
     )
 
 
