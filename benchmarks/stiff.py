@@ -210,7 +210,8 @@ def dense_output_rows(y0, refs: dict) -> float:
     clipped steps at the free tolerance that matches the default's error (rtol 1e-9 vs 1e-8)."""
     print("save times: stepped onto (default) vs dense output between free steps")
     print(
-        f"{'eps':>8} {'rtol':>6} {'clip_steps':>10} {'clip_err':>9} {'free_steps':>10} {'free_err':>9}"
+        f"{'eps':>8} {'rtol':>6} {'clip_steps':>10} {'clip_err':>9} "
+        f"{'free_steps':>10} {'free_err':>9}"
     )
     ratios = []
     for eps in (1e-3, 1e-6):

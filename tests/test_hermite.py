@@ -7,7 +7,7 @@ import pytest
 import scipy.special as sp
 
 import sst
-from sst.hermite import hermite_basis
+from sst._hermite import cross_kernel, hermite_basis
 
 
 def test_orthonormality_against_gauss_hermite():
@@ -109,20 +109,29 @@ def test_derivatives_match_autodiff(h):
 )
 def test_kernels_match_monte_carlo(target, activation):
     n = 400_000
-    key1, key2 = jax.random.split(jax.random.PRNGKey(0))
+    key1, key2 = jax.random.split(jax.random.key(0))
     g = jax.random.normal(key1, (n,))
     z = jax.random.normal(key2, (n,))
     for q in (-0.7, 0.2, 0.8):
         gp = q * g + math.sqrt(1 - q**2) * z
         for estimate_of, exact in (
             (activation(g) * activation(gp), activation.kernel(q)),
-            (target(g) * activation(gp), sst.cross_kernel(target, activation, q)),
+            (target(g) * activation(gp), cross_kernel(target, activation, q)),
         ):
             stderr = float(jnp.std(estimate_of)) / math.sqrt(n)
             assert abs(float(jnp.mean(estimate_of)) - float(exact)) < 5 * stderr
 
 
-@pytest.mark.parametrize("bad", [[], [[1.0, 2.0]], [1.0, float("nan")]])
-def test_bad_coefficients_raise(bad):
-    with pytest.raises(ValueError):
+@pytest.mark.parametrize(
+    "bad, match",
+    [([], "non-empty 1-d"), ([[1.0, 2.0]], "non-empty 1-d"), ([1.0, float("nan")], "NaN or inf")],
+    ids=["empty", "2-d", "nan"],
+)
+def test_bad_coefficients_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
         sst.Hermite(bad)
+
+
+def test_bad_closed_form_raises():
+    with pytest.raises(ValueError, match="closed_form must be None or one of"):
+        sst.Hermite([1.0], closed_form="tanh")
