@@ -59,6 +59,13 @@ from ._linear import (
 from ._mean_field import MeanFieldODE as MeanFieldODE
 from ._mean_field import MeanFieldState as MeanFieldState
 from ._model import AbstractModel as AbstractModel
+
+# Multi-index targets (THEORY.md section 9).
+from ._multi_index import AbstractMultiIndexModel as AbstractMultiIndexModel
+from ._multi_index import MultiIndexProblem as MultiIndexProblem
+from ._multi_index import MultiIndexTarget as MultiIndexTarget
+from ._multi_index import format_index as format_index
+from ._multi_index import graded_indices as graded_indices
 from ._optimize import OptimizeResult as OptimizeResult
 from ._optimize import optimize_activation as optimize_activation
 from ._plot import (
