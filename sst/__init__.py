@@ -61,11 +61,18 @@ from ._mean_field import MeanFieldState as MeanFieldState
 from ._model import AbstractModel as AbstractModel
 
 # Multi-index targets (THEORY.md section 9).
+from ._multi_finite_dim import MultiIndexFiniteDimODE as MultiIndexFiniteDimODE
+from ._multi_finite_dim import MultiIndexFiniteDimState as MultiIndexFiniteDimState
 from ._multi_index import AbstractMultiIndexModel as AbstractMultiIndexModel
 from ._multi_index import MultiIndexProblem as MultiIndexProblem
 from ._multi_index import MultiIndexTarget as MultiIndexTarget
 from ._multi_index import format_index as format_index
 from ._multi_index import graded_indices as graded_indices
+from ._multi_init import MultiIndexRandomInit as MultiIndexRandomInit
+from ._multi_init import multi_index_particles as multi_index_particles
+from ._multi_init import random_init_multi_index as random_init_multi_index
+from ._multi_mean_field import MultiIndexMeanFieldODE as MultiIndexMeanFieldODE
+from ._multi_mean_field import MultiIndexMeanFieldState as MultiIndexMeanFieldState
 from ._optimize import OptimizeResult as OptimizeResult
 from ._optimize import optimize_activation as optimize_activation
 from ._plot import (
