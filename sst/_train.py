@@ -31,6 +31,9 @@ from tqdm.auto import tqdm
 
 from ._finite_dim import FiniteDimODE, FiniteDimState
 from ._init import RandomInit
+from ._multi_finite_dim import MultiIndexFiniteDimODE, MultiIndexFiniteDimState
+from ._multi_index import MultiIndexProblem
+from ._multi_init import MultiIndexRandomInit
 from ._problem import Problem
 from ._solution import RESULTS, TrainingRecord, Trajectory
 from ._validate import check_times, require_x64
@@ -169,10 +172,19 @@ def _retract(W: Array, dW: Array, eta) -> Array:
     return W / jnp.linalg.norm(W, axis=1, keepdims=True)
 
 
+def _exact(problem: Problem | MultiIndexProblem, a, W, u, Q):
+    """The exact finite-d model of `problem` and its state at the weights `(a, W)`, with `u` the
+    target direction `(d,)` of a `Problem` or the directions `(d, k)` of a `MultiIndexProblem`."""
+    if isinstance(problem, MultiIndexProblem):
+        return MultiIndexFiniteDimODE(problem), MultiIndexFiniteDimState(a, W @ u, Q)
+    return FiniteDimODE(problem), FiniteDimState(a, W @ u, Q)
+
+
 def _population_directions(problem: Problem, a, W, u):
     # Exact gradients of the core's population risk R(a, W u, W W^T) (THEORY.md section 3).
     def risk(a, W):
-        return FiniteDimODE(problem).risk(FiniteDimState(a, W @ u, W @ W.T))
+        model, state = _exact(problem, a, W, u, W @ W.T)
+        return model.risk(state)
 
     ga, gW = jax.grad(risk, argnums=(0, 1))(a, W)
     m = a.shape[0]
@@ -216,8 +228,7 @@ def _observe(problem: Problem, sim: Problem, a, W, u, data):
     Q = W64 @ W64.T
     # The rows are unit up to rounding; the exact ODE state has an exact unit diagonal.
     Q = Q.at[jnp.diag_indices(a.shape[0])].set(1.0)
-    state = FiniteDimState(a64, W64 @ u64, Q)
-    model = FiniteDimODE(problem)
+    model, state = _exact(problem, a64, W64, u64, Q)
     train = None
     if data is not None:
         x, y = data
@@ -255,8 +266,10 @@ def train(
 
     **Arguments:**
 
-    - `problem`: the `Problem` (target, activation, `eps`, label `noise`).
-    - `init`: a `RandomInit` (from `sst.random_init`, or `RandomInit.from_weights(a, W, u)`).
+    - `problem`: the `Problem` (target, activation, `eps`, label `noise`), or a
+      `MultiIndexProblem` (labels `phi(U^T x)`, order parameters `s = W U`).
+    - `init`: a `RandomInit` (from `sst.random_init`, or `RandomInit.from_weights(a, W, u)`);
+      for a `MultiIndexProblem` a `MultiIndexRandomInit` (`sst.random_init_multi_index`).
     - `ts`: increasing record times; the run starts at `ts[0]` and each time is rounded to a
       whole number of steps (the rounded times are returned).
     - `eta`: the step size (time per step); keep `eta * U(1) / eps` well below 1.
@@ -266,26 +279,34 @@ def train(
     - `dtype`: `jnp.float32` or `jnp.float64` for the simulation (records are float64).
     - `progress`: show a progress bar.
 
-    **Returns:** a `Trajectory` of `FiniteDimState`s, with `training` a `TrainingRecord`.
+    **Returns:** a `Trajectory` of `FiniteDimState`s (`MultiIndexFiniteDimState`s), with
+    `training` a `TrainingRecord`.
     A run that diverges (a non-finite risk, or above `1e6` times its initial value) stops
     there: `result` is `RESULTS.diverged` and later rows are masked by `valid`.
     """
     require_x64("sst.train")
     estimator = PopulationGradient() if estimator is None else estimator
-    if not isinstance(problem, Problem):
-        raise ValueError(f"problem must be an sst.Problem, got {type(problem).__name__}.")
+    if not isinstance(problem, Problem | MultiIndexProblem):
+        raise ValueError(
+            "problem must be an sst.Problem or sst.MultiIndexProblem, got "
+            f"{type(problem).__name__}."
+        )
     if not isinstance(estimator, AbstractEstimator):
         raise ValueError(
             "estimator must be an sst.AbstractEstimator (sst.PopulationGradient(), "
             f"sst.OnlineSGD(batch), sst.FixedSamples(n)), got {type(estimator).__name__}."
         )
-    if not isinstance(init, RandomInit):
-        raise ValueError(
-            f"init must be an sst.RandomInit (from sst.random_init), got {type(init).__name__}."
+    multi = isinstance(problem, MultiIndexProblem)
+    if not isinstance(init, MultiIndexRandomInit if multi else RandomInit):
+        wanted = (
+            "MultiIndexRandomInit (from sst.random_init_multi_index)"
+            if multi
+            else "RandomInit (from sst.random_init)"
         )
+        raise ValueError(f"init must be an sst.{wanted}, got {type(init).__name__}.")
     if estimator.needs_key and key is None:
         raise ValueError(f"{type(estimator).__name__} draws samples: pass key=jax.random.key(0).")
-    a, W, u = _check(init, eta)
+    a, W, u = _check(init, eta, problem.k if multi else None)
     ts_np = check_times(ts)
     steps = _record_steps(ts_np, eta)
     dtype = jnp.dtype(dtype)
@@ -345,13 +366,23 @@ def train(
         valid=valid,
         result=result,
         stats={"num_steps": jnp.asarray(int(steps[n - 1]))},
-        residual_labels=problem.degrees,
+        residual_labels=problem.labels if multi else problem.degrees,
         training=TrainingRecord(estimator, float(eta), train_risk, W),
     )
 
 
-def _check(init: RandomInit, eta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    a, W, u = (np.asarray(v, dtype=float) for v in (init.state.a, init.W, init.u))
+def _check(init, eta, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # k is the number of target directions of a multi-index problem (None: single index).
+    u = init.u if k is None else init.U
+    a, W, u = (np.asarray(v, dtype=float) for v in (init.state.a, init.W, u))
+    if k is not None:
+        d = W.shape[-1]
+        if u.shape != (d, k) or np.max(np.abs(u.T @ u - np.eye(k))) > 1e-6:
+            raise ValueError(
+                f"init.U must hold the k={k} target directions as orthonormal columns of shape "
+                f"({d}, {k}); got shape {u.shape}."
+            )
+        u = u[:, 0]  # checked above; the unit-vector check below sees one column
     if a.ndim != 1 or W.ndim != 2 or W.shape[0] != a.shape[0] or u.shape != (W.shape[1],):
         raise ValueError(
             "init needs a of shape (m,), W of shape (m, d) and u of shape (d,); got "
@@ -366,4 +397,4 @@ def _check(init: RandomInit, eta) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         )
     if not (isinstance(eta, int | float | np.floating) and np.isfinite(eta) and eta > 0):
         raise ValueError(f"The step size eta must be a finite positive number, got {eta!r}.")
-    return a, W, u
+    return a, W, (u if k is None else np.asarray(init.U, dtype=float))
