@@ -73,6 +73,10 @@ from ._multi_init import multi_index_particles as multi_index_particles
 from ._multi_init import random_init_multi_index as random_init_multi_index
 from ._multi_mean_field import MultiIndexMeanFieldODE as MultiIndexMeanFieldODE
 from ._multi_mean_field import MultiIndexMeanFieldState as MultiIndexMeanFieldState
+from ._multi_plot import learning_times_by_label as learning_times_by_label
+from ._multi_plot import plot_learning_times as plot_learning_times
+from ._multi_plot import plot_monomials as plot_monomials
+from ._multi_plot import plot_overlaps as plot_overlaps
 from ._optimize import OptimizeResult as OptimizeResult
 from ._optimize import optimize_activation as optimize_activation
 from ._plot import (
