@@ -31,10 +31,17 @@ from jaxtyping import ArrayLike, Float
 from tqdm import tqdm
 
 from ._io import save_trajectory
+from ._multi_plot import learning_times_by_label, plot_learning_times, plot_monomials, plot_overlaps
 from ._plot import plot_particles, plot_risk, plot_scaling
 from ._solution import Trajectory
 from ._solve import solve
-from ._timescales import detect_phases, fit_scalings, learning_times, local_exponents
+from ._timescales import (
+    detect_phases,
+    fit_exponent,
+    fit_scalings,
+    learning_times,
+    local_exponents,
+)
 from .config import RunConfig, read_toml
 
 _FRACTIONS = {"half": 0.5, "ninety": 0.9}
@@ -71,8 +78,15 @@ def learning_time_table(
     traj: Trajectory, target_coeffs: Float[ArrayLike, " K"]
 ) -> dict[str, dict[str, float]]:
     """`{degree: {"half": t, "ninety": t}}` for the degrees of the target, and any other
-    degree that was learned (`nan` where not learned by the last time)."""
+    degree that was learned (`nan` where not learned by the last time). For a multi-index
+    target the keys are the multi-indices carried or learned, written `"1,1,0"`."""
     times = {name: learning_times(traj, f) for name, f in _FRACTIONS.items()}
+    if _is_multi_index(traj):
+        labels = list(traj.residual_labels)
+        return {
+            _label_key(label): {name: float(t[labels.index(label)]) for name, t in times.items()}
+            for label in learning_times_by_label(traj)
+        }
     phi = np.asarray(target_coeffs)
     return {
         str(k): {name: float(t[k]) for name, t in times.items()}
@@ -125,10 +139,13 @@ def run_member(config: RunConfig, eps: float, out: pathlib.Path, progress: bool)
     }
     _write_json(out / "summary.json", summary)
     name = f"eps={eps:g}, {config.model}, rtol={traj.rtol:g}, atol={traj.atol:g}"
-    for filename, fig in (
-        ("risk.png", plot_risk(traj, title=name)),
-        ("particles.png", plot_particles(traj, title=name)),
-    ):
+    figures = (
+        (("risk.png", plot_monomials), ("overlaps.png", plot_overlaps))
+        if _is_multi_index(traj)
+        else (("risk.png", plot_risk), ("particles.png", plot_particles))
+    )
+    for filename, plot in figures:
+        fig = plot(traj, title=name)
         fig.savefig(out / filename, dpi=150)
         plt.close(fig)
     return summary
@@ -165,6 +182,9 @@ def run(config: RunConfig, out: pathlib.Path, progress: bool) -> tuple[list[dict
 def sweep_analysis(summaries: list[dict], out: pathlib.Path) -> dict:
     """Fit the exponents of the half-learning times over the members; write JSON and plot."""
     eps = np.array([s["eps"] for s in summaries])
+    keys = list(dict.fromkeys(k for s in summaries for k in s["learning_times"]))
+    if not all(k.isdigit() for k in keys):
+        return _multi_index_sweep(summaries, keys, eps, out)
     degrees = sorted({int(k) for s in summaries for k in s["learning_times"]})
     width = max(degrees) + 1 if degrees else 0
     times = {
@@ -263,14 +283,65 @@ def main(argv: list[str] | None = None) -> int:
         for k, f in result["exponents"].items():
             log = " (t/log(1/eps))" if f["log_factor"] else ""
             local = result["local_exponents"][k][-1]
+            what = "degree" if k.isdigit() else "multi-index"
             print(
-                f"degree {k}: exponent{log} {f['exponent']:.3f} +- {f['stderr']:.3f} "
+                f"{what} {k}: exponent{log} {f['exponent']:.3f} +- {f['stderr']:.3f} "
                 f"(local slope at the smallest eps {local:.3f}), heuristic {f['heuristic']:g}"
             )
     print(f"wrote {args.out}")
     for f in failures:
         print(f"sst: member failed: {f}", file=sys.stderr)
     return 1 if failures else 0
+
+
+# Multi-index targets: residuals labelled by multi-indices, written "1,1,0" in the summaries.
+
+
+def _is_multi_index(traj: Trajectory) -> bool:
+    return any(isinstance(label, tuple) for label in traj.residual_labels)
+
+
+def _label_key(label: tuple[int, ...]) -> str:
+    return ",".join(str(j) for j in label)
+
+
+def _multi_index_sweep(
+    summaries: list[dict], keys: list[str], eps: np.ndarray, out: pathlib.Path
+) -> dict:
+    """`sweep_analysis` for multi-index labels: one fitted slope per multi-index (no
+    heuristic exponent is stated for them)."""
+    times = {
+        name: np.array(
+            [
+                [_nan_if_none(s["learning_times"].get(k, {}).get(name)) for k in keys]
+                for s in summaries
+            ]
+        ).reshape(len(summaries), len(keys))
+        for name in _FRACTIONS
+    }
+    fits = {}
+    for j, k in enumerate(keys):
+        ok = np.isfinite(times["half"][:, j]) & (times["half"][:, j] > 0)
+        if np.unique(eps[ok]).size >= 2:
+            fits[k] = fit_exponent(eps, times["half"][:, j])
+    result = {
+        "labels": keys,
+        "eps": eps.tolist(),
+        "half": times["half"].tolist(),
+        "ninety": times["ninety"].tolist(),
+        "exponents": {k: vars(f) for k, f in fits.items()},
+        "local_exponents": {
+            k: local_exponents(eps, times["half"][:, keys.index(k)]).tolist() for k in fits
+        },
+    }
+    _write_json(out / "sweep.json", result)
+    labelled = {
+        tuple(int(j) for j in k.split(",")): times["half"][:, n] for n, k in enumerate(keys)
+    }
+    fig = plot_learning_times(eps, labelled, title=f"half-learning times ({summaries[0]['model']})")
+    fig.savefig(out / "scaling.png", dpi=150)
+    plt.close(fig)
+    return result
 
 
 if __name__ == "__main__":

@@ -20,6 +20,17 @@ atol = 1e-10
 max_steps = 100000
 ```
 
+A multi-index target (THEORY.md section 9) is a table of multi-indices and coefficients; `k`
+is the length of the multi-indices, and the models become the multi-index ones
+(`MultiIndexMeanFieldODE` with particles at `s = 0` in `R^k`, `MultiIndexFiniteDimODE` with
+`k` target directions in dimension `d`):
+
+```toml
+[problem.target]                # the staircase z1 + z1 z2 + z1 z2 z3
+terms = [[[1, 0, 0], 1.0], [[1, 1, 0], 1.0], [[1, 1, 1], 1.0]]
+basis = "hermite"               # c_alpha of h_alpha(z) (default), or "monomial": z^alpha
+```
+
 Every key is checked: an unknown key or a bad value raises `ValueError` naming the key and
 the allowed values.
 """
@@ -40,6 +51,10 @@ from ._finite_dim import FiniteDimODE
 from ._hermite import Hermite, erf, relu
 from ._init import quadrature_particles, random_init
 from ._mean_field import MeanFieldODE
+from ._multi_finite_dim import MultiIndexFiniteDimODE
+from ._multi_index import MultiIndexProblem, MultiIndexTarget
+from ._multi_init import multi_index_particles, random_init_multi_index
+from ._multi_mean_field import MultiIndexMeanFieldODE
 from ._problem import Problem
 
 _LAWS = ("normal", "uniform", "rademacher")
@@ -108,7 +123,8 @@ _REQUIRED = object()
 # Per table: key -> (validator, default). `None` defaults are filled from other keys.
 _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
     "problem": {
-        "target": (_function, _REQUIRED),
+        # `_target` is defined with the multi-index block at the end of this module.
+        "target": (lambda key, value: _target(key, value), _REQUIRED),
         "activation": (_function, _REQUIRED),
         "eps": (_eps, _REQUIRED),
         "noise": (_number(0.0, strict=False), 0.0),
@@ -212,16 +228,21 @@ class RunConfig:
         """The values of eps to run, in the order given."""
         return [float(e) for e in np.atleast_1d(self.problem["eps"])]
 
-    def build_problem(self, eps: float) -> Problem:
-        """The `Problem` at one value of eps."""
+    def build_problem(self, eps: float) -> Problem | MultiIndexProblem:
+        """The `Problem` (or `MultiIndexProblem`) at one value of eps."""
         p = self.problem
+        if isinstance(p["target"], dict):
+            target = _multi_index_target(p["target"])
+            return MultiIndexProblem(target, _hermite(p["activation"]), eps, p["noise"])
         return Problem(_hermite(p["target"]), _hermite(p["activation"]), eps, p["noise"])
 
-    def build(self, eps: float) -> tuple[MeanFieldODE | FiniteDimODE, Any, jax.Array]:
+    def build(self, eps: float) -> tuple[Any, Any, jax.Array]:
         """Model, initial state and save times for one member of the run."""
         problem = self.build_problem(eps)
         i = self.init
-        if self.model == "mean_field":
+        if isinstance(problem, MultiIndexProblem):
+            model, y0 = _build_multi_index(self.model, problem, i)
+        elif self.model == "mean_field":
             model = MeanFieldODE(problem)
             y0 = quadrature_particles(i["particles"], i["law"], i["scale"], i["mean"])
         else:
@@ -244,3 +265,68 @@ def read_toml(path: str | pathlib.Path) -> dict[str, Any]:
 
 def _hermite(spec: str | list[float]) -> Hermite:
     return _FUNCTIONS[spec]() if isinstance(spec, str) else Hermite(spec)
+
+
+# Multi-index targets: `[problem.target]` as a table (see the module docstring).
+_TARGET_KEYS = ("basis", "terms")
+_BASES = ("hermite", "monomial")
+
+
+def _target(key: str, value: Any) -> Any:
+    if not isinstance(value, dict):
+        return _function(key, value)
+    unknown = sorted(set(value) - set(_TARGET_KEYS))
+    if unknown:
+        raise ValueError(
+            f"Unknown key {key}.{unknown[0]}; the allowed keys of a multi-index target are "
+            f"{list(_TARGET_KEYS)}."
+        )
+    basis = _choice(_BASES)(f"{key}.basis", value.get("basis", "hermite"))
+    terms = value.get("terms")
+    if not isinstance(terms, list) or not terms:
+        raise ValueError(
+            f"{key}.terms must be a non-empty list of [multi-index, coefficient] pairs, e.g. "
+            f"[[[1, 0], 1.0], [[1, 1], 0.5]]; got {terms!r}."
+        )
+    out, k = [], None
+    for n, term in enumerate(terms):
+        name = f"{key}.terms[{n}]"
+        ok = isinstance(term, list) and len(term) == 2 and isinstance(term[0], list)
+        ok = (
+            ok
+            and bool(term[0])
+            and all(isinstance(j, int) and not isinstance(j, bool) and j >= 0 for j in term[0])
+        )
+        if not ok:
+            raise ValueError(
+                f"{name} must be [multi-index, coefficient] with a non-empty list of "
+                f"non-negative integers, e.g. [[1, 1, 0], 1.0]; got {term!r}."
+            )
+        k = len(term[0]) if k is None else k
+        if len(term[0]) != k:
+            raise ValueError(
+                f"{name} has a multi-index of length {len(term[0])}; every term needs k={k}."
+            )
+        out.append([list(term[0]), _number()(name + "[1]", term[1])])
+    if len({tuple(a) for a, _ in out}) != len(out):
+        raise ValueError(f"{key}.terms lists a multi-index twice; add their coefficients.")
+    return {"terms": out, "basis": basis}
+
+
+def _multi_index_target(spec: dict[str, Any]) -> MultiIndexTarget:
+    pairs = [(tuple(a), c) for a, c in spec["terms"]]
+    if spec["basis"] == "monomial":
+        return MultiIndexTarget.from_monomials(pairs)
+    return MultiIndexTarget.from_terms(pairs)
+
+
+def _build_multi_index(model: str, problem: MultiIndexProblem, i: dict[str, Any]):
+    k = problem.k
+    if model == "mean_field":
+        y0 = multi_index_particles(i["particles"], k, i["law"], i["scale"], i["mean"])
+        return MultiIndexMeanFieldODE(problem), y0
+    if i["d"] <= k:
+        raise ValueError(f"init.d must exceed the k={k} target directions; got {i['d']}.")
+    key = jax.random.PRNGKey(i["seed"])
+    init = random_init_multi_index(key, i["m"], i["d"], k, i["scale"], i["law"])
+    return MultiIndexFiniteDimODE(problem), init.state
