@@ -205,7 +205,8 @@ def _gauss_jordan_inverse(M: Float[Array, "n n"]) -> Float[Array, "n n"]:
 def _small_inverse(A: Float[Array, "p p m"]) -> list[list[Array]]:
     """Inverse of each `(p, p)` block `A[:, :, k]`, as nested lists of `(m,)` arrays.
 
-    Batched LU of many tiny matrices is slow on CPU; 1x1 and 2x2 blocks get the formula.
+    Batched LU of many tiny matrices is slow on CPU; blocks up to 4x4 get the adjugate formula
+    (its error is within the conditioning of each block, as LU's).
     """
     p = A.shape[0]
     if p == 1:
@@ -213,5 +214,67 @@ def _small_inverse(A: Float[Array, "p p m"]) -> list[list[Array]]:
     if p == 2:
         det = A[0, 0] * A[1, 1] - A[0, 1] * A[1, 0]
         return [[A[1, 1] / det, -A[0, 1] / det], [-A[1, 0] / det, A[0, 0] / det]]
+    if p == 3:
+        return _adjugate_inverse_3(A)
+    if p == 4:
+        return _adjugate_inverse_4(A)
     inv = jnp.linalg.inv(jnp.moveaxis(A, -1, 0))
     return [[inv[:, i, j] for j in range(p)] for i in range(p)]
+
+
+def _adjugate_inverse_3(A: Float[Array, "3 3 m"]) -> list[list[Array]]:
+    """Inverse of each 3x3 block by its adjugate (cofactors) over the determinant."""
+    a = [[A[i, j] for j in range(3)] for i in range(3)]
+
+    def cofactor(i, j):
+        r, c = [x for x in range(3) if x != i], [x for x in range(3) if x != j]
+        minor = a[r[0]][c[0]] * a[r[1]][c[1]] - a[r[0]][c[1]] * a[r[1]][c[0]]
+        return minor if (i + j) % 2 == 0 else -minor
+
+    cof = [[cofactor(i, j) for j in range(3)] for i in range(3)]
+    det = a[0][0] * cof[0][0] + a[0][1] * cof[0][1] + a[0][2] * cof[0][2]
+    return [[cof[j][i] / det for j in range(3)] for i in range(3)]
+
+
+def _adjugate_inverse_4(A: Float[Array, "4 4 m"]) -> list[list[Array]]:
+    """Inverse of each 4x4 block by its adjugate, built from the 2x2 minors `s` of the first two
+    rows and `c` of the last two (Laplace expansion)."""
+    a = [[A[i, j] for j in range(4)] for i in range(4)]
+
+    def minor(r, i, j):
+        return a[r][i] * a[r + 1][j] - a[r + 1][i] * a[r][j]
+
+    s0, s1, s2, s3, s4, s5 = (minor(0, i, j) for i, j in _PAIRS)
+    c0, c1, c2, c3, c4, c5 = (minor(2, i, j) for i, j in _PAIRS)
+    det = s0 * c5 - s1 * c4 + s2 * c3 + s3 * c2 - s4 * c1 + s5 * c0
+    adj = [
+        [
+            a[1][1] * c5 - a[1][2] * c4 + a[1][3] * c3,
+            -a[0][1] * c5 + a[0][2] * c4 - a[0][3] * c3,
+            a[3][1] * s5 - a[3][2] * s4 + a[3][3] * s3,
+            -a[2][1] * s5 + a[2][2] * s4 - a[2][3] * s3,
+        ],
+        [
+            -a[1][0] * c5 + a[1][2] * c2 - a[1][3] * c1,
+            a[0][0] * c5 - a[0][2] * c2 + a[0][3] * c1,
+            -a[3][0] * s5 + a[3][2] * s2 - a[3][3] * s1,
+            a[2][0] * s5 - a[2][2] * s2 + a[2][3] * s1,
+        ],
+        [
+            a[1][0] * c4 - a[1][1] * c2 + a[1][3] * c0,
+            -a[0][0] * c4 + a[0][1] * c2 - a[0][3] * c0,
+            a[3][0] * s4 - a[3][1] * s2 + a[3][3] * s0,
+            -a[2][0] * s4 + a[2][1] * s2 - a[2][3] * s0,
+        ],
+        [
+            -a[1][0] * c3 + a[1][1] * c1 - a[1][2] * c0,
+            a[0][0] * c3 - a[0][1] * c1 + a[0][2] * c0,
+            -a[3][0] * s3 + a[3][1] * s1 - a[3][2] * s0,
+            a[2][0] * s3 - a[2][1] * s1 + a[2][2] * s0,
+        ],
+    ]
+    return [[x / det for x in row] for row in adj]
+
+
+# Column pairs of the 2x2 minors in `_adjugate_inverse_4`, in the order s0..s5 (c0..c5).
+_PAIRS = ((0, 1), (0, 2), (0, 3), (1, 2), (1, 3), (2, 3))

@@ -19,7 +19,7 @@ from hypothesis import given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 import sst  # noqa: E402
-from sst._multi_mean_field import ball, ball_inverse  # noqa: E402
+from sst._multi_mean_field import _radial_factors, ball, ball_inverse  # noqa: E402
 
 ACTIVATION = sst.Hermite([0.5, 1.0, 1.0, 1.0])
 STAIRCASE = sst.MultiIndexTarget.from_monomials({(1, 0, 0): 1.0, (1, 1, 0): 1.0, (1, 1, 1): 1.0})
@@ -52,13 +52,25 @@ def test_ball_coordinates(x):
 def test_ball_is_sin_for_k1_and_smooth_at_zero():
     x = jnp.linspace(-1.5, 1.5, 7)[None]
     assert bool(jnp.all(ball(x) == jnp.sin(x)))
-    # Series and closed form meet smoothly where the series stops (|x|^2 = 1e-3).
-    for q in (0.999e-3, 1.001e-3):
+    # Series and closed form meet smoothly where the series stops (|x|^2 = 1e-4).
+    for q in (0.999e-4, 1.001e-4):
         y = jnp.array([[math.sqrt(q)], [0.0]])
         np.testing.assert_allclose(ball(y)[0, 0], math.sin(math.sqrt(q)), rtol=1e-15)
         np.testing.assert_allclose(ball_inverse(ball(y)), y, rtol=1e-13)
     jac = jax.jacfwd(lambda v: ball(v[:, None])[:, 0])(jnp.zeros(3))
     np.testing.assert_allclose(jac, jnp.eye(3), atol=1e-15)
+
+
+def test_radial_factors_against_extended_precision():
+    # psi = r / sin r and phi = (cos r - r / sin r) / r^2 of the rate in x, on both sides of the
+    # switch to the series; the reference in long double has little cancellation left.
+    q = np.array([1e-8, 0.99e-4, 1.01e-4, 1e-2, 1.0])
+    r = np.sqrt(q.astype(np.longdouble))
+    psi_ref = r / np.sin(r)
+    phi_ref = (np.cos(r) - psi_ref) / r**2
+    psi, phi = _radial_factors(jnp.asarray(q))
+    np.testing.assert_allclose(psi, psi_ref.astype(float), rtol=1e-15)
+    np.testing.assert_allclose(phi, phi_ref.astype(float), rtol=3e-12)
 
 
 def test_rates_match_the_equations_and_the_dense_path():
@@ -226,3 +238,18 @@ def test_check_state(state, match):
         sst.MultiIndexMeanFieldODE(
             sst.MultiIndexProblem(TARGET2, sst.relu(), 0.1), interaction="moments"
         )
+
+
+@pytest.mark.parametrize("p", [3, 4])
+def test_small_block_inverses_of_the_woodbury_solver(p):
+    # Blocks of 1 + k coordinates (k = 2, 3) are inverted by their adjugate: as accurate as LU
+    # up to each block's conditioning, also with one row scaled as the stiff a-rate's.
+    from sst._linear import _small_inverse
+
+    A = np.random.default_rng(p).standard_normal((p, p, 200))
+    A[0, 1:] *= 1e6
+    got = np.moveaxis(np.array([[np.asarray(x) for x in row] for row in _small_inverse(A)]), -1, 0)
+    blocks = np.moveaxis(A, -1, 0)
+    error = np.max(np.abs(got - np.linalg.inv(blocks)), axis=(1, 2))
+    scale = np.max(np.abs(np.linalg.inv(blocks)), axis=(1, 2))
+    assert np.all(error <= 1e-14 * np.linalg.cond(blocks) * scale)
