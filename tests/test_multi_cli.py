@@ -88,6 +88,8 @@ def test_sweep_writes_learning_times_per_multi_index(tmp_path, capsys):
     summary = json.loads((tmp_path / "out" / "eps=0.01" / "summary.json").read_text())
     assert set(summary["learning_times"]) == {"1,0", "1,1"}
     assert (tmp_path / "out" / "eps=0.01" / "overlaps.png").exists()
+    traj = sst.load_trajectory(tmp_path / "out" / "eps=0.01" / "trajectory.npz")
+    assert traj.residual_labels[:3] == ((0, 0), (1, 0), (0, 1)) and traj.ys.s.shape[-1] == 2
     sweep = json.loads((tmp_path / "out" / "sweep.json").read_text())
     assert sweep["labels"] == ["1,0", "1,1"]
     assert set(sweep["exponents"]) == {"1,0", "1,1"}
