@@ -330,7 +330,8 @@ def _committee_functions(g, k) -> list[np.ndarray]:
         return np.asarray(f, dtype=float)
 
     single = isinstance(g, Hermite) or (
-        isinstance(g, Sequence) and all(isinstance(c, int | float) for c in g)
+        (isinstance(g, Sequence) or (isinstance(g, np.ndarray) and g.ndim == 1))
+        and all(isinstance(c, int | float | np.floating | np.integer) for c in g)
     )
     if single:
         if not isinstance(k, int) or k < 1:

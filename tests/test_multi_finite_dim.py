@@ -135,6 +135,17 @@ def test_random_init_is_consistent_with_its_weights():
         sst.random_init_multi_index(jax.random.PRNGKey(2), m=7, d=3, k=3)
 
 
+def test_particles_for_the_infinite_dimensional_limit():
+    quadrature = sst.multi_index_particles(6, k=3, law="uniform")
+    assert quadrature.s.shape == (6, 3) and float(jnp.max(jnp.abs(quadrature.s))) == 0.0
+    np.testing.assert_allclose(jnp.sum(quadrature.weights * quadrature.a**2), 1 / 3, rtol=1e-12)
+    sampled = sst.multi_index_particles(500, k=2, law="uniform", key=jax.random.PRNGKey(0))
+    np.testing.assert_allclose(sampled.weights, 1 / 500)
+    assert float(jnp.max(jnp.abs(sampled.a))) <= 1.0 and sampled.s.shape == (500, 2)
+    with pytest.raises(ValueError, match="law must be one of"):
+        sst.multi_index_particles(4, k=2, law="cauchy", key=jax.random.PRNGKey(0))
+
+
 @pytest.mark.parametrize(
     ("state", "match"),
     [

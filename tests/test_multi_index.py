@@ -44,7 +44,7 @@ def test_committee_sums_one_function_per_direction():
     target = sst.MultiIndexTarget.committee(g)
     z = jax.random.normal(jax.random.PRNGKey(1), (20, 2))
     np.testing.assert_allclose(target(z), g[0](z[:, 0]) + g[1](z[:, 1]), rtol=1e-12)
-    same = sst.MultiIndexTarget.committee([0.0, 1.0, 0.0, 1.0], k=3)
+    same = sst.MultiIndexTarget.committee(np.array([0.0, 1.0, 0.0, 1.0]), k=3)
     assert same.k == 3 and float(same.norm2) == pytest.approx(6.0)
     with pytest.raises(ValueError, match="needs the number of directions k"):
         sst.MultiIndexTarget.committee([0.0, 1.0])
