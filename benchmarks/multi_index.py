@@ -28,7 +28,8 @@ staircase_order=.. solve_s_max=..`:
 - `solve_s_max`: the worst wall time of those mean-field solves (m = 64, k = 3, K = 3, t up to
   1e3, after compilation); target under 1 s.
 
-Figures go to out/benchmarks/multi_index/. `--quick` takes about a minute on 2 cores.
+Figures go to out/benchmarks/multi_index/. On 2 shared cores `--quick` takes about 1.5 minutes
+and the full run 2 minutes (half of it compilation).
 """
 
 from __future__ import annotations
