@@ -1,0 +1,99 @@
+"""Two jax.distributed processes on localhost (CPU, two host devices each) running the README's
+several-hosts recipe, examples/multihost.py, give the single-process result of solve_batch."""
+
+import importlib.util
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+import sst
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "examples" / "multihost.py"
+
+
+def _example():
+    spec = importlib.util.spec_from_file_location("multihost", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_two_processes(tmp_path) -> list[dict]:
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        PYTHONPATH=str(ROOT),
+    )
+    port = _free_port()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(SCRIPT), "--coordinator", f"127.0.0.1:{port}"]
+            + ["--num-processes", "2", "--process-id", str(i), "--out", str(tmp_path / f"{i}.npz")],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    outputs = []
+    try:
+        for p in procs:
+            outputs.append(p.communicate(timeout=180)[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        pytest.fail("the two jax.distributed processes did not finish within 180 s")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    results = []
+    for i in range(2):
+        with np.load(tmp_path / f"{i}.npz") as data:
+            results.append({k: data[k] for k in data.files})
+    return results
+
+
+def test_solve_batch_across_two_processes_equals_one_process(tmp_path):
+    example = _example()
+    model, y0, ts, eps = example.batch_inputs()
+    single = sst.solve_batch(model, y0, ts, eps=eps)
+    assert jax.process_count() == 1 and bool(np.all(single.success))
+
+    for i, result in enumerate(_run_two_processes(tmp_path)):
+        # The mesh really spanned both processes: 4 devices, 2 of them local to each process.
+        assert int(result["process_index"]) == i
+        assert int(result["process_count"]) == 2
+        assert int(result["mesh_devices"]) == 4 and int(result["local_devices"]) == 2
+        assert bool(np.all(result["success"]))
+        # Every process holds the whole batch, equal to one process's result up to rounding.
+        np.testing.assert_array_equal(result["num_steps"], np.asarray(single.num_steps))
+        for name in ("risk", "a", "s"):
+            np.testing.assert_allclose(
+                result[name], np.asarray(getattr(single, name)), rtol=1e-12, atol=1e-15
+            )
+
+    # And the single-process batch is the plain per-member solve (independent of batching).
+    for j in (0, len(eps) - 1):
+        member = sst.MeanFieldState(y0.a[j], y0.s[j])
+        problem = sst.Problem(model.problem.target, model.problem.activation, eps[j])
+        alone = sst.solve(sst.MeanFieldODE(problem), member, ts)
+        np.testing.assert_allclose(single.risk[j], alone.risk, rtol=1e-9, atol=1e-13)
