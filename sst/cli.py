@@ -10,7 +10,8 @@
 - `sst sweep CONFIG.toml --out DIR --shard I/N`: only members `j` with `j % N == I` (in the
   config's order), for a scheduler's job array or several hosts; each shard writes its members'
   folders and a marker `DIR/shard-I-of-N.json` (host, process, its members, failures), not the
-  fits. Under `jax.distributed` (`jax.process_count() > 1`) the shard defaults to
+  fits. In a process that ran `jax.distributed.initialize()` (`jax.process_count() > 1`; the
+  command itself never initializes it) the shard defaults to
   `jax.process_index() / jax.process_count()`.
 - `sst merge DIR`: once every shard has finished, read the members' `summary.json` (and
   `error.json`) files anywhere under `DIR` and write the `sweep.json` and `scaling.png` that one
