@@ -177,18 +177,19 @@ def run(
             _write_json(target / "error.json", error)
             failures.append(f"eps={eps:g}: {err!r}")
             continue
-        summaries.append(summary)
-        if not summary["solver"]["success"]:
-            failures.append(_solver_failure(summary))
+        _add_summary(summary, summaries, failures)
     return summaries, failures
 
 
-def _solver_failure(summary: dict) -> str:
-    return (
-        f"eps={summary['eps']:g}: the solver stopped at t={summary['solver']['t_reached']:g} "
-        f"after {summary['solver']['num_steps']} steps (raise solver.max_steps or loosen "
-        "solver.rtol/atol)"
-    )
+def _add_summary(summary: dict, summaries: list[dict], failures: list[str]) -> None:
+    """Keep a member's summary, and say so in `failures` if its solver stopped early."""
+    summaries.append(summary)
+    if not summary["solver"]["success"]:
+        failures.append(
+            f"eps={summary['eps']:g}: the solver stopped at t={summary['solver']['t_reached']:g} "
+            f"after {summary['solver']['num_steps']} steps (raise solver.max_steps or loosen "
+            "solver.rtol/atol)"
+        )
 
 
 def shard_members(eps_list: list[float], shard: tuple[int, int]) -> list[float]:
@@ -280,9 +281,7 @@ def collect_members(out: pathlib.Path) -> tuple[list[dict], list[str]]:
         if failed:
             failures.append(f"eps={eps:g}: {data['error']}")
             continue
-        summaries.append(data)
-        if not data["solver"]["success"]:
-            failures.append(_solver_failure(data))
+        _add_summary(data, summaries, failures)
     return summaries, failures
 
 
