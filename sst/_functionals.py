@@ -108,6 +108,11 @@ def hitting_time(
     Returns `ts[0]` if the risk starts at or below `level` and NaN if it never gets there
     (including when the solve failed before reaching it).
     """
+    if traj.ts.ndim != 1:
+        raise ValueError(
+            f"hitting_time needs a single trajectory, got a batch of {traj.ts.shape[0]}; pass "
+            "traj[i], or jax.vmap over members."
+        )
     rate = None
     if model is not None:
 

@@ -24,6 +24,8 @@ import jax.scipy.special as jsp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
+from ._validate import check_count
+
 _CLOSED_FORMS = ("relu", "erf")
 
 
@@ -217,10 +219,15 @@ class Hermite(eqx.Module):
         The result is a truncated series: its kernel `U` is exact only if `fn` is a polynomial of
         degree at most `degree`.
         """
-        if degree < 0:
-            raise ValueError(f"degree must be a non-negative integer, got {degree}.")
+        degree = check_count("degree", degree, low=0)
         x, w = _gaussian_panels(breakpoints, degree)
-        values = np.asarray(fn(x), dtype=float)
+        try:
+            values = np.asarray(fn(x), dtype=float)
+        except TypeError as err:
+            raise ValueError(
+                "from_callable calls fn on a numpy array of nodes, and fn failed on it "
+                f"({err}); pass a vectorised function, e.g. numpy.tanh, or numpy.vectorize(fn)."
+            ) from None
         if values.shape != x.shape or not np.all(np.isfinite(values)):
             raise ValueError(
                 "from_callable needs a vectorised function returning finite values of the same "
@@ -234,7 +241,7 @@ def relu(degree: int = 32) -> Hermite:
 
     `degree` sets the truncation of the coefficients used only where a series is unavoidable.
     """
-    return Hermite(_relu_coefficients(degree), closed_form="relu")
+    return Hermite(_relu_coefficients(check_count("degree", degree, 0)), closed_form="relu")
 
 
 def erf(degree: int = 33) -> Hermite:
@@ -242,7 +249,7 @@ def erf(degree: int = 33) -> Hermite:
 
     `degree` sets the truncation of the coefficients used only where a series is unavoidable.
     """
-    return Hermite(_erf_coefficients(degree), closed_form="erf")
+    return Hermite(_erf_coefficients(check_count("degree", degree, 0)), closed_form="erf")
 
 
 def cross_kernel(

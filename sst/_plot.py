@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from ._solution import Trajectory
+from ._solution import RESULTS, Trajectory
 from ._timescales import ScalingFit, _check_single, detect_phases, learning_times
 
 # Colour of degree k in every figure, so that a degree looks the same across panels.
@@ -35,7 +35,13 @@ def _tolerances(traj: Trajectory) -> str:
 
 def _valid_positive(traj: Trajectory) -> np.ndarray:
     # Log time axes cannot show t = 0; rows after a solver failure are NaN and masked.
-    return np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
+    keep = np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
+    if np.count_nonzero(keep) < 2:
+        raise ValueError(
+            "Nothing to draw on a log time axis: the trajectory has fewer than two valid saves at "
+            f"t > 0 (it stopped: {RESULTS[traj.result] or 'successful'}); save at more times."
+        )
+    return keep
 
 
 def plot_risk(

@@ -15,7 +15,7 @@ from ._linear import DenseJacobian
 from ._model import AbstractModel
 from ._rosenbrock import Rodas4
 from ._solution import RESULTS, Trajectory, mask_invalid
-from ._validate import check_times, is_traced, require_x64
+from ._validate import check_count, check_times, is_traced, require_x64
 
 
 def default_solver() -> dfx.AbstractSolver:
@@ -73,6 +73,7 @@ def solve(
             "model must be an sst.AbstractModel (e.g. sst.MeanFieldODE), got "
             f"{type(model).__name__}."
         )
+    max_steps = _check_options(solver, rtol, atol, dt0, max_steps, stepsize_controller)
     if not is_traced(y0):
         model.check_state(y0)
     if not is_traced(ts):
@@ -127,6 +128,34 @@ def solve(
         elif not bool(traj.success):
             raise RuntimeError(_failure_message(traj))
     return traj
+
+
+def _check_options(solver, rtol, atol, dt0, max_steps, controller) -> int:
+    """Validate the solver options before compiling; returns `max_steps` as an int."""
+    if solver is not None and not isinstance(solver, dfx.AbstractSolver):
+        raise ValueError(
+            f"solver must be a diffrax solver instance such as sst.Rodas4(), got {solver!r}."
+        )
+    if controller is not None and not isinstance(controller, dfx.AbstractStepSizeController):
+        raise ValueError(
+            "stepsize_controller must be a diffrax step-size controller such as "
+            f"diffrax.PIDController(rtol=1e-8, atol=1e-10), got {controller!r}."
+        )
+    if not is_traced((rtol, atol)):
+        rtol_f, atol_f = float(rtol), float(atol)
+        finite = math.isfinite(rtol_f) and math.isfinite(atol_f)
+        if not finite or rtol_f < 0 or atol_f < 0 or rtol_f == atol_f == 0:
+            raise ValueError(
+                "rtol and atol must be finite and non-negative, and not both zero; got "
+                f"rtol={rtol}, atol={atol} (the defaults are rtol=1e-8, atol=1e-10)."
+            )
+    if dt0 is not None and not is_traced(dt0):
+        if not (math.isfinite(float(dt0)) and float(dt0) > 0):
+            raise ValueError(
+                f"dt0 must be a finite positive initial step (the solve runs forward in time), "
+                f"or None to let the solver choose it; got {dt0}."
+            )
+    return check_count("max_steps", max_steps)
 
 
 def _result(result: dfx.RESULTS, model: AbstractModel, t0, y: PyTree[Array], args) -> RESULTS:

@@ -238,10 +238,17 @@ def local_exponents(
     return np.diff(y) / np.diff(np.log(eps))
 
 
+#: The fewest learned points (distinct eps) from which `fit_scalings` fits a degree.
+MIN_FIT_POINTS = 3
+
+
 def fit_scalings(
     eps: Float[ArrayLike, " N"], times: Float[ArrayLike, "N R"]
 ) -> dict[int, ScalingFit]:
-    """Fit `d log t_k / d log eps` for every degree `k` with at least two learning times.
+    """Fit `d log t_k / d log eps` for every degree `k` learned at three or more distinct eps.
+
+    Two points give a slope without a standard error, so a degree with fewer than three is
+    not fitted (absent from the result).
 
     `times[i, k]` is the learning time of degree `k` at `eps[i]` (from `learning_times`).
     Degree 1 is fitted with the `log(1/eps)` factor removed (docs: model, #time-scales); each fit
@@ -258,7 +265,7 @@ def fit_scalings(
     fits = {}
     for k in range(times.shape[1]):
         ok = np.isfinite(times[:, k]) & (times[:, k] > 0)
-        if np.unique(eps[ok]).size < 2:
+        if np.unique(eps[ok]).size < MIN_FIT_POINTS:
             continue
         fit = fit_exponent(eps, times[:, k], log_factor=k in LOG_FACTOR_DEGREES)
         fits[k] = dataclasses.replace(fit, heuristic=heuristic_exponent(k))

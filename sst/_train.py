@@ -21,6 +21,7 @@ O(m d + B d): nothing of size d x d is formed.
 from __future__ import annotations
 
 import abc
+import warnings
 
 import equinox as eqx
 import jax
@@ -33,7 +34,7 @@ from ._finite_dim import FiniteDimODE, FiniteDimState
 from ._init import RandomInit
 from ._problem import Problem
 from ._solution import RESULTS, TrainingRecord, Trajectory
-from ._validate import check_times, require_x64
+from ._validate import check_count, check_key, check_times, require_x64
 
 # A run whose population risk exceeds this multiple of its initial value has diverged.
 DIVERGENCE_FACTOR = 1e6
@@ -85,10 +86,7 @@ class OnlineSGD(AbstractEstimator):
     batch: int = eqx.field(static=True, default=1)
 
     def __check_init__(self):
-        if not _is_count(self.batch):
-            raise ValueError(
-                f"batch must be a positive integer number of samples, got {self.batch!r}."
-            )
+        check_count("batch (samples per step)", self.batch)
 
     @property
     def needs_key(self) -> bool:
@@ -112,8 +110,7 @@ class FixedSamples(AbstractEstimator):
     n: int = eqx.field(static=True)
 
     def __check_init__(self):
-        if not _is_count(self.n):
-            raise ValueError(f"n must be a positive integer number of samples, got {self.n!r}.")
+        check_count("n (training samples)", self.n)
 
     @property
     def needs_key(self) -> bool:
@@ -124,10 +121,6 @@ class FixedSamples(AbstractEstimator):
 
     def directions(self, problem, a, W, u, data, key):
         return batch_directions(problem, a, W, *data)
-
-
-def _is_count(n) -> bool:
-    return isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1
 
 
 def network(
@@ -285,6 +278,8 @@ def train(
         )
     if estimator.needs_key and key is None:
         raise ValueError(f"{type(estimator).__name__} draws samples: pass key=jax.random.key(0).")
+    if key is not None:
+        check_key(key)
     a, W, u = _check(init, eta)
     ts_np = check_times(ts)
     steps = _record_steps(ts_np, eta)
@@ -319,6 +314,13 @@ def train(
         risk = float(records[-1][1])
         if not (np.isfinite(risk) and risk <= limit):
             result = RESULTS.diverged
+            fast = eta * float(problem.U(1.0)) / float(problem.eps)
+            warnings.warn(
+                f"sst.train diverged by t = {ts_np[0] + stop * eta:.4g} (risk {risk:.3g}); it "
+                f"stopped there. eta * U(1) / eps = {fast:.3g} must stay well below 1: lower eta.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             break
     bar.close()
 

@@ -46,3 +46,21 @@ def check_particles(a: np.ndarray, s: np.ndarray) -> None:
             f"Overlaps s must lie in [-1, 1] (they are <u*, w_i> for unit vectors); got "
             f"max |s| = {np.max(np.abs(s)):.6g}."
         )
+
+
+def check_count(name: str, value: Any, low: int = 1) -> int:
+    """A whole number `>= low` (Python or numpy integer, not bool), as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    return int(value)
+
+
+def check_key(key: Any) -> None:
+    """A JAX PRNG key: `jax.random.key(seed)` or the legacy `jax.random.PRNGKey(seed)`."""
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    legacy = isinstance(key, jax.Array) and key.dtype == np.uint32 and key.shape == (2,)
+    if not (typed or legacy):
+        raise ValueError(
+            f"key must be a JAX PRNG key such as jax.random.key(0), got {type(key).__name__} "
+            f"{key!r:.40}."
+        )
