@@ -33,6 +33,7 @@ import pathlib
 import platform
 import re
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -46,7 +47,13 @@ from ._io import save_trajectory
 from ._plot import plot_particles, plot_risk, plot_scaling
 from ._solution import Trajectory
 from ._solve import solve
-from ._timescales import detect_phases, fit_scalings, learning_times, local_exponents
+from ._timescales import (
+    MIN_FIT_POINTS,
+    detect_phases,
+    fit_scalings,
+    learning_times,
+    local_exponents,
+)
 from .config import RunConfig, read_toml
 
 _FRACTIONS = {"half": 0.5, "ninety": 0.9}
@@ -279,7 +286,11 @@ def collect_members(out: pathlib.Path) -> tuple[list[dict], list[str]]:
 
 
 def sweep_analysis(summaries: list[dict], out: pathlib.Path) -> dict:
-    """Fit the exponents of the half-learning times over the members; write JSON and plot."""
+    """Fit the exponents of the half-learning times over the members whose solve succeeded
+    (members that failed are listed in `excluded`, degrees with fewer than three learned points
+    in `not_fitted`); write `sweep.json` and the scaling plot."""
+    excluded = [s["eps"] for s in summaries if not s["solver"]["success"]]
+    summaries = [s for s in summaries if s["solver"]["success"]]
     eps = np.array([s["eps"] for s in summaries])
     degrees = sorted({int(k) for s in summaries for k in s["learning_times"]})
     width = max(degrees) + 1 if degrees else 0
@@ -293,8 +304,11 @@ def sweep_analysis(summaries: list[dict], out: pathlib.Path) -> dict:
         for name in _FRACTIONS
     }
     fits = fit_scalings(eps, times["half"]) if len(summaries) >= 2 else {}
+    present = [k for k in degrees if np.any(np.isfinite(times["half"][:, k]))]
     result = {
         "eps": eps.tolist(),
+        "excluded": excluded,
+        "not_fitted": [k for k in present if k not in fits],
         "half": times["half"].tolist(),
         "ninety": times["ninety"].tolist(),
         "exponents": {str(k): vars(f) for k, f in fits.items()},
@@ -390,7 +404,10 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    args.out.mkdir(parents=True, exist_ok=True)
+    problem = _unwritable(args.out)
+    if problem:
+        print(f"sst: error: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
     summaries, failures = run(config, args.out, progress, shard)
     if shard[1] > 1:
         marker = write_shard_marker(args.out, shard, config, failures)
@@ -400,6 +417,23 @@ def main(argv: list[str] | None = None) -> int:
             f"finished, `sst merge {args.out}` writes sweep.json and scaling.png"
         )
     return _report(summaries, failures, args.out, fit=args.command == "sweep" and shard[1] == 1)
+
+
+def _unwritable(out: pathlib.Path) -> str | None:
+    """Create the output folder; say in one phrase why it cannot hold the results, if so."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError:
+        return "it is a file, not a folder; name a folder"
+    except NotADirectoryError:
+        return "a parent of it is a file, not a folder; name a path under a folder"
+    except PermissionError:
+        return "no permission to write there; name a folder you can write to"
+    except OSError as err:
+        return f"cannot write there ({err.strerror}); name another folder"
+    return None
 
 
 def _report(summaries: list[dict], failures: list[str], out: pathlib.Path, fit: bool) -> int:
@@ -420,6 +454,11 @@ def _report(summaries: list[dict], failures: list[str], out: pathlib.Path, fit: 
                 f"degree {k}: exponent{log} {f['exponent']:.3f} +- {f['stderr']:.3f} "
                 f"(local slope at the smallest eps {local:.3f}), heuristic {f['heuristic']:g}"
             )
+        for k in result["not_fitted"]:
+            print(f"degree {k}: not fitted (learned at fewer than {MIN_FIT_POINTS} eps)")
+        if result["excluded"]:
+            listed = ", ".join(f"{e:g}" for e in result["excluded"])
+            print(f"excluded from the fits (solve failed): eps = {listed}")
     print(f"wrote {out}")
     for f in failures:
         print(f"sst: member failed: {f}", file=sys.stderr)
