@@ -183,15 +183,3 @@ def _powers(s: Array, n: int) -> Array:
 def _moments(weights: Array, a: Array, s: Array, n: int) -> Array:
     """`m_k = sum_i p_i a_i s_i^k` for `k < n`."""
     return _powers(s, n) @ (weights * a)
-
-
-def _check_common(a: np.ndarray, s: np.ndarray) -> None:
-    if a.shape[0] == 0:
-        raise ValueError("The state has no particles; pass at least one.")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
-        raise ValueError("The state contains NaN or inf in a or s; pass finite values.")
-    if np.max(np.abs(s)) > 1.0:
-        raise ValueError(
-            f"Overlaps s must lie in [-1, 1] (they are <u*, w_i> for unit vectors); got "
-            f"max |s| = {np.max(np.abs(s)):.6g}."
-        )

@@ -58,8 +58,12 @@ class RosenbrockTableau:
 
     def __post_init__(self):
         s = len(self.c)
-        rows_ok = all(len(self.a[i]) == i and len(self.C[i]) == i for i in range(s))
-        if len(self.a) != s or len(self.C) != s or not rows_ok:
+        rows_ok = (
+            len(self.a) == s
+            and len(self.C) == s
+            and all(len(self.a[i]) == i and len(self.C[i]) == i for i in range(s))
+        )
+        if not rows_ok:
             raise ValueError("RosenbrockTableau needs a and C with rows of 0, 1, ..., s-1 entries.")
         if not all(len(v) == s for v in (self.gammas, self.b, self.e, *self.dense)):
             raise ValueError(

@@ -37,6 +37,7 @@ def require_x64(where: str) -> None:
 
 
 def check_particles(a: np.ndarray, s: np.ndarray) -> None:
+    """Concrete second-layer weights `a` and overlaps `s`: non-empty, finite, `|s| <= 1`."""
     if a.shape[0] == 0:
         raise ValueError("The state has no particles; pass at least one.")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
