@@ -2,7 +2,8 @@
 
 Runs the sweep of `examples/sweep.toml` (eps = 1e-2 ... 1e-10; `--quick`: 1e-2 ... 1e-5) through
 the same code as `sst sweep`, prints the exponents `d log t_k / d log eps` of the half-learning
-times with their standard errors next to the heuristics of THEORY.md section 6, the separation
+times with their standard errors next to the heuristics of the docs' [time scales][time-scales],
+the separation
 `t_2 / t_1` at the smallest eps, and the wall time of `sst run examples/quickstart.toml` in a
 fresh process (imports and compilation included). Figures go to out/benchmarks/timescales/.
 The same sizes on every device: the members are single small solves, latency-bound on a GPU.

@@ -5,7 +5,8 @@ pure diffrax solve, and every parameter of a model (`model.parameters()`: `eps`,
 coefficients) is a JAX array that can be batched. `solve_batch` adds what a plain vmap lacks:
 
 - **Stiffness groups.** A vmapped adaptive solve runs until its slowest member is done, and every
-  member pays for every step. The step count grows as `eps` shrinks (docs: model, #time-scales),
+  member pays for every step. The step count grows as `eps` shrinks (docs: [time
+  scales][time-scales]),
   so a batch mixing `eps = 1e-1` and `eps = 1e-4` makes the easy members pay for the stiff one.
   `solve_batch` sorts the members by `eps` and solves consecutive groups of `group_size` members
   as separate vmaps (all groups have the same shape, so they share one compilation).

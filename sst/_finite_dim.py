@@ -1,4 +1,5 @@
-"""The exact finite-dimensional order-parameter ODE (docs: model, #finite-dimensional-ode)."""
+"""The exact finite-dimensional order-parameter ODE (docs: [the finite-dimensional
+ODE][finite-dimensional-ode])."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from ._validate import check_particles
 
 
 class FiniteDimState(eqx.Module):
-    """State of the exact finite-dimensional ODE (docs: model, #finite-dimensional-ode).
+    """State of the exact finite-dimensional ODE (docs: [the finite-dimensional
+    ODE][finite-dimensional-ode]).
 
     **Fields:** `a` second-layer weights `(m,)`, `s` overlaps `<u*, w_i>` `(m,)`, `Q` the overlap
     matrix `<w_i, w_j>` `(m, m)`, symmetric with unit diagonal.
@@ -30,8 +32,8 @@ class FiniteDimState(eqx.Module):
 
 
 class FiniteDimODE(AbstractProblemModel):
-    """The exact order-parameter ODE of population gradient flow (docs: model,
-    #finite-dimensional-ode):
+    """The exact order-parameter ODE of population gradient flow (docs:
+    [the finite-dimensional ODE][finite-dimensional-ode]):
 
     `eps da_i/dt = V(s_i) - (1/m) sum_j a_j U(Q_ij)`,
     `ds_i/dt = a_i V'(s_i)(1 - s_i^2) - (a_i/m) sum_{j!=i} a_j U'(Q_ij)(s_j - Q_ij s_i)`,

@@ -1,6 +1,7 @@
 """Functions of a standard Gaussian written in normalised Hermite polynomials.
 
-Conventions follow THEORY.md section 2: `h_k = He_k / sqrt(k!)` are orthonormal under
+Conventions follow the docs' [Hermite conventions][hermite-conventions]: `h_k = He_k / sqrt(k!)`
+are orthonormal under
 `N(0, 1)`, a function is `f = sum_k c_k h_k`, and for standard Gaussians `G, G'` with
 correlation `q`, `E[h_k(G) h_l(G')] = delta_kl q^k`. From the coefficients follow the two
 kernels the order-parameter ODEs need:
@@ -8,7 +9,8 @@ kernels the order-parameter ODEs need:
 - `U(q) = E[sigma(G) sigma(G')] = sum_k sigma_k^2 q^k` (the activation's kernel),
 - `V(s) = E[phi(G) sigma(G')] = sum_k phi_k sigma_k s^k` (target against activation).
 
-ReLU and `erf(x / sqrt 2)` carry closed-form kernels (THEORY.md section 2), since their series
+ReLU and `erf(x / sqrt 2)` carry closed-form kernels (docs: [Hermite
+conventions][hermite-conventions]), since their series
 converge slowly; polynomials have finite, exact series.
 """
 
@@ -102,7 +104,8 @@ def _erf_coefficients(degree: int) -> np.ndarray:
 
 
 class Hermite(eqx.Module):
-    """A function of a standard Gaussian, `f = sum_k coeffs[k] h_k` (THEORY.md section 2).
+    """A function of a standard Gaussian, `f = sum_k coeffs[k] h_k` (docs: [Hermite
+    conventions][hermite-conventions]).
 
     **Fields:**
 
@@ -169,7 +172,8 @@ class Hermite(eqx.Module):
         )
 
     def kernel(self, q: Float[ArrayLike, ...]) -> Float[Array, ...]:
-        """`U(q) = E[f(G) f(G')]` for unit Gaussians with correlation `q` (THEORY.md section 2)."""
+        """`U(q) = E[f(G) f(G')]` for unit Gaussians with correlation `q` (docs: [Hermite
+        conventions][hermite-conventions])."""
         q = jnp.asarray(q)
         if self.closed_form == "relu":
             q = jnp.clip(q, -1.0, 1.0)
@@ -255,7 +259,8 @@ def erf(degree: int = 33) -> Hermite:
 def cross_kernel(
     target: Hermite, activation: Hermite, s: Float[ArrayLike, ...]
 ) -> Float[Array, ...]:
-    """`V(s) = E[phi(G) sigma(G')] = sum_k phi_k sigma_k s^k` (THEORY.md section 2).
+    """`V(s) = E[phi(G) sigma(G')] = sum_k phi_k sigma_k s^k` (docs: [Hermite
+    conventions][hermite-conventions]).
 
     Exact when either function is a polynomial, or when both are the same closed form (then
     `V = U`); otherwise the product of the two truncated series.

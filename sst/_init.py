@@ -17,8 +17,8 @@ from ._validate import check_count, check_key
 def quadrature_particles(
     m: int, law: str = "normal", scale: float = 1.0, mean: float = 0.0
 ) -> MeanFieldState:
-    """Deterministic particles discretising the law of `a(0)`, `s(0) = 0` (docs: model,
-    #mean-field-ode).
+    """Deterministic particles discretising the law of `a(0)`, `s(0) = 0` (docs:
+    [the mean-field ODE][mean-field-ode]).
 
     **Arguments:**
 
@@ -91,7 +91,8 @@ def random_init(
 
     `w_i` uniform on the sphere, `u* = e_1`; `a_i` i.i.d. normal with standard deviation
     `a_scale` (`a_law="normal"`), uniform on `[-a_scale, a_scale]` (`"uniform"`) or `+-a_scale`
-    (`"rademacher"`). Overlaps are of order `1/sqrt(d)` (docs: model, #finite-dimensional-ode).
+    (`"rademacher"`). Overlaps are of order `1/sqrt(d)` (docs: [the finite-dimensional
+    ODE][finite-dimensional-ode]).
     """
     check_key(key)
     m, d = check_count("m (the number of neurons)", m), check_count("d (the dimension)", d, 2)

@@ -1,4 +1,4 @@
-"""The reduced mean-field ODE of weighted particles (docs: model, #mean-field-ode)."""
+"""The reduced mean-field ODE of weighted particles (docs: [the mean-field ODE][mean-field-ode])."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ._validate import check_particles
 
 
 class MeanFieldState(eqx.Module):
-    """Weighted particles of the reduced ODE (docs: model, #mean-field-ode).
+    """Weighted particles of the reduced ODE (docs: [the mean-field ODE][mean-field-ode]).
 
     **Fields:** `a` second-layer weights, `s` overlaps with the target direction, `weights`
     particle weights `p_i` (non-negative, summing to 1); all of shape `(m,)`.
@@ -36,7 +36,8 @@ class MeanFieldState(eqx.Module):
 
 
 class MeanFieldODE(AbstractProblemModel):
-    """The reduced mean-field ODE for weighted particles (docs: model, #mean-field-ode):
+    """The reduced mean-field ODE for weighted particles (docs: [the mean-field
+    ODE][mean-field-ode]):
 
     `eps da_i/dt = V(s_i) - sum_j p_j a_j U(s_i s_j)`,
     `ds_i/dt = (1 - s_i^2) a_i [V'(s_i) - sum_j p_j a_j s_j U'(s_i s_j)]`.

@@ -51,7 +51,8 @@ def plot_risk(
     phases: bool = True,
     max_degree: int = 6,
 ):
-    """Risk and squared Hermite residuals `r_k^2 / 2` against log time (docs: model, #time-scales).
+    """Risk and squared Hermite residuals `r_k^2 / 2` against log time (docs: [time
+    scales][time-scales]).
 
     One line per degree `k <= max_degree` (degrees that are zero up to rounding are left out),
     and one line for the sum over the higher degrees, if any (a ReLU target has 33).
@@ -102,8 +103,9 @@ def plot_risk(
 def plot_particles(traj: Trajectory, title: str | None = None, cmap: str = "coolwarm"):
     """Particle phase portrait: each particle's path in the `(a, s)` plane, and `s_i(t)`.
 
-    Left panel: `(a_i(t), s_i(t))`, one line per particle, starting at `s = 0` (docs: model,
-    #mean-field-ode). Right panel: the overlaps `s_i(t)` against log time. Lines are coloured by
+    Left panel: `(a_i(t), s_i(t))`, one line per particle, starting at `s = 0` (docs:
+    [the mean-field ODE][mean-field-ode]). Right panel: the overlaps `s_i(t)` against log time.
+    Lines are coloured by
     `a_i(0)` (colour bar), which is what determines a particle's fate when `s(0) = 0`.
 
     **Returns:** the matplotlib figure (axes: plane, time, colour bar).
@@ -144,7 +146,7 @@ def plot_scaling(
 
     One marker series per degree with a finite time; each fit in `fits` (from
     `timescales.fit_scalings`) is drawn as a dashed line labelled with its exponent, its
-    uncertainty and the heuristic `1/(2l)` of the docs' model page.
+    uncertainty and the heuristic `1/(2l)` of the docs' [model page][setting].
 
     **Returns:** the matplotlib figure.
     """

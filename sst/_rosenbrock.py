@@ -1,6 +1,7 @@
 """Rosenbrock (linearly implicit) stiff solvers for diffrax: a tableau as data, one stepper.
 
-Why not diffrax's ESDIRK solvers: on the singularly perturbed ODEs of the docs' solver page
+Why not diffrax's ESDIRK solvers: on the singularly perturbed ODEs of the docs' [solver
+page][rodas4]
 their Newton iterations fail or crawl once the second-layer weights are large (eps <= 1e-6),
 and the unfiltered embedded error estimate rejects about half the steps. A Rosenbrock method
 needs no Newton iteration: each step solves `s` linear systems with one matrix

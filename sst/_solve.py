@@ -24,7 +24,7 @@ def default_solver() -> dfx.AbstractSolver:
     It needs no Newton iteration, so it survives the strongly nonlinear late phase at tiny eps
     where ESDIRK solvers (diffrax's Kvaerno5) stall in failed Newton iterations; for
     `MeanFieldODE` with a polynomial activation its linear solves use the Woodbury identity and
-    cost O(m K^2) (docs: solver).
+    cost O(m K^2) (docs: [the solver][rodas4]).
     """
     return Rodas4()
 

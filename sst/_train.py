@@ -1,7 +1,8 @@
 """Training the two-layer network itself: estimators of the descent direction and `train`.
 
 The network `f(x) = (1/m) sum_i a_i sigma(<w_i, x>)`, `|w_i| = 1`, is trained in the time
-scaling of the docs' model page (#gradient-flow, #sgd): a step of size `eta` advances time by
+scaling of the docs' [model page][setting] (#gradient-flow, #sgd): a step of size `eta` advances
+time by
 `eta`; the second layer moves `1/eps` times faster; first-layer steps are projected on the
 sphere's tangent space and the rows renormalised. An estimator says how a step estimates the
 descent direction:
@@ -60,8 +61,9 @@ class AbstractEstimator(eqx.Module):
 
 
 class PopulationGradient(AbstractEstimator):
-    """The exact gradient of the population risk `R(a, W u, W W^T)` (docs: model,
-    #gradient-flow), by `jax.grad` of `FiniteDimODE.risk`: gradient descent converges to the
+    """The exact gradient of the population risk `R(a, W u, W W^T)` (docs:
+    [gradient flow][gradient-flow]), by `jax.grad` of `FiniteDimODE.risk`: gradient descent
+    converges to the
     flow of `FiniteDimODE` at first order in `eta`."""
 
     @property
@@ -78,7 +80,8 @@ class PopulationGradient(AbstractEstimator):
 class OnlineSGD(AbstractEstimator):
     """Online SGD: a fresh batch `x ~ N(0, I_d)`, `y = phi(<u, x>) + noise` at every step.
 
-    It tracks `FiniteDimODE` when `eta * d * a^2 / batch` is small (docs: model, #sgd).
+    It tracks `FiniteDimODE` when `eta * d * a^2 / batch` is small (docs: [gradient descent and
+    SGD][sgd]).
 
     **Fields:** `batch`, the samples per step.
     """
@@ -102,7 +105,7 @@ class OnlineSGD(AbstractEstimator):
 class FixedSamples(AbstractEstimator):
     """Gradient descent on the empirical risk of `n` fixed samples (full batch): the run
     records the training risk next to the population risk, so the gap between them shows the
-    finite-sample effects (docs: model, #sgd). Memory O(n d).
+    finite-sample effects (docs: [gradient descent and SGD][sgd]). Memory O(n d).
 
     **Fields:** `n`, the number of training samples.
     """
@@ -141,8 +144,8 @@ def batch_directions(
 
     Written by hand (no autodiff) so that a step costs two `(B, m) x (m, d)` products:
     `-m dL/da_i = mean_b e_b sigma(z_bi)` and `-m dL/dw_i = a_i mean_b e_b sigma'(z_bi) x_b`, with
-    `e = y - f(x)` and `z = x W^T`. The factor `m` is the mean-field time scaling of THEORY.md
-    section 3; the first-layer direction is not yet projected on the sphere.
+    `e = y - f(x)` and `z = x W^T`. The factor `m` is the mean-field time scaling of the docs'
+    [gradient flow][gradient-flow]; the first-layer direction is not yet projected on the sphere.
     """
     z = x @ W.T
     # Cast back: the Hermite helpers may promote to float64 under x64.
@@ -163,7 +166,8 @@ def _retract(W: Array, dW: Array, eta) -> Array:
 
 
 def _population_directions(problem: Problem, a, W, u):
-    # Exact gradients of the core's population risk R(a, W u, W W^T) (THEORY.md section 3).
+    # Exact gradients of the core's population risk R(a, W u, W W^T) (docs: [gradient
+    # flow][gradient-flow]).
     def risk(a, W):
         return FiniteDimODE(problem).risk(FiniteDimState(a, W @ u, W @ W.T))
 
@@ -244,7 +248,7 @@ def train(
 
     Each step: `a += (eta/eps) da`, `w_i += eta P_i dw_i` with `(da, dW)` the estimator's
     descent directions and `P_i` the projection on the tangent space of the sphere at `w_i`,
-    then rows renormalised (docs: model, #sgd).
+    then rows renormalised (docs: [gradient descent and SGD][sgd]).
 
     **Arguments:**
 

@@ -5,8 +5,8 @@
   `summary.json` (learning times, final risk, solver statistics, versions, the config) and the
   plots `risk.png` and `particles.png`.
 - `sst sweep CONFIG.toml --out DIR`: the same for two or more eps, then the fitted exponents
-  `d log t_k / d log eps` in `DIR/sweep.json` and the plot `DIR/scaling.png` (THEORY.md
-  section 6).
+  `d log t_k / d log eps` in `DIR/sweep.json` and the plot `DIR/scaling.png` (docs: [time
+  scales][time-scales]).
 - `sst sweep CONFIG.toml --out DIR --shard I/N`: only members `j` with `j % N == I` (in the
   config's order), for a scheduler's job array or several hosts; each shard writes its members'
   folders and a marker `DIR/shard-I-of-N.json` (host, process, its members, failures), not the
