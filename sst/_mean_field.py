@@ -124,6 +124,13 @@ class MeanFieldODE(AbstractProblemModel):
         da, bracket = self._rates(a, jnp.sin(theta), weights)
         return da, jnp.cos(theta) * a * bracket
 
+    def rate(self, t, state: MeanFieldState) -> MeanFieldState:
+        """`d state / dt` in `(a, s)` directly: through the angle it would differentiate
+        `arcsin`, infinite where a particle has reached `|s| = 1` in rounding."""
+        da, bracket = self._rates(state.a, state.s, state.weights)
+        ds = (1.0 - state.s**2) * state.a * bracket
+        return MeanFieldState(da, ds, jnp.zeros_like(state.weights))
+
     def jacobian(self, t, y: tuple[Array, Array], weights: Array):
         """The Jacobian of the vector field: for the moment path a `ParticleJacobian`
         (block-diagonal plus rank K+1), for the dense O(m^2) path a `DenseJacobian`.
