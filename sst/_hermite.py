@@ -26,7 +26,7 @@ import jax.scipy.special as jsp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
-from ._validate import check_count
+from ._validate import check_count, is_traced
 
 _CLOSED_FORMS = ("relu", "erf")
 
@@ -138,6 +138,17 @@ class Hermite(eqx.Module):
     def __init__(self, coeffs: Float[ArrayLike, " K"], closed_form: str | None = None):
         self.coeffs = jnp.asarray(coeffs, dtype=float)
         self.closed_form = closed_form
+
+    def __str__(self) -> str:
+        """The function in words, e.g. `0.5 h0 + h1 - 2 h3`, or `relu` / `erf`."""
+        if self.closed_form is not None or is_traced(self.coeffs):
+            return self.closed_form or "Hermite(traced)"
+        terms = []
+        for k, c in enumerate(np.asarray(self.coeffs)):
+            if c != 0:
+                size = "" if abs(c) == 1 else f"{abs(c):.3g} "
+                terms.append(("- " if c < 0 else "+ ") + f"{size}h{k}")
+        return " ".join(terms).removeprefix("+ ") if terms else "0"
 
     @property
     def degree(self) -> int:

@@ -29,7 +29,7 @@ class MeanFieldState(eqx.Module):
         self.s = jnp.asarray(s, dtype=float)
         m = self.a.shape[-1] if self.a.ndim else 1
         self.weights = (
-            jnp.full(self.a.shape, 1.0 / m)
+            jnp.full(self.a.shape, 1.0 / m, dtype=float)
             if weights is None
             else jnp.asarray(weights, dtype=float)
         )

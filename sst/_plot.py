@@ -50,15 +50,18 @@ def plot_risk(
     ax=None,
     phases: bool = True,
     max_degree: int = 6,
+    model=None,
 ):
     """Risk and squared Hermite residuals `r_k^2 / 2` against log time (docs: [time
     scales][time-scales]).
 
     One line per degree `k <= max_degree` (degrees that are zero up to rounding are left out),
     and one line for the sum over the higher degrees, if any (a ReLU target has 33).
-    Half-learning times are dotted vertical lines in each degree's colour; with `phases=True`
-    the drops found by `detect_phases` are shaded grey (the plateaus are the unshaded rest).
-    The title states the solver tolerances unless `title` is given.
+    Half-learning times are dotted vertical lines in each degree's colour (in the legend); with
+    `phases=True` the drops found by `detect_phases` are shaded grey (the plateaus are the
+    unshaded rest). The vertical range shows every valid point of every drawn curve. The title
+    states the target, activation and eps when the `model` (of a `Problem`) is given, and the
+    solver tolerances, unless `title` is given.
 
     **Returns:** the matplotlib figure.
     """
@@ -76,26 +79,31 @@ def plot_risk(
     if r2.shape[1] > max_degree + 1:
         tail = 0.5 * np.sum(r2[:, max_degree + 1 :], axis=1)
         curves.append((max_degree + 1, f"$\\sum_{{k>{max_degree}}} r_k^2/2$", tail))
+    drawn = [risk]
     for k, label, y in curves:
         if np.max(y) <= _NEGLIGIBLE * np.max(risk):
             continue  # zero up to rounding: a log axis would show only rounding noise
+        drawn.append(y)
         colour = _degree_colour(k)
         ax.loglog(ts, y, lw=1.2, color=colour, label=label)
         if k <= max_degree and np.isfinite(t_half[k]):
-            ax.axvline(t_half[k], color=colour, ls=":", lw=1)
+            ax.axvline(t_half[k], color=colour, ls=":", lw=1, label=f"$t_{{{k}}}$ half learned")
     if phases:
         for p in detect_phases(traj):
             if p.kind == "drop":
                 ax.axvspan(p.t_start, p.t_end, color="0.85", zorder=0, label="drop")
-    # Below ~1e-12 of the initial risk a learned curve shows only float64 rounding.
-    top = 2.0 * np.nanmax(risk)
-    ax.set_ylim(max(ax.get_ylim()[0], 1e-12 * top), top)
+    drawn = np.concatenate(drawn)
+    drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
+    ax.set_ylim(0.5 * drawn.min(), 2.0 * drawn.max())
     ax.set_xlabel("time $t$")
     ax.set_ylabel("risk")
-    ax.set_title(title or _tolerances(traj))
+    if title is None:
+        problem = getattr(model, "problem", None)
+        title = _tolerances(traj) if problem is None else f"{problem}\n{_tolerances(traj)}"
+    ax.set_title(title, fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 

@@ -73,6 +73,11 @@ class Problem(eqx.Module):
                     f"noise must be a finite non-negative standard deviation, got {noise}."
                 )
 
+    def __str__(self) -> str:
+        """The problem in words, e.g. `phi = h1 + h2, sigma = relu, eps = 0.001`."""
+        eps = "traced" if is_traced(self.eps) else f"{float(self.eps):.3g}"
+        return f"phi = {self.target}, sigma = {self.activation}, eps = {eps}"
+
     def V(self, s: Float[ArrayLike, ...]) -> Float[Array, ...]:
         """`V(s) = sum_k phi_k sigma_k s^k` (docs: [Hermite conventions][hermite-conventions])."""
         return cross_kernel(self.target, self.activation, s)

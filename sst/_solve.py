@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -63,7 +64,8 @@ def solve(
     - `adjoint`: diffrax adjoint for reverse-mode differentiation (see `sst.grad_adjoint`).
     - `throw`: on failure raise (`RuntimeError` outside `jit`, a runtime error inside); with
       `throw=False` the trajectory is returned with its `result`, NaN rows masked by `valid`.
-    - `progress`: show a tqdm progress bar.
+    - `progress`: show a progress bar; it advances in `log t` (from the first positive save
+      time), as the learning curve does.
 
     **Returns:** a `Trajectory` whose `ys` are states of the model.
     """
@@ -91,7 +93,8 @@ def solve(
     if adjoint is not None:
         options["adjoint"] = adjoint
     if progress:
-        options["progress_meter"] = dfx.TqdmProgressMeter()
+        positive = ts[ts > 0] if not is_traced(ts) else ts[-1:]
+        options["progress_meter"] = LogTimeProgressMeter(t0=ts[0], t_min=positive[0], t1=ts[-1])
     sol = dfx.diffeqsolve(
         dfx.ODETerm(model),
         default_solver() if solver is None else solver,
@@ -156,6 +159,21 @@ def _check_options(solver, rtol, atol, dt0, max_steps, controller) -> int:
                 f"or None to let the solver choose it; got {dt0}."
             )
     return check_count("max_steps", max_steps)
+
+
+class LogTimeProgressMeter(dfx.TqdmProgressMeter):
+    """diffrax's tqdm progress meter, advancing in `log t` between `t_min > 0` and `t1`: a solve
+    spends as long on each decade of time, so progress in `t` would sit at 0% for most of it."""
+
+    t0: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=0.0)
+    t_min: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-8)
+    t1: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
+
+    def step(self, state, progress):
+        t = self.t0 + progress * (self.t1 - self.t0)  # diffrax's progress is linear in t
+        span = jnp.log(self.t1 / self.t_min)
+        log_progress = jnp.clip(jnp.log(jnp.maximum(t, self.t_min) / self.t_min) / span, 0, 1)
+        return super().step(state, jnp.where(span > 0, log_progress, progress))
 
 
 def _result(result: dfx.RESULTS, model: AbstractModel, t0, y: PyTree[Array], args) -> RESULTS:

@@ -35,7 +35,7 @@ from ._finite_dim import FiniteDimODE, FiniteDimState
 from ._init import RandomInit
 from ._problem import Problem
 from ._solution import RESULTS, TrainingRecord, Trajectory
-from ._validate import check_count, check_key, check_times, require_x64
+from ._validate import check_count, check_key, check_times, require_x64, show_progress
 
 # A run whose population risk exceeds this multiple of its initial value has diverged.
 DIVERGENCE_FACTOR = 1e6
@@ -242,7 +242,7 @@ def train(
     estimator: AbstractEstimator | None = None,
     key: PRNGKeyArray | None = None,
     dtype=jnp.float64,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Trajectory:
     """Train the network from `init` and record it at the times `ts`, like `sst.solve`.
 
@@ -261,7 +261,8 @@ def train(
     - `key`: a JAX PRNG key, needed by the sampling estimators (the samples of step `k` come
       from `fold_in(key, k)`, the fixed samples from a key split off first).
     - `dtype`: `jnp.float32` or `jnp.float64` for the simulation (records are float64).
-    - `progress`: show a progress bar.
+    - `progress`: show a progress bar (default: when a person is watching, in a terminal or
+      a notebook).
 
     **Returns:** a `Trajectory` of `FiniteDimState`s, with `training` a `TrainingRecord`.
     A run that diverges (a non-finite risk, or above `1e6` times its initial value) stops
@@ -299,7 +300,9 @@ def train(
     records = [_observe(problem, sim, a, W, u, data)]
     limit = DIVERGENCE_FACTOR * float(records[0][1])
     result = RESULTS.successful
-    bar = tqdm(total=int(steps[-1]), disable=not progress, desc=type(estimator).__name__)
+    bar = tqdm(
+        total=int(steps[-1]), disable=not show_progress(progress), desc=type(estimator).__name__
+    )
     for start, stop in zip(steps[:-1], steps[1:], strict=True):
         a, W = _advance(
             estimator,

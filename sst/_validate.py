@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -65,3 +66,10 @@ def check_key(key: Any) -> None:
             f"key must be a JAX PRNG key such as jax.random.key(0), got {type(key).__name__} "
             f"{key!r:.40}."
         )
+
+
+def show_progress(progress: bool | None) -> bool:
+    """`progress`, or when `None` whether a person is watching: a terminal or a notebook."""
+    if progress is None:
+        return sys.stderr.isatty() or "ipykernel" in sys.modules
+    return bool(progress)

@@ -41,7 +41,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ._io import save_trajectory
 from ._plot import plot_particles, plot_risk, plot_scaling
@@ -143,7 +143,7 @@ def run_member(config: RunConfig, eps: float, out: pathlib.Path, progress: bool)
         "config": config.to_dict(),
     }
     _write_json(out / "summary.json", summary)
-    name = f"eps={eps:g}, {config.model}, rtol={traj.rtol:g}, atol={traj.atol:g}"
+    name = f"{config.model}: {model.problem}\nrtol={traj.rtol:g}, atol={traj.atol:g}"
     for filename, fig in (
         ("risk.png", plot_risk(traj, title=name)),
         ("particles.png", plot_particles(traj, title=name)),
