@@ -6,11 +6,21 @@ The benchmarks import it as `from _common import ...` (Python puts the script's 
 
 from __future__ import annotations
 
+import datetime
+import io
+import json
+import os
+import pathlib
+import platform
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
 import jax
+
+RESULTS_DIR = pathlib.Path(__file__).resolve().parent.parent / "docs" / "benchmarks"
 
 
 def device() -> dict[str, str]:
@@ -74,5 +84,86 @@ def result_line(fields: dict[str, Any]) -> str:
     return "RESULT " + " ".join(f"{k}={v}" for k, v in (fields | device()).items())
 
 
-def print_result(fields: dict[str, Any]) -> None:
-    print(result_line(fields))
+class Record:
+    """Everything a benchmark prints, kept to write its result file at the end.
+
+    `Record(__file__, __doc__)` at the start of `main` copies standard output into a buffer;
+    `print_result(fields, record)` then writes `docs/benchmarks/NAME.json` (NAME the script's
+    name) with the machine, date, device, commit, the whole printed output and the RESULT line:
+    the docs' Benchmarks page renders it (docs/scripts/bench_tables.py).
+    """
+
+    def __init__(self, script: str, doc: str | None, mode: str = "full"):
+        self.name = pathlib.Path(script).stem
+        self.doc = (doc or "").strip()
+        self.mode = mode
+        self.command = " ".join(["python", f"benchmarks/{self.name}.py", *sys.argv[1:]])
+        self.buffer = io.StringIO()
+        self._stdout = sys.stdout
+        sys.stdout = _Tee(self._stdout, self.buffer)
+
+    def write(self, line: str) -> pathlib.Path:
+        sys.stdout = self._stdout
+        title, _, rest = self.doc.partition("\n")
+        data = {
+            "title": title.strip(),
+            "command": self.command,
+            "mode": self.mode,
+            "date": datetime.date.today().isoformat(),
+            "machine": _machine(),
+            "device": jax.default_backend(),
+            "code": _commit(),
+            "setup": rest.strip().split("\n\n")[0] if rest.strip() else "",
+            "output": self.buffer.getvalue(),
+            "result": line,
+        }
+        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        path = RESULTS_DIR / f"{self.name}.json"
+        path.write_text(json.dumps(data, indent=1) + "\n")
+        return path
+
+
+class _Tee(io.TextIOBase):
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text: str) -> int:
+        for stream in self.streams:
+            stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        for stream in self.streams:
+            stream.flush()
+
+
+def _machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
+    return (
+        f"{platform.system()} {cpu}, {os.cpu_count()} cores, {devices} ({jax.default_backend()}), "
+        f"jax {jax.__version__}, load {load:.1f} at the end"
+    )
+
+
+def _commit() -> str:
+    try:
+        rev = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=RESULTS_DIR.parent.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return rev
+
+
+def print_result(fields: dict[str, Any], record: Record | None = None) -> None:
+    """Print the RESULT line; with a `record`, also write the benchmark's result file."""
+    line = result_line(fields)
+    print(line)
+    if record is not None:
+        print(f"wrote {record.write(line).relative_to(RESULTS_DIR.parent.parent)}")

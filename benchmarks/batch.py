@@ -31,7 +31,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import best_of_each, device_header, print_result, sized
+from _common import Record, best_of_each, device_header, print_result, sized
 
 import sst
 
@@ -118,6 +118,7 @@ def main() -> None:
     if args.devices_worker:
         print(json.dumps(device_throughput(*args.devices_worker)))
         return
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
     print(device_header())
     n_cpu = 32 if args.quick else 1024
     n = args.n or sized(n_cpu, 1024 if args.quick else 16384)
@@ -200,7 +201,8 @@ def main() -> None:
             "batch_per_s": f"{batch_rate:.3f}",
         }
         | {f"grad_cost_ratio_m{mm}": f"{grd / fwd:.3f}" for mm, fwd, grd, _ in grad_rows[1:]}
-        | {"n": n, "m": m}
+        | {"n": n, "m": m},
+        record,
     )
 
 

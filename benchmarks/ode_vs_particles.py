@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
-from _common import best_of, device_header, print_result, sized
+from _common import Record, best_of, device_header, print_result, sized
 
 import sst
 
@@ -187,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         help="run only m=16, d=1000 (B=100) at these step sizes, e.g. smaller ones than the grid's",
     )
     args = parser.parse_args(argv)
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
     print(device_header())
     grid = (QUICK if args.quick else FULL) | sized({}, GPU_EXTRA)
     if args.only_d1000:
@@ -282,7 +283,8 @@ def main(argv: list[str] | None = None) -> None:
             "sgd_rate_pooled": f"{pooled:.3g}",
             "sgd_learning_time_err_d1000": f"{d1000[0]['t_half_err']:.3g}",
         }
-        | {f"sgd_steps_per_s_d{d}": f"{T / r['eta'] / r['t_sgd']:.0f}" for d, r in longest.items()}
+        | {f"sgd_steps_per_s_d{d}": f"{T / r['eta'] / r['t_sgd']:.0f}" for d, r in longest.items()},
+        record,
     )
 
 

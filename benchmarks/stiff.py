@@ -22,7 +22,7 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common import best_of, device_header, print_result, sized
+from _common import Record, best_of, device_header, print_result, sized
 from jax.flatten_util import ravel_pytree
 from scipy.integrate import solve_ivp
 
@@ -232,6 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer eps, small budgets (~1 min)")
     args = parser.parse_args()
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
     quick = args.quick
     eps_list = [1e-2, 1e-6, 1e-12] if quick else [10.0**-k for k in range(1, 13)]
     scipy_eps = [1e-2, 1e-6] if quick else [1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12]
@@ -336,7 +337,8 @@ def main() -> None:
             "steps_per_decade": f"{slope:.0f}",
             "free_vs_clip_steps": f"{dense_ratio:.2f}",
             "quick": quick,
-        }
+        },
+        record,
     )
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import time
 
-from _common import device_header, print_result
+from _common import Record, device_header, print_result
 
 from sst.cli import run, sweep_analysis
 from sst.config import RunConfig, read_toml
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="eps down to 1e-5 only")
     args = parser.parse_args()
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
     print(device_header())
     out = ROOT / "out" / "benchmarks" / "timescales"
     shutil.rmtree(out, ignore_errors=True)  # no stale members from an earlier, longer sweep
@@ -100,7 +101,7 @@ def main() -> None:
         "cli_run_s": f"{cli_s:.1f}",
         "failed_members": str(len(failures)),
     }
-    print_result(fields)
+    print_result(fields, record)
 
 
 if __name__ == "__main__":

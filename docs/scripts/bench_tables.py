@@ -13,7 +13,8 @@ optional):
   are marked as such), `code` (the commit measured), `source` (where the numbers come from).
 - `setup`: one paragraph of Markdown.
 - `tables`: a list of `{"title", "columns", "rows", "note"}`; cells are strings or numbers.
-- `result`: the benchmark's closing `RESULT ...` line.
+- `result`: the benchmark's closing `RESULT ...` line; `output`: everything it printed (the
+  benchmarks write these files themselves, `benchmarks/_common.py`); `mode`: `full` or `quick`.
 - `figures`: a list of `{"path", "caption", "device"}`, `path` relative to docs/benchmarks/.
 - `missing`: Markdown lines on what the file does not (yet) hold.
 """
@@ -71,9 +72,13 @@ def render(path: str | pathlib.Path) -> str:
         lines += [f"*Source:* {data['source']}", ""]
     if data.get("setup"):
         lines += [data["setup"], ""]
+    if data.get("mode") == "quick":
+        lines += ["*A `--quick` run (small sizes), the latest one recorded.*", ""]
     for table in data.get("tables", []):
         lines += _table(table)
-    if data.get("result"):
+    if data.get("output"):
+        lines += ["```text", data["output"].rstrip(), "```", ""]
+    if data.get("result") and not data.get("output"):
         lines += ["```text", data["result"], "```", ""]
     for fig in data.get("figures", []):
         fig_device = _device(fig.get("device", data["device"]))
