@@ -45,10 +45,12 @@ redirect = contextlib.redirect_stdout(printed)
 redirect.__enter__()
 
 # --8<-- [start:example]
+import jax  # noqa: F811 (the example is shown on its own)
+
+jax.config.update("jax_enable_x64", True)  # sst's ODEs need float64
 import jax.numpy as jnp
 
 import sst
-from sst.plot import plot_risk
 
 problem = sst.Problem(
     target=sst.Hermite([0.5, 1.0, 1.0, 1.0]),  # phi = h0/2 + h1 + h2 + h3
@@ -57,13 +59,14 @@ problem = sst.Problem(
 )
 y0 = sst.quadrature_particles(32, law="normal")  # a(0) ~ N(0, 1), s(0) = 0
 ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-6, 2, 400)])
-traj = sst.solve(sst.MeanFieldODE(problem), y0, ts)  # stiff, adaptive, float64
+model = sst.MeanFieldODE(problem)
+traj = sst.solve(model, y0, ts)  # stiff, adaptive, float64
 
-print(f"{int(traj.num_steps)} steps, final risk {float(traj.risk[-1]):.3e}")
-t_half = sst.learning_times(traj.ts, traj.residuals, 0.5)
+print(f"{int(traj.stats['num_steps'])} steps, final risk {float(traj.risk[-1]):.3e}")
+t_half = sst.learning_times(traj, 0.5)
 for k, t in enumerate(t_half):
     print(f"degree {k} half learned at t = {t:.4g}")
-fig = plot_risk(traj, title="phi = h0/2 + h1 + h2 + h3, eps = 1e-3, 32 particles")
+fig = sst.plot_risk(traj, model=model)
 # --8<-- [end:example]
 
 redirect.__exit__(None, None, None)
