@@ -177,7 +177,7 @@ class Hermite(eqx.Module):
         if self.closed_form == "erf":
             return jnp.sqrt(2.0 / math.pi) * jnp.exp(-0.5 * x**2)
         # He_k' = k He_{k-1}, hence h_k' = sqrt(k) h_{k-1}.
-        k = jnp.arange(1, self.degree + 1)
+        k = jnp.arange(1, self.degree + 1, dtype=self.coeffs.dtype)
         return hermite_basis(x, max(self.degree - 1, 0))[..., : self.degree] @ (
             jnp.sqrt(k) * self.coeffs[1:]
         )

@@ -86,10 +86,10 @@ class OnlineSGD(AbstractEstimator):
     **Fields:** `batch`, the samples per step.
     """
 
-    batch: int = eqx.field(static=True, default=1)
+    batch: int = eqx.field(static=True)
 
-    def __check_init__(self):
-        check_count("batch (samples per step)", self.batch)
+    def __init__(self, batch: int = 1):
+        self.batch = check_count("batch (samples per step)", batch)
 
     @property
     def needs_key(self) -> bool:
@@ -112,8 +112,8 @@ class FixedSamples(AbstractEstimator):
 
     n: int = eqx.field(static=True)
 
-    def __check_init__(self):
-        check_count("n (training samples)", self.n)
+    def __init__(self, n: int):
+        self.n = check_count("n (training samples)", n)
 
     @property
     def needs_key(self) -> bool:
@@ -168,8 +168,12 @@ def _retract(W: Array, dW: Array, eta) -> Array:
 def _population_directions(problem: Problem, a, W, u):
     # Exact gradients of the core's population risk R(a, W u, W W^T) (docs: [gradient
     # flow][gradient-flow]).
+    # FiniteDimState holds float64: the risk is evaluated in float64 whatever the simulation's
+    # dtype (with the problem cast to match), and the gradients come back in the weights' dtype.
+    problem64 = _cast(problem, jnp.float64)
+
     def risk(a, W):
-        return FiniteDimODE(problem).risk(FiniteDimState(a, W @ u, W @ W.T))
+        return FiniteDimODE(problem64).risk(FiniteDimState(a, W @ u, W @ W.T))
 
     ga, gW = jax.grad(risk, argnums=(0, 1))(a, W)
     m = a.shape[0]
