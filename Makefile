@@ -1,18 +1,26 @@
 # Two commands set everything up on a fresh machine: `make demo` and `make test`.
+# `make docs` builds the documentation site into site/; `make notebooks` opens JupyterLab.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+NOTEBOOKS_STAMP := $(VENV)/.installed-notebooks
+LINTED := sst tests benchmarks docs/scripts docs/hooks.py
 
-.PHONY: demo test lint install clean
+.PHONY: demo test lint install docs notebooks clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
+# The docs extra is part of the default install so that tests/test_docs.py builds the site in CI.
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e ".[dev]"
+	$(BIN)/python -m pip install -q -e ".[dev,docs]"
 	touch $(STAMP)
+
+$(NOTEBOOKS_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q -e ".[dev,docs,notebooks]"
+	touch $(NOTEBOOKS_STAMP)
 
 install: $(STAMP)
 
@@ -20,13 +28,20 @@ demo: $(STAMP)
 	$(BIN)/python -m sst._demo --out out/demo
 
 test: $(STAMP)
-	$(BIN)/ruff check sst tests benchmarks
-	$(BIN)/ruff format --check sst tests benchmarks
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
 	$(BIN)/python -m pytest -n 2 tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check --fix sst tests benchmarks
-	$(BIN)/ruff format sst tests benchmarks
+	$(BIN)/ruff check --fix $(LINTED)
+	$(BIN)/ruff format $(LINTED)
+
+# The notebooks are executed during the build, in their small mode (about 2 minutes on 2 cores).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
+
+notebooks: $(NOTEBOOKS_STAMP)
+	$(BIN)/jupyter lab notebooks/
 
 clean:
-	rm -rf $(VENV) out
+	rm -rf $(VENV) out site

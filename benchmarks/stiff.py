@@ -7,7 +7,8 @@ coordinates (a, theta), s = sin theta). Errors are measured against a reference 
 1000x tighter tolerances (rtol 1e-11, atol 1e-13) and dense LU linear algebra.
 
 Wall times are after compilation, best of a few repeats, measured side by side in one run;
-SciPy runs get a time budget and are reported as lower bounds when they exceed it.
+SciPy runs get a time budget and are reported as lower bounds when they exceed it. The many
+particle solves use 10 000 sampled particles (quick 500); on a GPU 1 000 000 (quick 100 000).
 
     python benchmarks/stiff.py [--quick]
 """
@@ -21,6 +22,7 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common import Record, best_of, device_header, print_result, sized
 from jax.flatten_util import ravel_pytree
 from scipy.integrate import solve_ivp
 
@@ -37,15 +39,6 @@ TS = jnp.concatenate([jnp.zeros(1), jnp.logspace(-14, 2, 161)])
 
 def problem(eps: float, activation=ACTIVATION) -> sst.Problem:
     return sst.Problem(sst.Hermite(TARGET), sst.Hermite(activation), eps=eps)
-
-
-def best_time(fn, repeats: int) -> tuple[float, object]:
-    best, out = np.inf, None
-    for _ in range(repeats):
-        start = time.perf_counter()
-        out = jax.block_until_ready(fn())
-        best = min(best, time.perf_counter() - start)
-    return best, out
 
 
 def errors(traj: sst.Trajectory, ref: sst.Trajectory) -> tuple[float, float]:
@@ -67,9 +60,9 @@ def run_sst(eps_list, y0, repeats):
             start = time.perf_counter()
             jax.block_until_ready(call())
             first = time.perf_counter() - start
-            wall, _ = best_time(call, repeats)
+            wall, _ = best_of(call, repeats, warmup=False)
             compile_s = first - wall
-        wall, traj = best_time(call, repeats)
+        wall, traj = best_of(call, repeats, warmup=False)
         rows.append((eps, wall, traj, reference(eps, y0)))
     return rows, compile_s
 
@@ -164,7 +157,7 @@ def reference(eps: float, y0) -> sst.Trajectory:
 
 def sst_time(eps: float, y0) -> float:
     model = sst.MeanFieldODE(problem(eps))
-    return best_time(lambda: sst.solve(model, y0, TS, rtol=RTOL, atol=ATOL), 2)[0]
+    return best_of(lambda: sst.solve(model, y0, TS, rtol=RTOL, atol=ATOL), 2, warmup=False)[0]
 
 
 def run_kvaerno5(eps: float, y0, max_steps: int):
@@ -186,7 +179,7 @@ def run_kvaerno5(eps: float, y0, max_steps: int):
     start = time.perf_counter()
     jax.block_until_ready(call())
     first = time.perf_counter() - start
-    wall, traj = best_time(call, 1)
+    wall, traj = best_of(call, 1, warmup=False)
     return dict(wall=wall, compile=first - wall, traj=traj)
 
 
@@ -200,8 +193,7 @@ def run_many_particles(m: int, eps: float, activation) -> tuple[float, sst.Traje
     def call():
         return sst.solve(model, y0, ts, rtol=RTOL, atol=ATOL)
 
-    jax.block_until_ready(call())  # compile (and a first run)
-    return best_time(call, 1)
+    return best_of(call, 1)  # the first, untimed call compiles
 
 
 def dense_output_rows(y0, refs: dict) -> float:
@@ -240,14 +232,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer eps, small budgets (~1 min)")
     args = parser.parse_args()
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
     quick = args.quick
     eps_list = [1e-2, 1e-6, 1e-12] if quick else [10.0**-k for k in range(1, 13)]
     scipy_eps = [1e-2, 1e-6] if quick else [1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12]
     budget = 3.0 if quick else 60.0
     kvaerno_eps = [1e-2, 1e-6] if quick else [1e-2, 1e-4, 1e-6, 1e-8]
-    m_large = 500 if quick else 10_000
+    m_large = sized(500, 100_000) if quick else sized(10_000, 1_000_000)
     y0 = sst.quadrature_particles(16, "normal")
 
+    print(device_header())
     print(__doc__.split("\n\n")[1].replace("\n", " "), "\n")
     rows, compile_s = run_sst(eps_list, y0, repeats=2 if quick else 3)
     print(f"sst.solve (Rodas4, Woodbury), compile {compile_s:.2f} s")
@@ -330,14 +324,21 @@ def main() -> None:
     dense_ratio = dense_output_rows(y0, refs)
     max_solve = max(wall for _, wall, _, _ in rows)
     tag = "m1e4" if m_large == 10_000 else f"m{m_large}"
-    print(
-        f"RESULT max_solve_s={max_solve:.3f} max_steps={steps.max()} "
-        f"speedup_vs_scipy_bdf_1e-6={speedups[('BDF', 's', False, 1e-6)]} "
-        f"speedup_vs_scipy_bdf_exactjac_1e-6={speedups[('BDF', 's', True, 1e-6)]} "
-        f"{tag}_s={large['K8']:.2f} {tag}_k3_s={large['K3']:.2f} "
-        f"speedup_vs_scipy_bdf_m{m_mid}={bound}{res['wall'] / own:.1f} "
-        f"compile_s={compile_s:.2f} steps_per_decade={slope:.0f} "
-        f"free_vs_clip_steps={dense_ratio:.2f} quick={quick}"
+    print_result(
+        {
+            "max_solve_s": f"{max_solve:.3f}",
+            "max_steps": steps.max(),
+            "speedup_vs_scipy_bdf_1e-6": speedups[("BDF", "s", False, 1e-6)],
+            "speedup_vs_scipy_bdf_exactjac_1e-6": speedups[("BDF", "s", True, 1e-6)],
+            f"{tag}_s": f"{large['K8']:.2f}",
+            f"{tag}_k3_s": f"{large['K3']:.2f}",
+            f"speedup_vs_scipy_bdf_m{m_mid}": f"{bound}{res['wall'] / own:.1f}",
+            "compile_s": f"{compile_s:.2f}",
+            "steps_per_decade": f"{slope:.0f}",
+            "free_vs_clip_steps": f"{dense_ratio:.2f}",
+            "quick": quick,
+        },
+        record,
     )
 
 

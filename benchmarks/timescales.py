@@ -2,9 +2,11 @@
 
 Runs the sweep of `examples/sweep.toml` (eps = 1e-2 ... 1e-10; `--quick`: 1e-2 ... 1e-5) through
 the same code as `sst sweep`, prints the exponents `d log t_k / d log eps` of the half-learning
-times with their standard errors next to the heuristics of THEORY.md section 6, the separation
+times with their standard errors next to the heuristics of the docs' [time scales][time-scales],
+the separation
 `t_2 / t_1` at the smallest eps, and the wall time of `sst run examples/quickstart.toml` in a
 fresh process (imports and compilation included). Figures go to out/benchmarks/timescales/.
+The same sizes on every device: the members are single small solves, latency-bound on a GPU.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ import subprocess
 import sys
 import time
 
+from _common import Record, device_header, print_result
+
 from sst.cli import run, sweep_analysis
 from sst.config import RunConfig, read_toml
 
@@ -27,6 +31,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="eps down to 1e-5 only")
     args = parser.parse_args()
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
+    print(device_header())
     out = ROOT / "out" / "benchmarks" / "timescales"
     shutil.rmtree(out, ignore_errors=True)  # no stale members from an earlier, longer sweep
     out.mkdir(parents=True)
@@ -95,7 +101,7 @@ def main() -> None:
         "cli_run_s": f"{cli_s:.1f}",
         "failed_members": str(len(failures)),
     }
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()))
+    print_result(fields, record)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """sst: learning time-scales of two-layer networks, as solvable, batchable, differentiable ODEs.
 
 Implements the order-parameter dynamics of Berthier, Montanari and Zhou, "Learning time-scales in
-two-layers neural networks" (arXiv:2303.00055). The equations are on the docs' model page.
+two-layers neural networks" (arXiv:2303.00055). The equations are on the docs' [model
+page][setting].
 `sst` needs float64 and never changes JAX's configuration: call
 `jax.config.update("jax_enable_x64", True)` first.
 """

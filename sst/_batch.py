@@ -5,7 +5,8 @@ pure diffrax solve, and every parameter of a model (`model.parameters()`: `eps`,
 coefficients) is a JAX array that can be batched. `solve_batch` adds what a plain vmap lacks:
 
 - **Stiffness groups.** A vmapped adaptive solve runs until its slowest member is done, and every
-  member pays for every step. The step count grows as `eps` shrinks (docs: model, #time-scales),
+  member pays for every step. The step count grows as `eps` shrinks (docs: [time
+  scales][time-scales]),
   so a batch mixing `eps = 1e-1` and `eps = 1e-4` makes the easy members pay for the stiff one.
   `solve_batch` sorts the members by `eps` and solves consecutive groups of `group_size` members
   as separate vmaps (all groups have the same shape, so they share one compilation).
@@ -30,11 +31,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 from jaxtyping import Array, ArrayLike, Float
+from tqdm.auto import tqdm
 
 from ._model import AbstractModel
 from ._solution import Trajectory
 from ._solve import solve
-from ._validate import check_times, is_traced, require_x64
+from ._validate import check_times, is_traced, require_x64, show_progress
 
 BATCH_AXIS = "batch"
 
@@ -147,6 +149,7 @@ def solve_batch(
     group_size: int | None = None,
     mesh: Mesh | None = None,
     warn: bool = True,
+    progress: bool | None = None,
     **solve_options: Any,
 ) -> Trajectory:
     """Solve a batch of problems in as few jit-compiled vmapped calls as stiffness allows.
@@ -171,6 +174,8 @@ def solve_batch(
     - `mesh`: a `batch_mesh()` to split every group across its devices; `group_size` is then
       rounded up to a multiple of the number of devices.
     - `warn`: warn (listing the members) when some solves failed.
+    - `progress`: progress bars, one per group of solves (in `log t`) and one over the groups
+      (default: when a person is watching, in a terminal or a notebook).
     - `solve_options`: passed to `sst.solve` (`solver`, `rtol`, `atol`, `max_steps`, ...);
       `throw` is not accepted: failures are reported per member.
 
@@ -207,8 +212,11 @@ def solve_batch(
         raise ValueError(f"group_size must be a positive integer, got {group_size}.")
     group_size = n_dev * math.ceil(min(group_size, size) / n_dev)
 
+    watching = show_progress(progress)
+    solve_options = {**solve_options, "progress": watching}
     pieces = []
-    for start in range(0, size, group_size):
+    starts = range(0, size, group_size)
+    for start in tqdm(starts, desc="groups", disable=not watching or len(starts) < 2):
         idx = order[start : start + group_size]
         # Pad with copies of a real member rather than dummies: a dummy could be the stiffest.
         idx = np.concatenate([idx, np.full(group_size - idx.size, idx[-1])])

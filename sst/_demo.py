@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     y0 = sst.quadrature_particles(args.particles, law="normal")
     ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-6, 2, 400)])
     start = time.perf_counter()
-    traj = sst.solve(sst.MeanFieldODE(problem), y0, ts)
+    model = sst.MeanFieldODE(problem)
+    traj = sst.solve(model, y0, ts)
     elapsed = time.perf_counter() - start
 
     t_half = sst.learning_times(traj, 0.5)
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"final risk R(t={float(ts[-1]):g}) = {float(traj.risk[-1]):.3e}")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    fig = sst.plot_risk(traj, title=f"cubic target, eps={args.eps:g}, m={args.particles}")
+    fig = sst.plot_risk(traj, model=model)
     fig.savefig(out / "risk.png", dpi=150)
     print(f"wrote {out / 'risk.png'}")
     if not np.all(np.isfinite(t_half)):

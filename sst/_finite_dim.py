@@ -1,4 +1,5 @@
-"""The exact finite-dimensional order-parameter ODE (docs: model, #finite-dimensional-ode)."""
+"""The exact finite-dimensional order-parameter ODE (docs: [the finite-dimensional
+ODE][finite-dimensional-ode])."""
 
 from __future__ import annotations
 
@@ -8,12 +9,13 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._linear import DenseJacobian
-from ._problem import AbstractProblemModel, Problem, _moments
+from ._problem import AbstractProblemModel, Problem, _moments, _pad, _powers
 from ._validate import check_particles
 
 
 class FiniteDimState(eqx.Module):
-    """State of the exact finite-dimensional ODE (docs: model, #finite-dimensional-ode).
+    """State of the exact finite-dimensional ODE (docs: [the finite-dimensional
+    ODE][finite-dimensional-ode]).
 
     **Fields:** `a` second-layer weights `(m,)`, `s` overlaps `<u*, w_i>` `(m,)`, `Q` the overlap
     matrix `<w_i, w_j>` `(m, m)`, symmetric with unit diagonal.
@@ -30,8 +32,8 @@ class FiniteDimState(eqx.Module):
 
 
 class FiniteDimODE(AbstractProblemModel):
-    """The exact order-parameter ODE of population gradient flow (docs: model,
-    #finite-dimensional-ode):
+    """The exact order-parameter ODE of population gradient flow (docs:
+    [the finite-dimensional ODE][finite-dimensional-ode]):
 
     `eps da_i/dt = V(s_i) - (1/m) sum_j a_j U(Q_ij)`,
     `ds_i/dt = a_i V'(s_i)(1 - s_i^2) - (a_i/m) sum_{j!=i} a_j U'(Q_ij)(s_j - Q_ij s_i)`,
@@ -64,6 +66,19 @@ class FiniteDimODE(AbstractProblemModel):
             )
         if np.max(np.abs(Q)) > 1.0 + 1e-12:
             raise ValueError("Entries of Q are overlaps of unit vectors and must lie in [-1, 1].")
+        # (s, Q) come from unit vectors w_i and the unit target u: [[1, s^T], [s, Q]] is their
+        # Gram matrix, so positive semi-definite. W W^T in float64 carries rounding of at most
+        # d u ~ 1e-10 per entry up to d = 1e6, which moves an eigenvalue by at most (m+1) times
+        # that: below -(m+1) 1e-9 no set of unit vectors produced this state.
+        gram = np.block([[np.ones((1, 1)), s[None, :]], [s[:, None], Q]])
+        smallest = float(np.linalg.eigvalsh(0.5 * (gram + gram.T))[0])
+        if smallest < -(m + 1) * 1e-9:
+            raise ValueError(
+                "(s, Q) is not the Gram matrix of unit vectors and the target direction: "
+                f"[[1, s^T], [s, Q]] has eigenvalue {smallest:.3g} < 0; build the state from "
+                "unit vectors W (rows) and u as s = W @ u, Q = W @ W.T "
+                "(sst.RandomInit.from_weights)."
+            )
 
     def split(self, state: FiniteDimState) -> tuple[tuple[Array, Array, Array], None]:
         """Evolving part `(a, s, Q)` and constant `args` (none) of a state."""
@@ -101,10 +116,29 @@ class FiniteDimODE(AbstractProblemModel):
         return _moments(jnp.full(m, 1.0 / m), state.a, state.s, len(self.problem.degrees))
 
     def risk(self, state: FiniteDimState) -> Float[Array, ""]:
-        """`R = |phi|^2/2 - (1/m) sum_i a_i V(s_i) + (1/2m^2) sum_ij a_i a_j U(Q_ij)` (+ noise)."""
+        """`R = |phi|^2/2 - (1/m) sum_i a_i V(s_i) + (1/2m^2) sum_ij a_i a_j U(Q_ij)` (+ noise).
+
+        For a polynomial activation of degree `K`, as a sum of non-negative parts: degree `k` of
+        the network is `sigma_k (1/m) sum_i a_i w_i^(x)k`, whose part along `u^(x)k` gives the
+        residual `r_k = phi_k - sigma_k m_k` and whose orthogonal part has squared norm
+        `sigma_k^2 a^T (Q^k - s^k s^kT) a / m^2` (`Q^k` elementwise: the Gram matrix of the
+        `w_i^(x)k` minus their projections on `u^(x)k`), so
+        `R = sum_k [r_k^2 + sigma_k^2 a^T (Q^k - s^k s^kT) a / m^2] / 2` plus the target beyond
+        the activation's degree and the noise.
+        """
         p = self.problem
         a, s, Q = state.a, state.s, state.Q
         m = a.shape[0]
         eye = jnp.eye(m)
-        U = p.U(Q * (1 - eye)) * (1 - eye) + p.U(1.0) * eye
-        return p.baseline_risk - jnp.sum(a * p.V(s)) / m + 0.5 * (a @ U @ a) / m**2
+        if not p.activation.is_polynomial:
+            U = p.U(Q * (1 - eye)) * (1 - eye) + p.U(1.0) * eye
+            return p.baseline_risk - jnp.sum(a * p.V(s)) / m + 0.5 * (a @ U @ a) / m**2
+        n = max(p.activation.coeffs.shape[0], p.target.coeffs.shape[0])
+        r = p.residuals(_moments(jnp.full(m, 1.0 / m), a, s, n))
+        Q_exact = Q * (1 - eye) + eye  # the diagonal is 1 by construction
+        Q_powers, s_powers = _powers(Q_exact, n), _powers(s, n)
+        perpendicular = jnp.einsum("i,kij,j->k", a, Q_powers, a) - (s_powers @ a) ** 2
+        sigma = _pad(p.activation.coeffs, n)
+        beyond = p.target.norm2 - jnp.sum(p.target.coeffs**2)
+        parts = jnp.sum(r**2) + jnp.sum(sigma**2 * perpendicular) / m**2
+        return 0.5 * (parts + beyond + p.noise**2)

@@ -6,7 +6,7 @@ activation and the initial state. This module provides the functionals people di
 
 - `risk_at`: the risk at a time (interpolated in log time between saves);
 - `log_time_area`: the area under the risk curve against `log t`, which weighs every time scale
-  (every plateau and drop, docs: model, #time-scales) equally;
+  (every plateau and drop, docs: [time scales][time-scales]) equally;
 - `hitting_time`: the first time the risk falls to a level, a differentiable event.
 
 **Which adjoint.**
@@ -75,7 +75,8 @@ def risk_at(traj: Trajectory, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
 def log_time_area(traj: Trajectory) -> Float[Array, ""]:
     """`int R(t) d log t` over the saves with `t > 0` (trapezoidal rule in `log t`).
 
-    The risk curve of THEORY.md section 6 drops on geometrically spaced time scales, so this is
+    The risk curve of the docs' [time scales][time-scales] drops on geometrically spaced time
+    scales, so this is
     the natural "total time spent not knowing the target" and is smooth in every parameter.
     Use a save grid uniform in `log t` for a meaningful quadrature.
     """
@@ -108,6 +109,11 @@ def hitting_time(
     Returns `ts[0]` if the risk starts at or below `level` and NaN if it never gets there
     (including when the solve failed before reaching it).
     """
+    if traj.ts.ndim != 1:
+        raise ValueError(
+            f"hitting_time needs a single trajectory, got a batch of {traj.ts.shape[0]}; pass "
+            "traj[i], or jax.vmap over members."
+        )
     rate = None
     if model is not None:
 

@@ -1,6 +1,7 @@
 """Functions of a standard Gaussian written in normalised Hermite polynomials.
 
-Conventions follow THEORY.md section 2: `h_k = He_k / sqrt(k!)` are orthonormal under
+Conventions follow the docs' [Hermite conventions][hermite-conventions]: `h_k = He_k / sqrt(k!)`
+are orthonormal under
 `N(0, 1)`, a function is `f = sum_k c_k h_k`, and for standard Gaussians `G, G'` with
 correlation `q`, `E[h_k(G) h_l(G')] = delta_kl q^k`. From the coefficients follow the two
 kernels the order-parameter ODEs need:
@@ -8,7 +9,8 @@ kernels the order-parameter ODEs need:
 - `U(q) = E[sigma(G) sigma(G')] = sum_k sigma_k^2 q^k` (the activation's kernel),
 - `V(s) = E[phi(G) sigma(G')] = sum_k phi_k sigma_k s^k` (target against activation).
 
-ReLU and `erf(x / sqrt 2)` carry closed-form kernels (THEORY.md section 2), since their series
+ReLU and `erf(x / sqrt 2)` carry closed-form kernels (docs: [Hermite
+conventions][hermite-conventions]), since their series
 converge slowly; polynomials have finite, exact series.
 """
 
@@ -23,6 +25,8 @@ import jax.numpy as jnp
 import jax.scipy.special as jsp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
+
+from ._validate import check_count, is_traced
 
 _CLOSED_FORMS = ("relu", "erf")
 
@@ -100,7 +104,8 @@ def _erf_coefficients(degree: int) -> np.ndarray:
 
 
 class Hermite(eqx.Module):
-    """A function of a standard Gaussian, `f = sum_k coeffs[k] h_k` (THEORY.md section 2).
+    """A function of a standard Gaussian, `f = sum_k coeffs[k] h_k` (docs: [Hermite
+    conventions][hermite-conventions]).
 
     **Fields:**
 
@@ -134,6 +139,17 @@ class Hermite(eqx.Module):
         self.coeffs = jnp.asarray(coeffs, dtype=float)
         self.closed_form = closed_form
 
+    def __str__(self) -> str:
+        """The function in words, e.g. `0.5 h0 + h1 - 2 h3`, or `relu` / `erf`."""
+        if self.closed_form is not None or is_traced(self.coeffs):
+            return self.closed_form or "Hermite(traced)"
+        terms = []
+        for k, c in enumerate(np.asarray(self.coeffs)):
+            if c != 0:
+                size = "" if abs(c) == 1 else f"{abs(c):.3g} "
+                terms.append(("- " if c < 0 else "+ ") + f"{size}h{k}")
+        return " ".join(terms).removeprefix("+ ") if terms else "0"
+
     @property
     def degree(self) -> int:
         """Highest degree carried in `coeffs`."""
@@ -161,13 +177,14 @@ class Hermite(eqx.Module):
         if self.closed_form == "erf":
             return jnp.sqrt(2.0 / math.pi) * jnp.exp(-0.5 * x**2)
         # He_k' = k He_{k-1}, hence h_k' = sqrt(k) h_{k-1}.
-        k = jnp.arange(1, self.degree + 1)
+        k = jnp.arange(1, self.degree + 1, dtype=self.coeffs.dtype)
         return hermite_basis(x, max(self.degree - 1, 0))[..., : self.degree] @ (
             jnp.sqrt(k) * self.coeffs[1:]
         )
 
     def kernel(self, q: Float[ArrayLike, ...]) -> Float[Array, ...]:
-        """`U(q) = E[f(G) f(G')]` for unit Gaussians with correlation `q` (THEORY.md section 2)."""
+        """`U(q) = E[f(G) f(G')]` for unit Gaussians with correlation `q` (docs: [Hermite
+        conventions][hermite-conventions])."""
         q = jnp.asarray(q)
         if self.closed_form == "relu":
             q = jnp.clip(q, -1.0, 1.0)
@@ -217,10 +234,15 @@ class Hermite(eqx.Module):
         The result is a truncated series: its kernel `U` is exact only if `fn` is a polynomial of
         degree at most `degree`.
         """
-        if degree < 0:
-            raise ValueError(f"degree must be a non-negative integer, got {degree}.")
+        degree = check_count("degree", degree, low=0)
         x, w = _gaussian_panels(breakpoints, degree)
-        values = np.asarray(fn(x), dtype=float)
+        try:
+            values = np.asarray(fn(x), dtype=float)
+        except TypeError as err:
+            raise ValueError(
+                "from_callable calls fn on a numpy array of nodes, and fn failed on it "
+                f"({err}); pass a vectorised function, e.g. numpy.tanh, or numpy.vectorize(fn)."
+            ) from None
         if values.shape != x.shape or not np.all(np.isfinite(values)):
             raise ValueError(
                 "from_callable needs a vectorised function returning finite values of the same "
@@ -234,7 +256,7 @@ def relu(degree: int = 32) -> Hermite:
 
     `degree` sets the truncation of the coefficients used only where a series is unavoidable.
     """
-    return Hermite(_relu_coefficients(degree), closed_form="relu")
+    return Hermite(_relu_coefficients(check_count("degree", degree, 0)), closed_form="relu")
 
 
 def erf(degree: int = 33) -> Hermite:
@@ -242,13 +264,14 @@ def erf(degree: int = 33) -> Hermite:
 
     `degree` sets the truncation of the coefficients used only where a series is unavoidable.
     """
-    return Hermite(_erf_coefficients(degree), closed_form="erf")
+    return Hermite(_erf_coefficients(check_count("degree", degree, 0)), closed_form="erf")
 
 
 def cross_kernel(
     target: Hermite, activation: Hermite, s: Float[ArrayLike, ...]
 ) -> Float[Array, ...]:
-    """`V(s) = E[phi(G) sigma(G')] = sum_k phi_k sigma_k s^k` (THEORY.md section 2).
+    """`V(s) = E[phi(G) sigma(G')] = sum_k phi_k sigma_k s^k` (docs: [Hermite
+    conventions][hermite-conventions]).
 
     Exact when either function is a polynomial, or when both are the same closed form (then
     `V = U`); otherwise the product of the two truncated series.

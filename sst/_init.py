@@ -11,13 +11,14 @@ from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._finite_dim import FiniteDimState
 from ._mean_field import MeanFieldState
+from ._validate import check_count, check_key
 
 
 def quadrature_particles(
     m: int, law: str = "normal", scale: float = 1.0, mean: float = 0.0
 ) -> MeanFieldState:
-    """Deterministic particles discretising the law of `a(0)`, `s(0) = 0` (docs: model,
-    #mean-field-ode).
+    """Deterministic particles discretising the law of `a(0)`, `s(0) = 0` (docs:
+    [the mean-field ODE][mean-field-ode]).
 
     **Arguments:**
 
@@ -28,8 +29,9 @@ def quadrature_particles(
 
     **Returns:** a `MeanFieldState` whose weights are the quadrature weights.
     """
-    if not isinstance(m, int) or m < 1:
-        raise ValueError(f"m must be a positive integer number of particles, got {m!r}.")
+    m = check_count("m (the number of particles)", m)
+    if not (np.isfinite(scale) and scale > 0 and np.isfinite(mean)):
+        raise ValueError(f"scale must be finite and positive and mean finite, got {scale}, {mean}.")
     if law == "normal":
         x, w = np.polynomial.hermite_e.hermegauss(m)
         w = w / w.sum()
@@ -89,10 +91,13 @@ def random_init(
 
     `w_i` uniform on the sphere, `u* = e_1`; `a_i` i.i.d. normal with standard deviation
     `a_scale` (`a_law="normal"`), uniform on `[-a_scale, a_scale]` (`"uniform"`) or `+-a_scale`
-    (`"rademacher"`). Overlaps are of order `1/sqrt(d)` (docs: model, #finite-dimensional-ode).
+    (`"rademacher"`). Overlaps are of order `1/sqrt(d)` (docs: [the finite-dimensional
+    ODE][finite-dimensional-ode]).
     """
-    if m < 1 or d < 2:
-        raise ValueError(f"random_init needs m >= 1 and d >= 2, got m={m}, d={d}.")
+    check_key(key)
+    m, d = check_count("m (the number of neurons)", m), check_count("d (the dimension)", d, 2)
+    if not (np.isfinite(a_scale) and a_scale > 0):
+        raise ValueError(f"a_scale must be finite and positive, got {a_scale!r}.")
     kw, ka = jax.random.split(key)
     W = jax.random.normal(kw, (m, d))
     W = W / jnp.linalg.norm(W, axis=1, keepdims=True)

@@ -28,12 +28,22 @@ def save_trajectory(path: str | pathlib.Path, traj: Trajectory) -> None:
     arrays: dict[str, np.ndarray] = {}
     header = _encode(traj, "", arrays)
     arrays[_HEADER] = np.asarray(json.dumps(header))
-    np.savez(path, **arrays)
+    try:
+        with open(path, "wb") as file:
+            np.savez(file, **arrays)
+    except OSError as err:
+        raise ValueError(
+            f"Cannot write {path}: {err.strerror}; pass a path in an existing, writable folder."
+        ) from None
 
 
 def load_trajectory(path: str | pathlib.Path) -> Trajectory:
     """Read a trajectory written by `save_trajectory`."""
-    with np.load(path, allow_pickle=False) as data:
+    try:
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"Cannot read {path} as a trajectory file: {err}.") from None
+    with archive as data:
         if _HEADER not in data.files:
             raise ValueError(
                 f"{path} is not a trajectory written by sst.save_trajectory (no header); "

@@ -1,7 +1,7 @@
 """Jacobian structures of the models, and the lineax operators and solvers for `c I - J`.
 
 A Rosenbrock step solves linear systems with the matrix `c I - J`, `J` the Jacobian of the
-vector field (see the docs' solver page). Every model says explicitly how its Jacobian is
+vector field (see the docs' [solver page][rodas4]). Every model says explicitly how its Jacobian is
 built (`AbstractModel.jacobian`) by returning one of these structures; each structure gives
 the lineax operator `c I - J` and the lineax solver for it. Implicit differentiation of the
 solves comes from `lineax.linear_solve`.

@@ -1,4 +1,4 @@
-"""The reduced mean-field ODE of weighted particles (docs: model, #mean-field-ode)."""
+"""The reduced mean-field ODE of weighted particles (docs: [the mean-field ODE][mean-field-ode])."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from ._validate import check_particles
 
 
 class MeanFieldState(eqx.Module):
-    """Weighted particles of the reduced ODE (docs: model, #mean-field-ode).
+    """Weighted particles of the reduced ODE (docs: [the mean-field ODE][mean-field-ode]).
 
     **Fields:** `a` second-layer weights, `s` overlaps with the target direction, `weights`
     particle weights `p_i` (non-negative, summing to 1); all of shape `(m,)`.
@@ -29,14 +29,15 @@ class MeanFieldState(eqx.Module):
         self.s = jnp.asarray(s, dtype=float)
         m = self.a.shape[-1] if self.a.ndim else 1
         self.weights = (
-            jnp.full(self.a.shape, 1.0 / m)
+            jnp.full(self.a.shape, 1.0 / m, dtype=float)
             if weights is None
             else jnp.asarray(weights, dtype=float)
         )
 
 
 class MeanFieldODE(AbstractProblemModel):
-    """The reduced mean-field ODE for weighted particles (docs: model, #mean-field-ode):
+    """The reduced mean-field ODE for weighted particles (docs: [the mean-field
+    ODE][mean-field-ode]):
 
     `eps da_i/dt = V(s_i) - sum_j p_j a_j U(s_i s_j)`,
     `ds_i/dt = (1 - s_i^2) a_i [V'(s_i) - sum_j p_j a_j s_j U'(s_i s_j)]`.
@@ -122,6 +123,13 @@ class MeanFieldODE(AbstractProblemModel):
         a, theta = y
         da, bracket = self._rates(a, jnp.sin(theta), weights)
         return da, jnp.cos(theta) * a * bracket
+
+    def rate(self, t, state: MeanFieldState) -> MeanFieldState:
+        """`d state / dt` in `(a, s)` directly: through the angle it would differentiate
+        `arcsin`, infinite where a particle has reached `|s| = 1` in rounding."""
+        da, bracket = self._rates(state.a, state.s, state.weights)
+        ds = (1.0 - state.s**2) * state.a * bracket
+        return MeanFieldState(da, ds, jnp.zeros_like(state.weights))
 
     def jacobian(self, t, y: tuple[Array, Array], weights: Array):
         """The Jacobian of the vector field: for the moment path a `ParticleJacobian`

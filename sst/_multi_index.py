@@ -164,6 +164,18 @@ class MultiIndexTarget(eqx.Module):
         """The number of directions."""
         return len(self.indices[0])
 
+    def __str__(self) -> str:
+        """The target in words, e.g. `z1 + z1 z2 - 0.5 h2(z1) z3` (see `format_index`)."""
+        if is_traced(self.coeffs):
+            return "MultiIndexTarget(traced)"
+        terms = []
+        for alpha, c in zip(self.indices, np.asarray(self.coeffs), strict=True):
+            if c != 0:
+                name = format_index(alpha)
+                size = "" if abs(c) == 1 and name != "1" else f"{abs(c):.3g} "
+                terms.append(("- " if c < 0 else "+ ") + (size + name if name != "1" else size))
+        return " ".join(t.strip() for t in terms).removeprefix("+ ") if terms else "0"
+
     @property
     def degree(self) -> int:
         """The highest total degree `|alpha|` carried."""
@@ -404,6 +416,11 @@ class MultiIndexProblem(eqx.Module):
     def k(self) -> int:
         """The number of target directions."""
         return self.target.k
+
+    def __str__(self) -> str:
+        """The problem in words, e.g. `phi = z1 + z1 z2, sigma = h1 + h2, eps = 0.001`."""
+        eps = "traced" if is_traced(self.eps) else f"{float(self.eps):.3g}"
+        return f"phi = {self.target}, sigma = {self.activation}, eps = {eps}"
 
     @property
     def baseline_risk(self) -> Float[Array, ""]:

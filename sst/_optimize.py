@@ -1,7 +1,7 @@
 """Designing the activation by gradient descent through the learning dynamics (with optax).
 
 The learning curve depends smoothly on the activation's Hermite coefficients `sigma_k`
-(docs: model, #time-scales): `sigma_k` sets the rate at which degree `k` of the target is
+(docs: [time scales][time-scales]): `sigma_k` sets the rate at which degree `k` of the target is
 learned. `optimize_activation` minimises a differentiable functional of the trajectory over the
 coefficients with their norm `|sigma|` held fixed (a larger activation trivially learns faster):
 the coefficients are `|sigma| v / |v|` and Adam updates `v`.

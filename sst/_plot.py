@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from ._solution import Trajectory
+from ._solution import RESULTS, Trajectory
 from ._timescales import ScalingFit, _check_single, detect_phases, learning_times
 
 # Colour of degree k in every figure, so that a degree looks the same across panels.
@@ -35,7 +35,13 @@ def _tolerances(traj: Trajectory) -> str:
 
 def _valid_positive(traj: Trajectory) -> np.ndarray:
     # Log time axes cannot show t = 0; rows after a solver failure are NaN and masked.
-    return np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
+    keep = np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
+    if np.count_nonzero(keep) < 2:
+        raise ValueError(
+            "Nothing to draw on a log time axis: the trajectory has fewer than two valid saves at "
+            f"t > 0 (it stopped: {RESULTS[traj.result] or 'successful'}); save at more times."
+        )
+    return keep
 
 
 def plot_risk(
@@ -44,14 +50,18 @@ def plot_risk(
     ax=None,
     phases: bool = True,
     max_degree: int = 6,
+    model=None,
 ):
-    """Risk and squared Hermite residuals `r_k^2 / 2` against log time (docs: model, #time-scales).
+    """Risk and squared Hermite residuals `r_k^2 / 2` against log time (docs: [time
+    scales][time-scales]).
 
     One line per degree `k <= max_degree` (degrees that are zero up to rounding are left out),
     and one line for the sum over the higher degrees, if any (a ReLU target has 33).
-    Half-learning times are dotted vertical lines in each degree's colour; with `phases=True`
-    the drops found by `detect_phases` are shaded grey (the plateaus are the unshaded rest).
-    The title states the solver tolerances unless `title` is given.
+    Half-learning times are dotted vertical lines in each degree's colour (in the legend); with
+    `phases=True` the drops found by `detect_phases` are shaded grey (the plateaus are the
+    unshaded rest). The vertical range shows every valid point of every drawn curve. The title
+    states the target, activation and eps when the `model` (of a `Problem`) is given, and the
+    solver tolerances, unless `title` is given.
 
     **Returns:** the matplotlib figure.
     """
@@ -69,26 +79,31 @@ def plot_risk(
     if r2.shape[1] > max_degree + 1:
         tail = 0.5 * np.sum(r2[:, max_degree + 1 :], axis=1)
         curves.append((max_degree + 1, f"$\\sum_{{k>{max_degree}}} r_k^2/2$", tail))
+    drawn = [risk]
     for k, label, y in curves:
         if np.max(y) <= _NEGLIGIBLE * np.max(risk):
             continue  # zero up to rounding: a log axis would show only rounding noise
+        drawn.append(y)
         colour = _degree_colour(k)
         ax.loglog(ts, y, lw=1.2, color=colour, label=label)
         if k <= max_degree and np.isfinite(t_half[k]):
-            ax.axvline(t_half[k], color=colour, ls=":", lw=1)
+            ax.axvline(t_half[k], color=colour, ls=":", lw=1, label=f"$t_{{{k}}}$ half learned")
     if phases:
         for p in detect_phases(traj):
             if p.kind == "drop":
                 ax.axvspan(p.t_start, p.t_end, color="0.85", zorder=0, label="drop")
-    # Below ~1e-12 of the initial risk a learned curve shows only float64 rounding.
-    top = 2.0 * np.nanmax(risk)
-    ax.set_ylim(max(ax.get_ylim()[0], 1e-12 * top), top)
+    drawn = np.concatenate(drawn)
+    drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
+    ax.set_ylim(0.5 * drawn.min(), 2.0 * drawn.max())
     ax.set_xlabel("time $t$")
     ax.set_ylabel("risk")
-    ax.set_title(title or _tolerances(traj))
+    if title is None:
+        problem = getattr(model, "problem", None)
+        title = _tolerances(traj) if problem is None else f"{problem}\n{_tolerances(traj)}"
+    ax.set_title(title, fontsize=9)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), fontsize=8)
+    ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
@@ -96,8 +111,9 @@ def plot_risk(
 def plot_particles(traj: Trajectory, title: str | None = None, cmap: str = "coolwarm"):
     """Particle phase portrait: each particle's path in the `(a, s)` plane, and `s_i(t)`.
 
-    Left panel: `(a_i(t), s_i(t))`, one line per particle, starting at `s = 0` (docs: model,
-    #mean-field-ode). Right panel: the overlaps `s_i(t)` against log time. Lines are coloured by
+    Left panel: `(a_i(t), s_i(t))`, one line per particle, starting at `s = 0` (docs:
+    [the mean-field ODE][mean-field-ode]). Right panel: the overlaps `s_i(t)` against log time.
+    Lines are coloured by
     `a_i(0)` (colour bar), which is what determines a particle's fate when `s(0) = 0`.
 
     **Returns:** the matplotlib figure (axes: plane, time, colour bar).
@@ -138,7 +154,7 @@ def plot_scaling(
 
     One marker series per degree with a finite time; each fit in `fits` (from
     `timescales.fit_scalings`) is drawn as a dashed line labelled with its exponent, its
-    uncertainty and the heuristic `1/(2l)` of the docs' model page.
+    uncertainty and the heuristic `1/(2l)` of the docs' [model page][setting].
 
     **Returns:** the matplotlib figure.
     """

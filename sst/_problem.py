@@ -1,6 +1,7 @@
 """A learning problem (target, activation, eps, noise) and the Hermite moments of particles.
 
-See the docs' model page (`docs/model.md`): the kernels `V` and `U` (#hermite-conventions) and
+See the docs' [model page][setting] (`docs/model.md`): the kernels `V` and `U`
+(#hermite-conventions) and
 the residuals `r_k = phi_k - sigma_k m_k` of the mean-field ODE (#mean-field-ode).
 """
 
@@ -27,7 +28,8 @@ class Problem(eqx.Module):
 
     - `target`: the target link `phi` as a `Hermite`.
     - `activation`: the activation `sigma` as a `Hermite`.
-    - `eps`: the relative learning rate of the first layer (docs: model, #gradient-flow); the second
+    - `eps`: the relative learning rate of the first layer (docs: [gradient flow][gradient-flow]);
+    the second
       layer is `1/eps` times faster. Must be positive. A JAX scalar, so it can be vmapped over
       or differentiated.
     - `noise`: standard deviation of additive Gaussian label noise; it shifts the risk by
@@ -71,8 +73,13 @@ class Problem(eqx.Module):
                     f"noise must be a finite non-negative standard deviation, got {noise}."
                 )
 
+    def __str__(self) -> str:
+        """The problem in words, e.g. `phi = h1 + h2, sigma = relu, eps = 0.001`."""
+        eps = "traced" if is_traced(self.eps) else f"{float(self.eps):.3g}"
+        return f"phi = {self.target}, sigma = {self.activation}, eps = {eps}"
+
     def V(self, s: Float[ArrayLike, ...]) -> Float[Array, ...]:
-        """`V(s) = sum_k phi_k sigma_k s^k` (docs: model, #hermite-conventions)."""
+        """`V(s) = sum_k phi_k sigma_k s^k` (docs: [Hermite conventions][hermite-conventions])."""
         return cross_kernel(self.target, self.activation, s)
 
     def dV(self, s: Float[ArrayLike, ...]) -> Float[Array, ...]:
@@ -98,7 +105,7 @@ class Problem(eqx.Module):
         return tuple(range(self.target.degree + 1))
 
     def residuals(self, moments: Float[Array, "... n"]) -> Float[Array, "... n"]:
-        """`r_k = phi_k - sigma_k m_k` for `k < n` (docs: model, #mean-field-ode).
+        """`r_k = phi_k - sigma_k m_k` for `k < n` (docs: [the mean-field ODE][mean-field-ode]).
 
         `moments[..., k] = sum_i p_i a_i s_i^k`. This is exact for any activation: the
         projection of the network function on `h_k(<u*, x>)` is `sigma_k m_k`.
@@ -183,15 +190,3 @@ def _powers(s: Array, n: int) -> Array:
 def _moments(weights: Array, a: Array, s: Array, n: int) -> Array:
     """`m_k = sum_i p_i a_i s_i^k` for `k < n`."""
     return _powers(s, n) @ (weights * a)
-
-
-def _check_common(a: np.ndarray, s: np.ndarray) -> None:
-    if a.shape[0] == 0:
-        raise ValueError("The state has no particles; pass at least one.")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
-        raise ValueError("The state contains NaN or inf in a or s; pass finite values.")
-    if np.max(np.abs(s)) > 1.0:
-        raise ValueError(
-            f"Overlaps s must lie in [-1, 1] (they are <u*, w_i> for unit vectors); got "
-            f"max |s| = {np.max(np.abs(s)):.6g}."
-        )

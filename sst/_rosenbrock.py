@@ -1,6 +1,7 @@
 """Rosenbrock (linearly implicit) stiff solvers for diffrax: a tableau as data, one stepper.
 
-Why not diffrax's ESDIRK solvers: on the singularly perturbed ODEs of the docs' solver page
+Why not diffrax's ESDIRK solvers: on the singularly perturbed ODEs of the docs' [solver
+page][rodas4]
 their Newton iterations fail or crawl once the second-layer weights are large (eps <= 1e-6),
 and the unfiltered embedded error estimate rejects about half the steps. A Rosenbrock method
 needs no Newton iteration: each step solves `s` linear systems with one matrix
@@ -58,8 +59,12 @@ class RosenbrockTableau:
 
     def __post_init__(self):
         s = len(self.c)
-        rows_ok = all(len(self.a[i]) == i and len(self.C[i]) == i for i in range(s))
-        if len(self.a) != s or len(self.C) != s or not rows_ok:
+        rows_ok = (
+            len(self.a) == s
+            and len(self.C) == s
+            and all(len(self.a[i]) == i and len(self.C[i]) == i for i in range(s))
+        )
+        if not rows_ok:
             raise ValueError("RosenbrockTableau needs a and C with rows of 0, 1, ..., s-1 entries.")
         if not all(len(v) == s for v in (self.gammas, self.b, self.e, *self.dense)):
             raise ValueError(

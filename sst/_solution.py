@@ -25,7 +25,11 @@ class RESULTS(eqx.Enumeration):
         "finite values"
     )
     solver_failed = "the solver failed (a step size underflowed or a linear solve failed)"
-    diverged = "the run diverged (a non-finite value, or a risk above 1e6 times its initial value)"
+    diverged = (
+        "the run diverged (a non-finite value, or a risk above 1e6 times its initial value): "
+        "keep eta * U(1) / eps well below 1 (the second layer's explicit step) and, for SGD, "
+        "eta * d * a^2 / batch small"
+    )
 
 
 class TrainingRecord(eqx.Module):

@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -15,7 +16,7 @@ from ._linear import DenseJacobian
 from ._model import AbstractModel
 from ._rosenbrock import Rodas4
 from ._solution import RESULTS, Trajectory, mask_invalid
-from ._validate import check_times, is_traced, require_x64
+from ._validate import check_count, check_times, is_traced, require_x64
 
 
 def default_solver() -> dfx.AbstractSolver:
@@ -24,7 +25,7 @@ def default_solver() -> dfx.AbstractSolver:
     It needs no Newton iteration, so it survives the strongly nonlinear late phase at tiny eps
     where ESDIRK solvers (diffrax's Kvaerno5) stall in failed Newton iterations; for
     `MeanFieldODE` with a polynomial activation its linear solves use the Woodbury identity and
-    cost O(m K^2) (docs: solver).
+    cost O(m K^2) (docs: [the solver][rodas4]).
     """
     return Rodas4()
 
@@ -63,7 +64,8 @@ def solve(
     - `adjoint`: diffrax adjoint for reverse-mode differentiation (see `sst.grad_adjoint`).
     - `throw`: on failure raise (`RuntimeError` outside `jit`, a runtime error inside); with
       `throw=False` the trajectory is returned with its `result`, NaN rows masked by `valid`.
-    - `progress`: show a tqdm progress bar.
+    - `progress`: show a progress bar; it advances in `log t` (from the first positive save
+      time), as the learning curve does.
 
     **Returns:** a `Trajectory` whose `ys` are states of the model.
     """
@@ -73,6 +75,7 @@ def solve(
             "model must be an sst.AbstractModel (e.g. sst.MeanFieldODE), got "
             f"{type(model).__name__}."
         )
+    max_steps = _check_options(solver, rtol, atol, dt0, max_steps, stepsize_controller)
     if not is_traced(y0):
         model.check_state(y0)
     if not is_traced(ts):
@@ -90,7 +93,8 @@ def solve(
     if adjoint is not None:
         options["adjoint"] = adjoint
     if progress:
-        options["progress_meter"] = dfx.TqdmProgressMeter()
+        positive = ts[ts > 0] if not is_traced(ts) else ts[-1:]
+        options["progress_meter"] = LogTimeProgressMeter(t0=ts[0], t_min=positive[0], t1=ts[-1])
     sol = dfx.diffeqsolve(
         dfx.ODETerm(model),
         default_solver() if solver is None else solver,
@@ -127,6 +131,49 @@ def solve(
         elif not bool(traj.success):
             raise RuntimeError(_failure_message(traj))
     return traj
+
+
+def _check_options(solver, rtol, atol, dt0, max_steps, controller) -> int:
+    """Validate the solver options before compiling; returns `max_steps` as an int."""
+    if solver is not None and not isinstance(solver, dfx.AbstractSolver):
+        raise ValueError(
+            f"solver must be a diffrax solver instance such as sst.Rodas4(), got {solver!r}."
+        )
+    if controller is not None and not isinstance(controller, dfx.AbstractStepSizeController):
+        raise ValueError(
+            "stepsize_controller must be a diffrax step-size controller such as "
+            f"diffrax.PIDController(rtol=1e-8, atol=1e-10), got {controller!r}."
+        )
+    if not is_traced((rtol, atol)):
+        rtol_f, atol_f = float(rtol), float(atol)
+        finite = math.isfinite(rtol_f) and math.isfinite(atol_f)
+        if not finite or rtol_f < 0 or atol_f < 0 or rtol_f == atol_f == 0:
+            raise ValueError(
+                "rtol and atol must be finite and non-negative, and not both zero; got "
+                f"rtol={rtol}, atol={atol} (the defaults are rtol=1e-8, atol=1e-10)."
+            )
+    if dt0 is not None and not is_traced(dt0):
+        if not (math.isfinite(float(dt0)) and float(dt0) > 0):
+            raise ValueError(
+                f"dt0 must be a finite positive initial step (the solve runs forward in time), "
+                f"or None to let the solver choose it; got {dt0}."
+            )
+    return check_count("max_steps", max_steps)
+
+
+class LogTimeProgressMeter(dfx.TqdmProgressMeter):
+    """diffrax's tqdm progress meter, advancing in `log t` between `t_min > 0` and `t1`: a solve
+    spends as long on each decade of time, so progress in `t` would sit at 0% for most of it."""
+
+    t0: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=0.0)
+    t_min: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1e-8)
+    t1: Float[Array, ""] = eqx.field(converter=jnp.asarray, default=1.0)
+
+    def step(self, state, progress):
+        t = self.t0 + progress * (self.t1 - self.t0)  # diffrax's progress is linear in t
+        span = jnp.log(self.t1 / self.t_min)
+        log_progress = jnp.clip(jnp.log(jnp.maximum(t, self.t_min) / self.t_min) / span, 0, 1)
+        return super().step(state, jnp.where(span > 0, log_progress, progress))
 
 
 def _result(result: dfx.RESULTS, model: AbstractModel, t0, y: PyTree[Array], args) -> RESULTS:

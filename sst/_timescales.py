@@ -1,14 +1,14 @@
-"""Time-scale analysis of trajectories (docs: model, #time-scales).
+"""Time-scale analysis of trajectories (docs: [time scales][time-scales]).
 
 - `crossing_time`, `learning_times`: when each Hermite component of the target is learned.
 - `detect_phases`: the plateaus and drops of the risk on log time.
 - `fit_exponent`, `fit_scalings`, `local_exponents`: fitted exponents `d log t_k / d log eps`
   of an eps sweep, with their uncertainty, compared with the heuristic scalings `t_l ~ eps^(1/(2l))`
-  (docs: model, #time-scales).
+  (docs: [time scales][time-scales]).
 
 The residuals `r_k` these functions read are the projections of the target minus the network
 function on `h_k(<u*, x>)`; `sst.solve` computes them exactly for any activation, closed-form
-kernels included (`r_k = phi_k - sigma_k m_k`, docs: model, #mean-field-ode).
+kernels included (`r_k = phi_k - sigma_k m_k`, docs: [the mean-field ODE][mean-field-ode]).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ LOG_FACTOR_DEGREES: frozenset[int] = frozenset({1})
 
 def heuristic_exponent(degree: int) -> float:
     """The exponent of `t_l ~ eps^(1/(2l))` for a bounded law of `a(0)` and `s(0) = 0`
-    (docs: model, #time-scales): 1 for degree 0 (learned at `t ~ eps`), `1/(2l)` for `l >= 1`
+    (docs: [time scales][time-scales]): 1 for degree 0 (learned at `t ~ eps`), `1/(2l)` for `l >= 1`
     (degree 1 with an extra factor `log(1/eps)`)."""
     return 1.0 if degree == 0 else 1.0 / (2 * degree)
 
@@ -40,7 +40,7 @@ def learning_times(traj: Trajectory, fraction: float = 0.5) -> Float[np.ndarray,
     """For each residual `k` of `traj` (each Hermite degree, labelled by
     `traj.residual_labels`), the time when `r_k^2` has lost `fraction` of its initial value.
 
-    `fraction=0.5` is "half learned", `0.9` is "90% learned" (docs: model, #time-scales).
+    `fraction=0.5` is "half learned", `0.9` is "90% learned" (docs: [time scales][time-scales]).
     Residuals whose initial value is zero up to rounding (absent from the target, or fitted by
     the initial network) get `nan`, and so do those not learned by the last valid save.
     """
@@ -89,7 +89,8 @@ def detect_phases(
     min_drop: float = 0.01,
     min_plateau_decades: float = 0.25,
 ) -> list[Phase]:
-    """Split a learning curve into plateaus and drops on log time (docs: model, #time-scales).
+    """Split a learning curve into plateaus and drops on log time (docs: [time
+    scales][time-scales]).
 
     The rate of learning is `-dR / d log10(t)` divided by the total decrease of the risk over the
     curve: a drop is a maximal interval where it exceeds `rate_threshold` (a fraction of the total
@@ -154,7 +155,7 @@ class ScalingFit:
 
     **Fields:** `exponent` and its standard error `stderr` (`nan` from two points),
     `prefactor`, `log_factor`, the number of points `n` used, and `heuristic`, the exponent of
-    the docs' model page for this degree (`nan` where none is stated).
+    the docs' [model page][setting] for this degree (`nan` where none is stated).
     """
 
     exponent: float
@@ -177,8 +178,8 @@ def fit_exponent(
     """Least-squares slope of `log t` against `log eps`: the exponent `d log t / d log eps`.
 
     With `log_factor=True` the fit is of `log(t / log(1/eps))`, which accounts for the
-    logarithmic factor of the degree-1 heuristic `t_1 ~ eps^(1/2) log(1/eps)` (docs: model,
-    #time-scales). Points with a non-finite or non-positive time are left out.
+    logarithmic factor of the degree-1 heuristic `t_1 ~ eps^(1/2) log(1/eps)` (docs:
+    [time scales][time-scales]). Points with a non-finite or non-positive time are left out.
 
     **Returns:** a `ScalingFit`; its `stderr` is the standard error of the slope from the
     residuals of the fit (`nan` with exactly two points). It is statistical only: see
@@ -238,13 +239,21 @@ def local_exponents(
     return np.diff(y) / np.diff(np.log(eps))
 
 
+#: The fewest learned points (distinct eps) from which `fit_scalings` fits a degree.
+MIN_FIT_POINTS = 3
+
+
 def fit_scalings(
     eps: Float[ArrayLike, " N"], times: Float[ArrayLike, "N R"]
 ) -> dict[int, ScalingFit]:
-    """Fit `d log t_k / d log eps` for every degree `k` with at least two learning times.
+    """Fit `d log t_k / d log eps` for every degree `k` learned at three or more distinct eps.
+
+    Two points give a slope without a standard error, so a degree with fewer than three is
+    not fitted (absent from the result).
 
     `times[i, k]` is the learning time of degree `k` at `eps[i]` (from `learning_times`).
-    Degree 1 is fitted with the `log(1/eps)` factor removed (docs: model, #time-scales); each fit
+    Degree 1 is fitted with the `log(1/eps)` factor removed (docs: [time scales][time-scales]);
+    each fit
     carries the heuristic exponent of its degree for comparison.
 
     **Returns:** `{degree: ScalingFit}` for the degrees that could be fitted.
@@ -258,7 +267,7 @@ def fit_scalings(
     fits = {}
     for k in range(times.shape[1]):
         ok = np.isfinite(times[:, k]) & (times[:, k] > 0)
-        if np.unique(eps[ok]).size < 2:
+        if np.unique(eps[ok]).size < MIN_FIT_POINTS:
             continue
         fit = fit_exponent(eps, times[:, k], log_factor=k in LOG_FACTOR_DEGREES)
         fits[k] = dataclasses.replace(fit, heuristic=heuristic_exponent(k))

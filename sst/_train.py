@@ -1,7 +1,8 @@
 """Training the two-layer network itself: estimators of the descent direction and `train`.
 
 The network `f(x) = (1/m) sum_i a_i sigma(<w_i, x>)`, `|w_i| = 1`, is trained in the time
-scaling of the docs' model page (#gradient-flow, #sgd): a step of size `eta` advances time by
+scaling of the docs' [model page][setting] (#gradient-flow, #sgd): a step of size `eta` advances
+time by
 `eta`; the second layer moves `1/eps` times faster; first-layer steps are projected on the
 sphere's tangent space and the rows renormalised. An estimator says how a step estimates the
 descent direction:
@@ -21,6 +22,7 @@ O(m d + B d): nothing of size d x d is formed.
 from __future__ import annotations
 
 import abc
+import warnings
 
 import equinox as eqx
 import jax
@@ -36,7 +38,7 @@ from ._multi_index import MultiIndexProblem
 from ._multi_init import MultiIndexRandomInit
 from ._problem import Problem
 from ._solution import RESULTS, TrainingRecord, Trajectory
-from ._validate import check_times, require_x64
+from ._validate import check_count, check_key, check_times, require_x64, show_progress
 
 # A run whose population risk exceeds this multiple of its initial value has diverged.
 DIVERGENCE_FACTOR = 1e6
@@ -62,8 +64,9 @@ class AbstractEstimator(eqx.Module):
 
 
 class PopulationGradient(AbstractEstimator):
-    """The exact gradient of the population risk `R(a, W u, W W^T)` (docs: model,
-    #gradient-flow), by `jax.grad` of `FiniteDimODE.risk`: gradient descent converges to the
+    """The exact gradient of the population risk `R(a, W u, W W^T)` (docs:
+    [gradient flow][gradient-flow]), by `jax.grad` of `FiniteDimODE.risk`: gradient descent
+    converges to the
     flow of `FiniteDimODE` at first order in `eta`."""
 
     @property
@@ -80,18 +83,16 @@ class PopulationGradient(AbstractEstimator):
 class OnlineSGD(AbstractEstimator):
     """Online SGD: a fresh batch `x ~ N(0, I_d)`, `y = phi(<u, x>) + noise` at every step.
 
-    It tracks `FiniteDimODE` when `eta * d * a^2 / batch` is small (docs: model, #sgd).
+    It tracks `FiniteDimODE` when `eta * d * a^2 / batch` is small (docs: [gradient descent and
+    SGD][sgd]).
 
     **Fields:** `batch`, the samples per step.
     """
 
-    batch: int = eqx.field(static=True, default=1)
+    batch: int = eqx.field(static=True)
 
-    def __check_init__(self):
-        if not _is_count(self.batch):
-            raise ValueError(
-                f"batch must be a positive integer number of samples, got {self.batch!r}."
-            )
+    def __init__(self, batch: int = 1):
+        self.batch = check_count("batch (samples per step)", batch)
 
     @property
     def needs_key(self) -> bool:
@@ -107,16 +108,15 @@ class OnlineSGD(AbstractEstimator):
 class FixedSamples(AbstractEstimator):
     """Gradient descent on the empirical risk of `n` fixed samples (full batch): the run
     records the training risk next to the population risk, so the gap between them shows the
-    finite-sample effects (docs: model, #sgd). Memory O(n d).
+    finite-sample effects (docs: [gradient descent and SGD][sgd]). Memory O(n d).
 
     **Fields:** `n`, the number of training samples.
     """
 
     n: int = eqx.field(static=True)
 
-    def __check_init__(self):
-        if not _is_count(self.n):
-            raise ValueError(f"n must be a positive integer number of samples, got {self.n!r}.")
+    def __init__(self, n: int):
+        self.n = check_count("n (training samples)", n)
 
     @property
     def needs_key(self) -> bool:
@@ -127,10 +127,6 @@ class FixedSamples(AbstractEstimator):
 
     def directions(self, problem, a, W, u, data, key):
         return batch_directions(problem, a, W, *data)
-
-
-def _is_count(n) -> bool:
-    return isinstance(n, int | np.integer) and not isinstance(n, bool) and n >= 1
 
 
 def network(
@@ -151,8 +147,8 @@ def batch_directions(
 
     Written by hand (no autodiff) so that a step costs two `(B, m) x (m, d)` products:
     `-m dL/da_i = mean_b e_b sigma(z_bi)` and `-m dL/dw_i = a_i mean_b e_b sigma'(z_bi) x_b`, with
-    `e = y - f(x)` and `z = x W^T`. The factor `m` is the mean-field time scaling of THEORY.md
-    section 3; the first-layer direction is not yet projected on the sphere.
+    `e = y - f(x)` and `z = x W^T`. The factor `m` is the mean-field time scaling of the docs'
+    [gradient flow][gradient-flow]; the first-layer direction is not yet projected on the sphere.
     """
     z = x @ W.T
     # Cast back: the Hermite helpers may promote to float64 under x64.
@@ -181,9 +177,14 @@ def _exact(problem: Problem | MultiIndexProblem, a, W, u, Q):
 
 
 def _population_directions(problem: Problem, a, W, u):
-    # Exact gradients of the core's population risk R(a, W u, W W^T) (THEORY.md section 3).
+    # Exact gradients of the core's population risk R(a, W u, W W^T) (docs: [gradient
+    # flow][gradient-flow]).
+    # FiniteDimState holds float64: the risk is evaluated in float64 whatever the simulation's
+    # dtype (with the problem cast to match), and the gradients come back in the weights' dtype.
+    problem64 = _cast(problem, jnp.float64)
+
     def risk(a, W):
-        model, state = _exact(problem, a, W, u, W @ W.T)
+        model, state = _exact(problem64, a, W, u, W @ W.T)
         return model.risk(state)
 
     ga, gW = jax.grad(risk, argnums=(0, 1))(a, W)
@@ -256,13 +257,13 @@ def train(
     estimator: AbstractEstimator | None = None,
     key: PRNGKeyArray | None = None,
     dtype=jnp.float64,
-    progress: bool = False,
+    progress: bool | None = None,
 ) -> Trajectory:
     """Train the network from `init` and record it at the times `ts`, like `sst.solve`.
 
     Each step: `a += (eta/eps) da`, `w_i += eta P_i dw_i` with `(da, dW)` the estimator's
     descent directions and `P_i` the projection on the tangent space of the sphere at `w_i`,
-    then rows renormalised (docs: model, #sgd).
+    then rows renormalised (docs: [gradient descent and SGD][sgd]).
 
     **Arguments:**
 
@@ -277,7 +278,8 @@ def train(
     - `key`: a JAX PRNG key, needed by the sampling estimators (the samples of step `k` come
       from `fold_in(key, k)`, the fixed samples from a key split off first).
     - `dtype`: `jnp.float32` or `jnp.float64` for the simulation (records are float64).
-    - `progress`: show a progress bar.
+    - `progress`: show a progress bar (default: when a person is watching, in a terminal or
+      a notebook).
 
     **Returns:** a `Trajectory` of `FiniteDimState`s (`MultiIndexFiniteDimState`s), with
     `training` a `TrainingRecord`.
@@ -306,6 +308,8 @@ def train(
         raise ValueError(f"init must be an sst.{wanted}, got {type(init).__name__}.")
     if estimator.needs_key and key is None:
         raise ValueError(f"{type(estimator).__name__} draws samples: pass key=jax.random.key(0).")
+    if key is not None:
+        check_key(key)
     a, W, u = _check(init, eta, problem.k if multi else None)
     ts_np = check_times(ts)
     steps = _record_steps(ts_np, eta)
@@ -321,7 +325,9 @@ def train(
     records = [_observe(problem, sim, a, W, u, data)]
     limit = DIVERGENCE_FACTOR * float(records[0][1])
     result = RESULTS.successful
-    bar = tqdm(total=int(steps[-1]), disable=not progress, desc=type(estimator).__name__)
+    bar = tqdm(
+        total=int(steps[-1]), disable=not show_progress(progress), desc=type(estimator).__name__
+    )
     for start, stop in zip(steps[:-1], steps[1:], strict=True):
         a, W = _advance(
             estimator,
@@ -340,6 +346,13 @@ def train(
         risk = float(records[-1][1])
         if not (np.isfinite(risk) and risk <= limit):
             result = RESULTS.diverged
+            fast = eta * float(problem.U(1.0)) / float(problem.eps)
+            warnings.warn(
+                f"sst.train diverged by t = {ts_np[0] + stop * eta:.4g} (risk {risk:.3g}); it "
+                f"stopped there. eta * U(1) / eps = {fast:.3g} must stay well below 1: lower eta.",
+                RuntimeWarning,
+                stacklevel=2,
+            )
             break
     bar.close()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import jax
@@ -37,6 +38,7 @@ def require_x64(where: str) -> None:
 
 
 def check_particles(a: np.ndarray, s: np.ndarray) -> None:
+    """Concrete second-layer weights `a` and overlaps `s`: non-empty, finite, `|s| <= 1`."""
     if a.shape[0] == 0:
         raise ValueError("The state has no particles; pass at least one.")
     if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
@@ -46,3 +48,28 @@ def check_particles(a: np.ndarray, s: np.ndarray) -> None:
             f"Overlaps s must lie in [-1, 1] (they are <u*, w_i> for unit vectors); got "
             f"max |s| = {np.max(np.abs(s)):.6g}."
         )
+
+
+def check_count(name: str, value: Any, low: int = 1) -> int:
+    """A whole number `>= low` (Python or numpy integer, not bool), as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+    return int(value)
+
+
+def check_key(key: Any) -> None:
+    """A JAX PRNG key: `jax.random.key(seed)` or the legacy `jax.random.PRNGKey(seed)`."""
+    typed = isinstance(key, jax.Array) and jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+    legacy = isinstance(key, jax.Array) and key.dtype == np.uint32 and key.shape == (2,)
+    if not (typed or legacy):
+        raise ValueError(
+            f"key must be a JAX PRNG key such as jax.random.key(0), got {type(key).__name__} "
+            f"{key!r:.40}."
+        )
+
+
+def show_progress(progress: bool | None) -> bool:
+    """`progress`, or when `None` whether a person is watching: a terminal or a notebook."""
+    if progress is None:
+        return sys.stderr.isatty() or "ipykernel" in sys.modules
+    return bool(progress)

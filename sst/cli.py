@@ -5,8 +5,19 @@
   `summary.json` (learning times, final risk, solver statistics, versions, the config) and the
   plots `risk.png` and `particles.png`.
 - `sst sweep CONFIG.toml --out DIR`: the same for two or more eps, then the fitted exponents
-  `d log t_k / d log eps` in `DIR/sweep.json` and the plot `DIR/scaling.png` (THEORY.md
-  section 6).
+  `d log t_k / d log eps` in `DIR/sweep.json` and the plot `DIR/scaling.png` (docs: [time
+  scales][time-scales]).
+- `sst sweep CONFIG.toml --out DIR --shard I/N`: only members `j` with `j % N == I` (in the
+  config's order), for a scheduler's job array or several hosts; each shard writes its members'
+  folders and a marker `DIR/shard-I-of-N.json` (host, process, its members, failures), not the
+  fits. In a process that ran `jax.distributed.initialize()` (`jax.process_count() > 1`; the
+  command itself never initializes it) the shard defaults to
+  `jax.process_index() / jax.process_count()`.
+- `sst merge DIR`: once every shard has finished, read the members' `summary.json` (and
+  `error.json`) files anywhere under `DIR` and write the `sweep.json` and `scaling.png` that one
+  process would have written. It is a separate step rather than automatic on process 0: a job
+  array has no barrier, a barrier hangs when one process dies, and without a shared file system
+  the members must first be copied together.
 
 Each member's files are written as soon as it finishes, so a later failure loses nothing; the
 command exits with status 1 if any member failed.
@@ -20,7 +31,9 @@ import json
 import math
 import pathlib
 import platform
+import re
 import sys
+import tempfile
 import time
 from typing import Any
 
@@ -28,7 +41,7 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
-from tqdm import tqdm
+from tqdm.auto import tqdm
 
 from ._io import save_trajectory
 from ._multi_plot import learning_times_by_label, plot_learning_times, plot_monomials, plot_overlaps
@@ -36,6 +49,7 @@ from ._plot import plot_particles, plot_risk, plot_scaling
 from ._solution import Trajectory
 from ._solve import solve
 from ._timescales import (
+    MIN_FIT_POINTS,
     detect_phases,
     fit_exponent,
     fit_scalings,
@@ -138,7 +152,7 @@ def run_member(config: RunConfig, eps: float, out: pathlib.Path, progress: bool)
         "config": config.to_dict(),
     }
     _write_json(out / "summary.json", summary)
-    name = f"eps={eps:g}, {config.model}, rtol={traj.rtol:g}, atol={traj.atol:g}"
+    name = f"{config.model}: {model.problem}\nrtol={traj.rtol:g}, atol={traj.atol:g}"
     figures = (
         (("risk.png", plot_monomials), ("overlaps.png", plot_overlaps))
         if _is_multi_index(traj)
@@ -156,35 +170,143 @@ def member_dir(out: pathlib.Path, eps: float, n_members: int) -> pathlib.Path:
     return out if n_members == 1 else out / f"eps={eps:g}"
 
 
-def run(config: RunConfig, out: pathlib.Path, progress: bool) -> tuple[list[dict], list[str]]:
-    """Run every eps of `config`; return the summaries of the members and the failures."""
+def run(
+    config: RunConfig, out: pathlib.Path, progress: bool, shard: tuple[int, int] = (0, 1)
+) -> tuple[list[dict], list[str]]:
+    """Run the eps of `config` (of shard `(i, n)`: members `j % n == i` only); return the
+    summaries of the members and the failures."""
     eps_list = config.eps_list
+    mine = shard_members(eps_list, shard)
     summaries, failures = [], []
-    for eps in tqdm(eps_list, desc="eps", disable=len(eps_list) == 1 or not progress):
+    for eps in tqdm(mine, desc="eps", disable=len(mine) <= 1 or not progress):
         target = member_dir(out, eps, len(eps_list))
+        (target / "error.json").unlink(missing_ok=True)  # from an earlier, failed attempt
         try:
             summary = run_member(config, eps, target, progress)
         except Exception as err:  # one bad member must not lose the others
             target.mkdir(parents=True, exist_ok=True)
-            _write_json(target / "error.json", {"eps": eps, "error": repr(err)})
+            error = {"eps": eps, "error": repr(err), "config": config.to_dict()}
+            _write_json(target / "error.json", error)
             failures.append(f"eps={eps:g}: {err!r}")
             continue
-        summaries.append(summary)
-        if not summary["solver"]["success"]:
-            failures.append(
-                f"eps={eps:g}: the solver stopped at t={summary['solver']['t_reached']:g} "
-                f"after {summary['solver']['num_steps']} steps (raise solver.max_steps or loosen "
-                "solver.rtol/atol)"
+        _add_summary(summary, summaries, failures)
+    return summaries, failures
+
+
+def _add_summary(summary: dict, summaries: list[dict], failures: list[str]) -> None:
+    """Keep a member's summary, and say so in `failures` if its solver stopped early."""
+    summaries.append(summary)
+    if not summary["solver"]["success"]:
+        failures.append(
+            f"eps={summary['eps']:g}: the solver stopped at t={summary['solver']['t_reached']:g} "
+            f"after {summary['solver']['num_steps']} steps (raise solver.max_steps or loosen "
+            "solver.rtol/atol)"
+        )
+
+
+def shard_members(eps_list: list[float], shard: tuple[int, int]) -> list[float]:
+    """The members of shard `(i, n)`: those at positions `j % n == i` of the sweep."""
+    i, n = shard
+    return eps_list[i::n]
+
+
+def parse_shard(spec: str | None) -> tuple[int, int]:
+    """`"I/N"` as `(I, N)`; `None` gives this process's share under `jax.distributed` (else
+    `(0, 1)`, everything). Raises `ValueError` for anything but integers `0 <= I < N`."""
+    if spec is None:
+        return jax.process_index(), jax.process_count()
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
+    if match is None or int(match[1]) >= int(match[2]):
+        raise ValueError(
+            f"--shard must be I/N with integers 0 <= I < N (e.g. --shard 0/4 for the first of "
+            f"four shards); got {spec!r}."
+        )
+    return int(match[1]), int(match[2])
+
+
+def write_shard_marker(
+    out: pathlib.Path, shard: tuple[int, int], config: RunConfig, failures: list[str]
+) -> pathlib.Path:
+    """Record which members shard `(i, n)` ran, where, and which failed; return the path."""
+    i, n = shard
+    path = out / f"shard-{i}-of-{n}.json"
+    marker = {
+        "shard": i,
+        "shards": n,
+        "eps": shard_members(config.eps_list, shard),
+        "failures": failures,
+        "host": platform.node(),
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "config": config.to_dict(),
+    }
+    _write_json(path, marker)
+    return path
+
+
+def collect_members(out: pathlib.Path) -> tuple[list[dict], list[str]]:
+    """Read every member folder (`summary.json` or `error.json`) under `out`, check that they
+    are the members of one sweep, each exactly once, and return the summaries in the config's
+    order with the failures, as `run` would have. Raises `ValueError` naming what is wrong."""
+    folders = sorted({p.parent for name in ("summary.json", "error.json") for p in out.rglob(name)})
+    if not folders:
+        raise ValueError(
+            f"{out} holds no member summaries (eps=*/summary.json); run `sst sweep CONFIG --out "
+            f"{out} --shard I/N` for every shard first."
+        )
+    records = []
+    for folder in folders:
+        error = folder / "error.json"
+        # A member that raised has error.json (and maybe a summary written before the error).
+        data = json.loads((error if error.exists() else folder / "summary.json").read_text())
+        records.append((folder, data, error.exists()))
+    with_config = [(folder, data["config"]) for folder, data, _ in records if "config" in data]
+    if not with_config:
+        raise ValueError(f"no member under {out} records its config; rerun the sweep's shards.")
+    first, config = with_config[0]
+    for folder, other in with_config[1:]:
+        if other != config:
+            raise ValueError(
+                f"{folder.relative_to(out)} comes from another config than "
+                f"{first.relative_to(out)}; merge the folders of one sweep only."
             )
+    eps_list = RunConfig.from_dict(config).eps_list
+    by_eps: dict[float, tuple] = {}
+    for record in records:
+        eps = float(record[1]["eps"])
+        if eps in by_eps:
+            raise ValueError(
+                f"member eps={eps:g} appears twice under {out} ({by_eps[eps][0].relative_to(out)} "
+                f"and {record[0].relative_to(out)}); keep one folder per member and merge again."
+            )
+        by_eps[eps] = record
+    missing = [eps for eps in eps_list if eps not in by_eps]
+    if missing:
+        raise ValueError(
+            f"{out} lacks {len(missing)} of the sweep's {len(eps_list)} members (eps="
+            f"{', '.join(f'{e:g}' for e in missing)}); run the shards that hold them (or let them "
+            "finish) and merge again."
+        )
+    summaries, failures = [], []
+    for eps in eps_list:
+        _, data, failed = by_eps[eps]
+        if failed:
+            failures.append(f"eps={eps:g}: {data['error']}")
+            continue
+        _add_summary(data, summaries, failures)
     return summaries, failures
 
 
 def sweep_analysis(summaries: list[dict], out: pathlib.Path) -> dict:
-    """Fit the exponents of the half-learning times over the members; write JSON and plot."""
+    """Fit the exponents of the half-learning times over the members whose solve succeeded
+    (members that failed are listed in `excluded`, degrees with fewer than three learned points
+    in `not_fitted`); write `sweep.json` and the scaling plot."""
+    excluded = [s["eps"] for s in summaries if not s["solver"]["success"]]
+    summaries = [s for s in summaries if s["solver"]["success"]]
     eps = np.array([s["eps"] for s in summaries])
     keys = list(dict.fromkeys(k for s in summaries for k in s["learning_times"]))
     if not all(k.isdigit() for k in keys):
-        return _multi_index_sweep(summaries, keys, eps, out)
+        return _multi_index_sweep(summaries, keys, eps, out, excluded)
     degrees = sorted({int(k) for s in summaries for k in s["learning_times"]})
     width = max(degrees) + 1 if degrees else 0
     times = {
@@ -197,8 +319,11 @@ def sweep_analysis(summaries: list[dict], out: pathlib.Path) -> dict:
         for name in _FRACTIONS
     }
     fits = fit_scalings(eps, times["half"]) if len(summaries) >= 2 else {}
+    present = [k for k in degrees if np.any(np.isfinite(times["half"][:, k]))]
     result = {
         "eps": eps.tolist(),
+        "excluded": excluded,
+        "not_fitted": [k for k in present if k not in fits],
         "half": times["half"].tolist(),
         "ninety": times["ninety"].tolist(),
         "exponents": {str(k): vars(f) for k, f in fits.items()},
@@ -231,11 +356,12 @@ def _parser() -> argparse.ArgumentParser:
         "integrate the order-parameter ODEs of a configured problem.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    parsers = {}
     for name, text in (
         ("run", "integrate the problem at each eps of CONFIG and write files under --out"),
         ("sweep", "run two or more eps, then fit the exponents d log t_k / d log eps"),
     ):
-        p = sub.add_parser(name, help=text, description=text)
+        p = parsers[name] = sub.add_parser(name, help=text, description=text)
         p.add_argument("config", type=pathlib.Path, help="TOML configuration (see examples/)")
         p.add_argument("--out", type=pathlib.Path, required=True, help="output folder")
         p.add_argument(
@@ -247,6 +373,15 @@ def _parser() -> argparse.ArgumentParser:
             default=None,
             help="progress bars (default: when stderr is a terminal)",
         )
+    parsers["sweep"].add_argument(
+        "--shard",
+        metavar="I/N",
+        help="solve only members j with j %% N == I (0 <= I < N), then run `sst merge DIR` "
+        "(default under jax.distributed: process_index/process_count)",
+    )
+    text = "write sweep.json and scaling.png from the members of a sharded sweep under DIR"
+    merge = sub.add_parser("merge", help=text, description=text)
+    merge.add_argument("out", type=pathlib.Path, metavar="DIR", help="the sweep's --out folder")
     return parser
 
 
@@ -254,6 +389,20 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the `sst` console script; returns the exit status."""
     args = _parser().parse_args(argv)
     jax.config.update("jax_enable_x64", True)
+    if args.command == "merge":
+        try:
+            summaries, failures = collect_members(args.out)
+        except (OSError, ValueError) as err:
+            print(f"sst: error: {err}", file=sys.stderr)
+            return 2
+        return _report(summaries, failures, args.out, fit=True)
+    shard = (0, 1)
+    if args.command == "sweep":
+        try:
+            shard = parse_shard(args.shard)
+        except ValueError as err:
+            print(f"sst: error: {err}", file=sys.stderr)
+            return 2
     try:
         raw = read_toml(args.config)
         if args.eps and isinstance(raw.get("problem"), dict):
@@ -270,16 +419,49 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     progress = sys.stderr.isatty() if args.progress is None else args.progress
-    args.out.mkdir(parents=True, exist_ok=True)
-    summaries, failures = run(config, args.out, progress)
+    problem = _unwritable(args.out)
+    if problem:
+        print(f"sst: error: --out {args.out}: {problem}", file=sys.stderr)
+        return 2
+    summaries, failures = run(config, args.out, progress, shard)
+    if shard[1] > 1:
+        marker = write_shard_marker(args.out, shard, config, failures)
+        print(
+            f"shard {shard[0]}/{shard[1]}: {len(shard_members(config.eps_list, shard))} of "
+            f"{len(config.eps_list)} members, marker {marker.name}; once every shard has "
+            f"finished, `sst merge {args.out}` writes sweep.json and scaling.png"
+        )
+    return _report(summaries, failures, args.out, fit=args.command == "sweep" and shard[1] == 1)
+
+
+def _unwritable(out: pathlib.Path) -> str | None:
+    """Create the output folder; say in one phrase why it cannot hold the results, if so."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except FileExistsError:
+        return "it is a file, not a folder; name a folder"
+    except NotADirectoryError:
+        return "a parent of it is a file, not a folder; name a path under a folder"
+    except PermissionError:
+        return "no permission to write there; name a folder you can write to"
+    except OSError as err:
+        return f"cannot write there ({err.strerror}); name another folder"
+    return None
+
+
+def _report(summaries: list[dict], failures: list[str], out: pathlib.Path, fit: bool) -> int:
+    """Print the members (and, with `fit`, write and print the fits); return the exit status."""
     for s in summaries:
-        learned = {k: v["half"] for k, v in s["learning_times"].items()}
+        learned = {k: _nan_if_none(v["half"]) for k, v in s["learning_times"].items()}
         lt = ", ".join(f"t_{k}={t:.3g}" for k, t in learned.items() if math.isfinite(t))
         missing = [k for k, t in learned.items() if not math.isfinite(t)]
         not_learned = f"; not half learned: degrees {', '.join(missing)}" if missing else ""
-        print(f"eps={s['eps']:g}: final risk {s['final_risk']:.3e}; half-learned {lt}{not_learned}")
-    if args.command == "sweep" and summaries:
-        result = sweep_analysis(summaries, args.out)
+        risk = _nan_if_none(s["final_risk"])
+        print(f"eps={s['eps']:g}: final risk {risk:.3e}; half-learned {lt}{not_learned}")
+    if fit and summaries:
+        result = sweep_analysis(summaries, out)
         for k, f in result["exponents"].items():
             log = " (t/log(1/eps))" if f["log_factor"] else ""
             local = result["local_exponents"][k][-1]
@@ -288,7 +470,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"{what} {k}: exponent{log} {f['exponent']:.3f} +- {f['stderr']:.3f} "
                 f"(local slope at the smallest eps {local:.3f}), heuristic {f['heuristic']:g}"
             )
-    print(f"wrote {args.out}")
+        for k in result["not_fitted"]:
+            what = "degree" if str(k).isdigit() else "multi-index"
+            print(f"{what} {k}: not fitted (learned at fewer than {MIN_FIT_POINTS} eps)")
+        if result["excluded"]:
+            listed = ", ".join(f"{e:g}" for e in result["excluded"])
+            print(f"excluded from the fits (solve failed): eps = {listed}")
+    print(f"wrote {out}")
     for f in failures:
         print(f"sst: member failed: {f}", file=sys.stderr)
     return 1 if failures else 0
@@ -306,10 +494,11 @@ def _label_key(label: tuple[int, ...]) -> str:
 
 
 def _multi_index_sweep(
-    summaries: list[dict], keys: list[str], eps: np.ndarray, out: pathlib.Path
+    summaries: list[dict], keys: list[str], eps: np.ndarray, out: pathlib.Path, excluded: list
 ) -> dict:
-    """`sweep_analysis` for multi-index labels: one fitted slope per multi-index (no
-    heuristic exponent is stated for them)."""
+    """`sweep_analysis` for multi-index labels (of the successful members): one fitted slope per
+    multi-index learned at `MIN_FIT_POINTS` or more eps (no heuristic exponent is stated for
+    them)."""
     times = {
         name: np.array(
             [
@@ -322,11 +511,14 @@ def _multi_index_sweep(
     fits = {}
     for j, k in enumerate(keys):
         ok = np.isfinite(times["half"][:, j]) & (times["half"][:, j] > 0)
-        if np.unique(eps[ok]).size >= 2:
+        if np.unique(eps[ok]).size >= MIN_FIT_POINTS:
             fits[k] = fit_exponent(eps, times["half"][:, j])
+    present = [k for j, k in enumerate(keys) if np.any(np.isfinite(times["half"][:, j]))]
     result = {
         "labels": keys,
         "eps": eps.tolist(),
+        "excluded": excluded,
+        "not_fitted": [k for k in present if k not in fits],
         "half": times["half"].tolist(),
         "ninety": times["ninety"].tolist(),
         "exponents": {k: vars(f) for k, f in fits.items()},

@@ -87,6 +87,100 @@ def test_sweep_fits_exponents(tmp_path):
     assert (out / "scaling.png").exists()
 
 
+def _sweep_json(out: pathlib.Path) -> dict:
+    return json.loads((out / "sweep.json").read_text())
+
+
+def _times(result: dict, name: str) -> np.ndarray:
+    return np.array(result[name], dtype=float)  # JSON null (not learned) becomes NaN
+
+
+def test_sharded_sweep_merges_to_the_one_process_sweep(tmp_path, capsys):
+    path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4]")
+    one, shards = tmp_path / "one", tmp_path / "shards"
+    assert main(["sweep", str(path), "--out", str(one), "--no-progress"]) == 0
+    # Members j with j % 2 == i: shard 1 runs eps 1e-3, shard 0 runs 1e-2 and 1e-4.
+    assert main(["sweep", str(path), "--out", str(shards), "--shard", "1/2"]) == 0
+    assert sorted(p.name for p in shards.iterdir()) == ["eps=0.001", "shard-1-of-2.json"]
+    assert main(["sweep", str(path), "--out", str(shards), "--shard", "0/2"]) == 0
+    assert not (shards / "sweep.json").exists()  # a shard alone does not fit
+    assert "sst merge" in capsys.readouterr().out
+    for i, eps in ((0, [1e-2, 1e-4]), (1, [1e-3])):
+        marker = json.loads((shards / f"shard-{i}-of-2.json").read_text())
+        assert (marker["shard"], marker["shards"], marker["eps"]) == (i, 2, eps)
+        assert marker["failures"] == [] and marker["process_count"] == 1
+
+    assert main(["merge", str(shards)]) == 0
+    merged, single = _sweep_json(shards), _sweep_json(one)
+    assert merged["eps"] == single["eps"] == [1e-2, 1e-3, 1e-4]
+    for name in ("half", "ninety"):
+        np.testing.assert_allclose(_times(merged, name), _times(single, name), rtol=1e-12)
+    assert merged["exponents"].keys() == single["exponents"].keys()
+    for k, fit in single["exponents"].items():
+        assert merged["exponents"][k]["log_factor"] == fit["log_factor"]
+        for field in ("exponent", "stderr"):
+            assert merged["exponents"][k][field] == pytest.approx(fit[field], rel=1e-12)
+    # Independent of either path: t_0 is proportional to eps (THEORY.md section 6).
+    assert merged["exponents"]["0"]["exponent"] == pytest.approx(1.0, abs=0.02)
+    assert (shards / "scaling.png").exists()
+    for eps in ("0.01", "0.001", "0.0001"):
+        a, b = (json.loads((d / f"eps={eps}" / "summary.json").read_text()) for d in (shards, one))
+        assert a["final_risk"] == pytest.approx(b["final_risk"], rel=1e-12)
+        assert a["learning_times"] == b["learning_times"]
+
+
+def test_sweep_under_jax_distributed_takes_its_process_share(tmp_path, monkeypatch):
+    monkeypatch.setattr(sst.cli.jax, "process_index", lambda: 0)
+    monkeypatch.setattr(sst.cli.jax, "process_count", lambda: 2)
+    out = tmp_path / "out"
+    path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4, 1e-5]")
+    assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["eps=0.0001", "eps=0.01", "shard-0-of-2.json"]
+    marker = json.loads((out / "shard-0-of-2.json").read_text())
+    assert (marker["eps"], marker["process_index"], marker["process_count"]) == ([1e-2, 1e-4], 0, 2)
+
+
+@pytest.mark.parametrize("spec", ["2/2", "0/0", "-1/2", "1", "a/b", "1/2/3", ""])
+def test_bad_shard_exits_with_message(tmp_path, capsys, spec):
+    out = tmp_path / "out"
+    path = _config(tmp_path, eps="[1e-2, 1e-3]")
+    assert main(["sweep", str(path), "--out", str(out), f"--shard={spec}"]) == 2
+    err = capsys.readouterr().err
+    assert "--shard must be I/N with integers 0 <= I < N" in err and repr(spec) in err
+    assert not out.exists()
+
+
+def _member(folder: pathlib.Path, eps: float, config: dict) -> None:
+    folder.mkdir(parents=True)
+    (folder / "summary.json").write_text(json.dumps({"eps": eps, "config": config}))
+
+
+@pytest.mark.parametrize(
+    ("layout", "message"),
+    [
+        ({}, "holds no member summaries"),
+        ({"eps=0.01": 1e-2, "eps=0.0001": 1e-4}, "lacks 1 of the sweep's 3 members (eps=0.001)"),
+        (
+            {"a/eps=0.01": 1e-2, "b/eps=0.01": 1e-2, "a/eps=0.001": 1e-3, "a/eps=0.0001": 1e-4},
+            "member eps=0.01 appears twice",
+        ),
+        ({"eps=0.01": 1e-2, "eps=0.001": 1e-3, "other/eps=0.0001": "other"}, "another config"),
+    ],
+)
+def test_merge_rejects_incomplete_or_mixed_folders(tmp_path, capsys, layout, message):
+    config = RunConfig.from_file(_config(tmp_path, eps="[1e-2, 1e-3, 1e-4]")).to_dict()
+    other = json.loads(json.dumps(config))
+    other["times"]["t_max"] = 20.0
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, eps in layout.items():
+        _member(out / name, 1e-4 if eps == "other" else eps, other if eps == "other" else config)
+    assert main(["merge", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sst: error: ") and message in err, err
+    assert not (out / "sweep.json").exists()
+
+
 def test_failed_member_keeps_earlier_files(tmp_path, monkeypatch, capsys):
     real_solve = sst.cli.solve
     calls = []

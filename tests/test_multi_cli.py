@@ -74,7 +74,7 @@ def test_sweep_writes_learning_times_per_multi_index(tmp_path, capsys):
         'model = "mean_field"\n'
         "[problem]\n"
         "activation = [0.5, 1.0, 1.0, 1.0]\n"
-        "eps = [1e-2, 1e-3]\n"
+        "eps = [1e-2, 1e-3, 1e-4]\n"
         "[problem.target]\n"
         "terms = [[[1, 0], 1.0], [[1, 1], 1.0]]\n"
         "[init]\n"

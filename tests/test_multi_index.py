@@ -154,3 +154,10 @@ def test_residuals_are_exact_projections():
     projection = float(sst.MultiIndexProblem(one, ACTIVATION, 1e-2).V(s))
     assert float(r[labels.index((1, 1, 0))]) == pytest.approx(1.0 - projection, abs=1e-14)
     assert sst.format_index((1, 1, 0)) == "z1 z2" and sst.format_index((2, 0, 1)) == "h2(z1) z3"
+
+
+def test_targets_and_problems_print_in_words():
+    target = sst.MultiIndexTarget.from_terms({(1, 0): 1.0, (1, 1): -0.5, (0, 0): 2.0})
+    assert str(target) == "z1 - 0.5 z1 z2 + 2"
+    problem = sst.MultiIndexProblem(target, sst.Hermite([0.0, 1.0, 1.0]), 1e-3)
+    assert str(problem) == "phi = z1 - 0.5 z1 z2 + 2, sigma = h1 + h2, eps = 0.001"
