@@ -1,8 +1,8 @@
-"""Multi-index targets (THEORY.md section 9): correctness against independent truth, the
+"""Multi-index targets: correctness against independent truth, the
 staircase, and the cost of mean-field solves.
 
-Keys of the last line, `RESULT k1_max_diff=.. weight_space_err=.. mc_risk_z=.. sgd_sup_err=..
-staircase_order=.. solve_s_max=..`:
+Keys of the `RESULT k1_max_diff=.. weight_space_err=.. mc_risk_z=.. sgd_sup_err=..
+staircase_order=.. solve_s_max=..` line (then `backend` and `device`, as every benchmark's):
 
 - `k1_max_diff`: max |risk| difference over the run between MultiIndexMeanFieldODE at k = 1 and
   MeanFieldODE (16 Gauss-Legendre particles, eps 1e-2 .. 1e-8 (`--quick`: 1e-2, 1e-5), Rodas4
@@ -28,7 +28,8 @@ staircase_order=.. solve_s_max=..`:
 - `solve_s_max`: the worst wall time of those mean-field solves (m = 64, k = 3, K = 3, t up to
   1e3, after compilation); target under 1 s.
 
-Figures go to out/benchmarks/multi_index/. On 2 shared cores `--quick` takes about 1.5 minutes
+Figures go to out/benchmarks/multi_index/, the result file to docs/benchmarks/multi_index.json
+(`benchmarks/_common.py`). On 2 shared cores `--quick` takes about 1.5 minutes
 and the full run 2 minutes (half of it compilation).
 """
 
@@ -47,6 +48,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from _common import Record, device_header, print_result  # noqa: E402
 
 import sst  # noqa: E402
 
@@ -287,6 +289,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="fewer eps, a larger SGD step")
     args = parser.parse_args()
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
+    print(device_header())
     OUT.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     k1 = k1_max_diff([1e-2, 1e-5] if args.quick else [1e-2, 1e-4, 1e-6, 1e-8])
@@ -297,10 +301,15 @@ def main() -> None:
         [1e-2, 1e-4, 1e-6, 1e-8] if args.quick else [1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7, 1e-8]
     )
     print(f"total {time.perf_counter() - start:.0f} s; figures in {OUT}")
-    print(
-        f"RESULT k1_max_diff={k1:.3g} weight_space_err={ws:.3g} mc_risk_z={z:.2f} "
-        f"sgd_sup_err={sgd:.4g} staircase_order={order} solve_s_max={solve_s:.3f}"
-    )
+    fields = {
+        "k1_max_diff": f"{k1:.3g}",
+        "weight_space_err": f"{ws:.3g}",
+        "mc_risk_z": f"{z:.2f}",
+        "sgd_sup_err": f"{sgd:.4g}",
+        "staircase_order": str(order),
+        "solve_s_max": f"{solve_s:.3f}",
+    }
+    print_result(fields, record)
 
 
 if __name__ == "__main__":

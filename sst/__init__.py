@@ -61,7 +61,7 @@ from ._mean_field import MeanFieldODE as MeanFieldODE
 from ._mean_field import MeanFieldState as MeanFieldState
 from ._model import AbstractModel as AbstractModel
 
-# Multi-index targets (THEORY.md section 9).
+# Multi-index targets (docs/multi_index.md).
 from ._multi_finite_dim import MultiIndexFiniteDimODE as MultiIndexFiniteDimODE
 from ._multi_finite_dim import MultiIndexFiniteDimState as MultiIndexFiniteDimState
 from ._multi_index import AbstractMultiIndexModel as AbstractMultiIndexModel

@@ -1,4 +1,5 @@
-"""The exact finite-dimensional ODE of a multi-index target on `(a, s, Q)` (THEORY.md section 9)."""
+"""The exact finite-dimensional ODE of a multi-index target on `(a, s, Q)` (docs: [the
+finite-dimensional ODE of a multi-index target][multi-index-finite-dimensional-ode])."""
 
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ def check_overlaps(a: np.ndarray, s: np.ndarray, name: str) -> None:
 
 class MultiIndexFiniteDimODE(AbstractMultiIndexModel):
     """The exact order-parameter ODE of population gradient flow for a multi-index target
-    (THEORY.md section 9), with `g_i = grad V(s_i)` in `R^k`:
+    (docs: [its equations][multi-index-finite-dimensional-ode]), with `g_i = grad V(s_i)` in `R^k`:
 
     `eps da_i/dt = V(s_i) - (1/m) sum_j a_j U(Q_ij)`,
     `ds_i/dt = a_i [g_i - (s_i . g_i) s_i] - (a_i/m) sum_{j!=i} a_j U'(Q_ij) (s_j - Q_ij s_i)`,

@@ -1,8 +1,8 @@
 """Multi-index targets: `k` directions, multivariate Hermite coefficients, and their problem.
 
 The target is `phi(z) = sum_alpha c_alpha h_alpha(z)` with `z = U*^T x` (`k` standard normals),
-`h_alpha(z) = prod_r h_{alpha_r}(z_r)` (THEORY.md section 9). A neuron with overlaps
-`s = U*^T w` in the unit ball of `R^k` sees it through the kernel
+`h_alpha(z) = prod_r h_{alpha_r}(z_r)` (docs: [multi-index targets][multi-index-setting]). A
+neuron with overlaps `s = U*^T w` in the unit ball of `R^k` sees it through the kernel
 
 `V(s) = E[phi(z) sigma(<w, x>)] = sum_alpha c_alpha sigma_|alpha| sqrt(|alpha|!/alpha!) s^alpha`,
 
@@ -111,9 +111,9 @@ def _is_index(alpha, k: int | None) -> bool:
 
 
 class MultiIndexTarget(eqx.Module):
-    """A target of `k` directions, `phi(z) = sum_t coeffs[t] h_{indices[t]}(z)` (THEORY.md
-    section 9), `h_alpha(z) = prod_r h_{alpha_r}(z_r)` normalised multivariate Hermite
-    polynomials (orthonormal under `N(0, I_k)`).
+    """A target of `k` directions, `phi(z) = sum_t coeffs[t] h_{indices[t]}(z)` with
+    `h_alpha(z) = prod_r h_{alpha_r}(z_r)` normalised multivariate Hermite polynomials
+    (orthonormal under `N(0, I_k)`; docs: [multi-index targets][multi-index-setting]).
 
     **Fields:**
 
@@ -361,7 +361,7 @@ def _committee_functions(g, k) -> list[np.ndarray]:
 
 
 class MultiIndexProblem(eqx.Module):
-    """A learning problem with a multi-index target (THEORY.md section 9).
+    """A learning problem with a multi-index target (docs: [the kernel][multi-index-kernel]).
 
     **Fields:** `target` (a `MultiIndexTarget`), `activation` (an `sst.Hermite`), `eps` the
     relative learning rate of the first layer, `noise` the label noise's standard deviation

@@ -1,6 +1,7 @@
 """The mean-field ODE of a multi-index target on weighted particles `(a, s in R^k)`.
 
-THEORY.md section 9: `eps da_i/dt = V(s_i) - sum_j p_j a_j U(s_i . s_j)` and
+Docs: [the multi-index mean-field ODE][multi-index-mean-field-ode],
+`eps da_i/dt = V(s_i) - sum_j p_j a_j U(s_i . s_j)` and
 `ds_i/dt = a_i (I - s_i s_i^T) [grad V(s_i) - sum_j p_j a_j U'(s_i . s_j) s_j]`.
 
 **Moments.** For an activation of degree `K`, with `b_alpha = sigma_|alpha| sqrt(|alpha|!/alpha!)`
@@ -126,7 +127,7 @@ class MultiIndexMeanFieldState(eqx.Module):
 
 class MultiIndexMeanFieldODE(AbstractMultiIndexModel):
     """The mean-field ODE of weighted particles `(a_i, s_i in R^k)` for a multi-index target
-    (see the module docstring and THEORY.md section 9).
+    (docs: [its equations][multi-index-mean-field-ode], [the coordinates][ball-coordinates]).
 
     For a polynomial activation the interaction goes through the moments `mu_alpha` and costs
     O(m N_K) with a `ParticleJacobian`; otherwise (relu, erf) the dense O(m^2) sums with a

@@ -20,7 +20,7 @@ atol = 1e-10
 max_steps = 100000
 ```
 
-A multi-index target (THEORY.md section 9) is a table of multi-indices and coefficients; `k`
+A multi-index target (docs: multi-index targets) is a table of multi-indices and coefficients; `k`
 is the length of the multi-indices, and the models become the multi-index ones
 (`MultiIndexMeanFieldODE` with particles at `s = 0` in `R^k`, `MultiIndexFiniteDimODE` with
 `k` target directions in dimension `d`):

@@ -79,7 +79,7 @@ def test_rates_match_the_equations_and_the_dense_path():
     fast = sst.MultiIndexMeanFieldODE(problem)
     dense = sst.MultiIndexMeanFieldODE(problem, interaction="dense")
     assert fast.uses_moments and not dense.uses_moments
-    # THEORY.md section 9, written out directly in s.
+    # The equations of docs/multi_index.md, written out directly in s.
     a, s, p = state.a, state.s, state.weights
     q = s @ s.T
     g = problem.dV(s) - (problem.dU(q) * (p * a)[None, :]) @ s
