@@ -162,8 +162,9 @@ def _commit() -> str:
 
 
 def print_result(fields: dict[str, Any], record: Record | None = None) -> None:
-    """Print the RESULT line; with a `record`, also write the benchmark's result file."""
+    """Print the RESULT line; with the `record` of a full run, also write the benchmark's result
+    file (a `--quick` run does not replace the figures of the last full run)."""
     line = result_line(fields)
     print(line)
-    if record is not None:
+    if record is not None and record.mode == "full":
         print(f"wrote {record.write(line).relative_to(RESULTS_DIR.parent.parent)}")
