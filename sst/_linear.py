@@ -9,8 +9,9 @@ solves comes from `lineax.linear_solve`.
 - `DenseJacobian`: the flattened Jacobian as a matrix, solved by LU (O(n^3) per step).
 - `ParticleJacobian`: particles coupled only through a few global quantities (the Hermite
   residuals): `J = D + B R` with `D` block diagonal over particles and `B R` of low rank, solved
-  by the Woodbury identity in O(m p^3 + m p n^2 + n^3). lineax has no Woodbury solver, hence
-  `WoodburySolver` here.
+  by the Woodbury identity in O(m p^3 + m p n^2 + n^3), with the part of the right-hand side in
+  the range of the low-rank term solved separately (backward stable at tiny eps, where the plain
+  formula is not). lineax has no Woodbury solver, hence `WoodburySolver` here.
 """
 
 from __future__ import annotations
@@ -117,36 +118,58 @@ class _ShiftedParticleMatvec(eqx.Module):
 
 
 class _Woodbury(eqx.Module):
-    """Factored `c I - J = A - B R`: `A^{-1}` as nested lists of per-particle entries,
-    `A^{-1} B` and `R A^{-1}` per coordinate, and the inverse of the small capacitance matrix
-    `I - R A^{-1} B`."""
+    """Factored `c I - J = A - U V` (`U V = B R`): `A^{-1}` as nested lists of per-particle
+    entries, `A^{-1} U` and `V A^{-1}` per coordinate, the inverse of the small capacitance
+    matrix `I - V A^{-1} U`, and optionally `U` itself with orthonormal columns (`range_basis`).
+
+    With `range_basis`, the part `U g` of the right-hand side in the range of `U` is split off
+    and solved by `(A - U V)^{-1} U = A^{-1} U (I - V A^{-1} U)^{-1}`, so it never goes through
+    `A^{-1} b`. That matters when the right-hand side lies almost in the range of the stiff
+    low-rank part, as the vector field of `MeanFieldODE` does (`f = B^T r`): there the plain
+    formula forms the solution as the difference of two terms up to 1e15 times larger than it
+    (at eps = 1e-20), and its rounding errors are not those of any nearby matrix.
+    """
 
     A_inv: list[list[Array]]
-    A_inv_B: list[Array]
+    A_inv_U: list[Array]
     cap_inv: Array
-    R_A_inv: list[Array]
+    V_A_inv: list[Array]
+    range_basis: list[Array] | None
 
     def solve(self, b_flat: Array) -> Array:
-        """`A^{-1} b + (A^{-1} B) cap_inv (R A^{-1}) b`."""
-        p = len(self.A_inv_B)
+        """`A^{-1} b' + (A^{-1} U) cap_inv (g + (V A^{-1}) b')` with `b = U g + b'`
+        (`g = 0` without `range_basis`; two projection passes, as in Gram-Schmidt, leave
+        `b'` orthogonal to the range to rounding)."""
+        p = len(self.A_inv_U)
         b = b_flat.reshape(p, -1)
-        z = self.cap_inv @ sum(self.R_A_inv[j] @ b[j] for j in range(p))
+        g = 0.0
+        if self.range_basis is not None:
+            for _ in range(2):
+                g_pass = sum(self.range_basis[j] @ b[j] for j in range(p))
+                b = jnp.stack([b[i] - g_pass @ self.range_basis[i] for i in range(p)])
+                g = g + g_pass
+        z = self.cap_inv @ (g + sum(self.V_A_inv[j] @ b[j] for j in range(p)))
         return jnp.concatenate(
-            [sum(self.A_inv[i][j] * b[j] for j in range(p)) + z @ self.A_inv_B[i] for i in range(p)]
+            [sum(self.A_inv[i][j] * b[j] for j in range(p)) + z @ self.A_inv_U[i] for i in range(p)]
         )
 
     def transpose(self) -> _Woodbury:
-        """The factors of `(c I - J)^T`: the same identity with every factor transposed."""
+        """The factors of `(c I - J)^T = A^T - V^T U^T`: the same identity with every factor
+        transposed (plain, without the split: the range of `V^T` is not at hand)."""
         p = len(self.A_inv)
         A_inv_T = [[self.A_inv[j][i] for j in range(p)] for i in range(p)]
-        return _Woodbury(A_inv_T, self.R_A_inv, self.cap_inv.T, self.A_inv_B)
+        return _Woodbury(A_inv_T, self.V_A_inv, self.cap_inv.T, self.A_inv_U, None)
 
 
 class WoodburySolver(lx.AbstractLinearSolver):
     """lineax solver for the operator of `ParticleJacobian.shifted`, by the Woodbury identity.
 
-    `(A - B R)^{-1} = A^{-1} + A^{-1} B (I - R A^{-1} B)^{-1} R A^{-1}` with `A = c I - D`
-    block diagonal: all of it elementwise or matrix-vector products over particles.
+    `(A - U V)^{-1} = A^{-1} + A^{-1} U (I - V A^{-1} U)^{-1} V A^{-1}` with `A = c I - D`
+    block diagonal and `B R = U V` from a QR factorisation `B^T = U T` (`U` orthonormal
+    columns, `V = T R`): all of it elementwise or matrix-vector products over particles,
+    O(m p^3 + m p n^2 + n^3). The right-hand side's part in the range of `U` is solved
+    separately (see `_Woodbury`), which keeps the solve backward stable when that part
+    dominates.
     """
 
     def init(self, operator, options):
@@ -158,12 +181,14 @@ class WoodburySolver(lx.AbstractLinearSolver):
                 "lineax.LU() for other operators."
             )
         c, D, B, R = fn.c, fn.jacobian.D, fn.jacobian.B, fn.jacobian.R
-        p, n = B.shape[:2]
+        p, n, m = B.shape
+        U, T = _orthonormal_range(B)
+        V = [T @ R[i] for i in range(p)]
         A_inv = _small_inverse(c * jnp.eye(p, dtype=D.dtype)[:, :, None] - D)
-        A_inv_B = [sum(A_inv[i][j] * B[j] for j in range(p)) for i in range(p)]
-        R_A_inv = [sum(R[i] * A_inv[i][j] for i in range(p)) for j in range(p)]
-        capacitance = jnp.eye(n, dtype=D.dtype) - sum(R[i] @ A_inv_B[i].T for i in range(p))
-        factors = _Woodbury(A_inv, A_inv_B, _gauss_jordan_inverse(capacitance), R_A_inv)
+        A_inv_U = [sum(A_inv[i][j] * U[j] for j in range(p)) for i in range(p)]
+        V_A_inv = [sum(V[i] * A_inv[i][j] for i in range(p)) for j in range(p)]
+        capacitance = jnp.eye(n, dtype=D.dtype) - sum(V[i] @ A_inv_U[i].T for i in range(p))
+        factors = _Woodbury(A_inv, A_inv_U, _gauss_jordan_inverse(capacitance), V_A_inv, U)
         return factors, eqxi.Static(False)
 
     def compute(self, state, vector, options):
@@ -181,6 +206,36 @@ class WoodburySolver(lx.AbstractLinearSolver):
 
     def assume_full_rank(self):
         return True
+
+
+def _orthonormal_range(B: Float[Array, "p n m"]) -> tuple[list[Array], Float[Array, "n n"]]:
+    """`B^T = U T` with `U` (as `p` arrays `(n, m)`, rows the columns of `U`) orthonormal and
+    `T` upper triangular: a thin QR factorisation of the `(p m, n)` matrix `B^T`.
+
+    Modified Gram-Schmidt, twice ("twice is enough" for orthogonality to rounding), unrolled
+    over the `n` columns with reductions over particles, as the rest of the solver. A column
+    dependent on the previous ones to rounding (e.g. every `s_i^k` column at `s = 0`) gets
+    `U`'s column zero: then `B^T = U T` still holds and the zero column drops out of the solve.
+    """
+    p, n, _ = B.shape
+    rows: list[Array] = []
+    columns: list[Array] = []  # of T
+    for k in range(n):
+        v = B[:, k]  # (p, m)
+        coefs = [jnp.zeros((), B.dtype) for _ in rows]
+        for _ in range(2):
+            for j, q in enumerate(rows):
+                coef = jnp.sum(q * v)
+                coefs[j] = coefs[j] + coef
+                v = v - coef * q
+        norm0, norm = jnp.sqrt(jnp.sum(B[:, k] ** 2)), jnp.sqrt(jnp.sum(v**2))
+        independent = norm > 64 * jnp.finfo(B.dtype).eps * norm0
+        rows.append(jnp.where(independent, v / jnp.where(independent, norm, 1.0), 0.0))
+        diagonal = jnp.where(independent, norm, 0.0)
+        columns.append(jnp.stack(coefs + [diagonal] + [jnp.zeros((), B.dtype)] * (n - k - 1)))
+    T = jnp.stack(columns, axis=1)
+    U = jnp.stack(rows, axis=1)  # (p, n, m)
+    return [U[i] for i in range(p)], T
 
 
 def _gauss_jordan_inverse(M: Float[Array, "n n"]) -> Float[Array, "n n"]:
