@@ -10,6 +10,8 @@ page][setting].
 from ._batch import batch_mesh as batch_mesh
 from ._batch import shard_batch as shard_batch
 from ._batch import solve_batch as solve_batch
+from ._control import ModelErrorController as ModelErrorController
+from ._control import scaled_rms_error as scaled_rms_error
 from ._finite_dim import FiniteDimODE as FiniteDimODE
 from ._finite_dim import FiniteDimState as FiniteDimState
 from ._functionals import (

@@ -10,6 +10,7 @@ import equinox as eqx
 import jax
 from jaxtyping import Array, Float, PyTree
 
+from ._control import scaled_rms_error
 from ._linear import AbstractJacobian
 
 State = TypeVar("State")
@@ -74,6 +75,27 @@ class AbstractModel(eqx.Module, Generic[State]):
     @abc.abstractmethod
     def with_parameters(self, **values: Array) -> AbstractModel[State]:
         """This model with some `parameters()` replaced (validated when concrete)."""
+
+    def error_norm(
+        self,
+        y0: PyTree[Array],
+        y1: PyTree[Array],
+        y_error: PyTree[Array],
+        args: Any,
+        rtol: float | Float[Array, ""],
+        atol: float | Float[Array, ""],
+    ) -> Float[Array, ""]:
+        """The size of a step's local error estimate `y_error` (from `y0` to the candidate `y1`,
+        in solver coordinates) relative to the tolerances: the default controller of `solve`
+        (`ModelErrorController`) accepts the step when it is below 1 and steers the step size to
+        keep it near 1.
+
+        Default: diffrax's measure, `scaled_rms_error` (the RMS of
+        `y_error / (atol + rtol max(|y0|, |y1|))`). Override it when the dynamics depends on
+        combinations of the coordinates far smaller than the coordinates themselves.
+        """
+        del args
+        return scaled_rms_error(y0, y1, y_error, rtol, atol)
 
     def rate(self, t: Any, state: State) -> State:
         """`d state / dt`, the vector field carried from solver coordinates to the state."""

@@ -12,6 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float, PyTree
 
+from ._control import ModelErrorController
 from ._linear import DenseJacobian
 from ._model import AbstractModel
 from ._rosenbrock import Rodas4
@@ -54,8 +55,10 @@ def solve(
       concrete.
     - `ts`: strictly increasing save times; the solve runs on `[ts[0], ts[-1]]`.
     - `solver`: any diffrax solver; default `default_solver()` (`Rodas4`).
-    - `rtol`, `atol`: tolerances of the default step-size controller,
-      `diffrax.PIDController(rtol, atol)` clipped so that it steps onto every save time.
+    - `rtol`, `atol`: tolerances of the default step-size controller: diffrax's PID control of
+      the model's own error measure (`ModelErrorController` with `model.error_norm`; for
+      `MeanFieldODE` the errors of the Hermite residuals, the weights and the angles), clipped
+      so that it steps onto every save time.
     - `dt0`: initial step; `None` lets diffrax choose it from the error estimate.
     - `max_steps`: step budget; reaching it is a failure (`RESULTS.max_steps_reached`).
     - `stepsize_controller`: replaces the default controller (its own tolerances are then the
@@ -87,7 +90,7 @@ def solve(
     # Stepping onto the save times costs fewer steps for the same accuracy of the saved values
     # than the dense output between steps (benchmarks/stiff.py, "dense output" rows).
     controller = stepsize_controller or dfx.ClipStepSizeController(
-        dfx.PIDController(rtol=rtol, atol=atol), step_ts=ts
+        ModelErrorController(model, dfx.PIDController(rtol=rtol, atol=atol)), step_ts=ts
     )
     options: dict[str, Any] = {}
     if adjoint is not None:
