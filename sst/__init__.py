@@ -120,6 +120,7 @@ from ._solution import (
 from ._solution import (
     Trajectory as Trajectory,
 )
+from ._solve import EPS_MIN as EPS_MIN
 from ._solve import default_solver as default_solver
 from ._solve import solve as solve
 from ._timescales import (

@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ._model import AbstractModel
 from ._solution import Trajectory
-from ._solve import solve
+from ._solve import check_eps, solve
 from ._validate import check_times, is_traced, require_x64, show_progress
 
 BATCH_AXIS = "batch"
@@ -179,6 +179,9 @@ def solve_batch(
     - `solve_options`: passed to `sst.solve` (`solver`, `rtol`, `atol`, `max_steps`, ...);
       `throw` is not accepted: failures are reported per member.
 
+    Raises `ValueError` before compiling if any member's eps lies below `sst.EPS_MIN` (see
+    `sst.solve`, "Supported eps").
+
     **Returns:** a `Trajectory` whose arrays carry a leading batch axis `B` in the input order;
     `result[i]` (`success[i]`) and `valid[i]` say how member `i` ended and which rows are
     valid. Member `i` alone is `traj[i]`.
@@ -203,6 +206,7 @@ def solve_batch(
     members, shared_y0, size = _check_members(model, y0, parameters)
 
     eps_all = members.get("eps", np.full(size, float(model.eps)))
+    check_eps(eps_all)
     order = np.argsort(eps_all, kind="stable")
     n_dev = 1 if mesh is None else mesh.devices.size
     if group_size is None:

@@ -70,6 +70,14 @@ def solve(
     - `progress`: show a progress bar; it advances in `log t` (from the first positive save
       time), as the learning curve does.
 
+    **Supported eps:** `eps >= EPS_MIN` (1e-21), for which `solve` raises `ValueError` before
+    compiling when `eps` is concrete. With the default settings issue 12's reference problem
+    (degree-4 target, 32 particles, benchmarks/staircase.py) takes 77k steps at eps = 1e-21;
+    below, its learning phases take more than the default `max_steps` (1e-22 stops at
+    t = 1.3e-4, 1e-24 needs 219k steps, 1e-28 is still learning degree 4 after 400k). Higher
+    degrees need more steps at the same eps: a degree-6 target of the same kind exhausts the
+    default budget from eps ~ 1e-18 (pass a larger `max_steps`).
+
     **Returns:** a `Trajectory` whose `ys` are states of the model.
     """
     require_x64("sst.solve")
@@ -79,6 +87,7 @@ def solve(
             f"{type(model).__name__}."
         )
     max_steps = _check_options(solver, rtol, atol, dt0, max_steps, stepsize_controller)
+    check_eps(model.eps)
     if not is_traced(y0):
         model.check_state(y0)
     if not is_traced(ts):
@@ -177,6 +186,23 @@ class LogTimeProgressMeter(dfx.TqdmProgressMeter):
         span = jnp.log(self.t1 / self.t_min)
         log_progress = jnp.clip(jnp.log(jnp.maximum(t, self.t_min) / self.t_min) / span, 0, 1)
         return super().step(state, jnp.where(span > 0, log_progress, progress))
+
+
+#: The smallest eps `solve` and `solve_batch` accept (see `solve`, "Supported eps").
+EPS_MIN = 1e-21
+
+
+def check_eps(eps: Float[ArrayLike, ...]) -> None:
+    """Raise `ValueError` if a concrete `eps` (any shape) lies below the supported range."""
+    if is_traced(eps):
+        return
+    smallest = float(np.min(np.asarray(eps, dtype=float)))
+    if smallest < EPS_MIN:
+        raise ValueError(
+            f"eps = {smallest:.3g} is below the range sst supports, eps >= {EPS_MIN:g}: there "
+            "the learning phases need more steps than the default budget, or fail (see "
+            f"sst.solve, 'Supported eps'). Use eps >= {EPS_MIN:g}."
+        )
 
 
 def _result(result: dfx.RESULTS, model: AbstractModel, t0, y: PyTree[Array], args) -> RESULTS:
