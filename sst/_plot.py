@@ -177,7 +177,8 @@ def plot_scaling(
                 "--",
                 color=colour,
                 lw=1,
-                label=f"slope{log} {f.exponent:.3f} ± {f.stderr:.3f} (heuristic {f.heuristic:g})",
+                label=f"slope{log} {f.exponent:.3f} ± {f.stderr:.3f} (heuristic "
+                f"{_as_fraction(f.heuristic)})",
             )
     ax.set_xlabel(r"$\varepsilon$")
     ax.set_ylabel("half-learning time $t_k$")
@@ -185,6 +186,13 @@ def plot_scaling(
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def _as_fraction(x: float) -> str:
+    """`1/6` for 0.1666..., else `x` as `%g`: the heuristic exponents are 1/(2l)."""
+    if np.isfinite(x) and 0 < x < 1 and abs(1 / x - round(1 / x)) < 1e-9:
+        return f"1/{round(1 / x)}"
+    return f"{x:g}"
 
 
 def plot_ode_vs_network(ode: Trajectory, runs, mean_field=None, title=None, neurons: int = 4):
