@@ -27,6 +27,7 @@ import jax
 jax.config.update("jax_enable_x64", True)
 
 import numpy as np  # noqa: E402
+from _common import Record, device_header, print_result  # noqa: E402
 
 import sst  # noqa: E402
 import sst._solve  # noqa: E402
@@ -71,6 +72,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="every fourth decade and EPS_MIN")
     args = parser.parse_args()
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
+    print(device_header())
     decades = np.arange(8, int(round(-np.log10(sst.EPS_MIN))) + 1)
     if args.quick:
         decades = np.unique(np.concatenate([decades[::4], decades[-1:]]))
@@ -126,7 +129,7 @@ def main() -> None:
         "steps_per_decade": f"{slope:.0f}",
         "eps_min": f"{eps.min():g}",
     }
-    print("RESULT " + " ".join(f"{k}={v}" for k, v in fields.items()))
+    print_result(fields, record)
 
 
 if __name__ == "__main__":

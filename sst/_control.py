@@ -3,11 +3,11 @@
 diffrax's `PIDController` measures a step's local error `y_error` componentwise against
 `atol + rtol |y|` and takes an RMS norm. That is the right measure when every coordinate matters
 on its own scale, and the wrong one when the dynamics depends on a few large cancelling sums of
-the coordinates: at tiny eps the second-layer weights `a_i` of `MeanFieldODE` reach 1e8 while
-the Hermite moments `sum_i p_i a_i s_i^k`, which alone drive the dynamics and make the risk,
-stay O(1) (docs: solver). Each model therefore says how its step errors are measured
-(`AbstractModel.error_norm`, by default diffrax's measure), and `ModelErrorController` runs
-diffrax's PID step-size logic on that measure instead of its own.
+the coordinates: at tiny eps the second-layer weights `a_i` of `MeanFieldODE` reach 1e8 while the
+Hermite moments `sum_i p_i a_i s_i^k`, which drive the dynamics and make the risk, stay O(1)
+(docs: [error control][error-control]). Each model therefore says how its step errors are
+measured (`AbstractModel.error_norm`, by default diffrax's measure), and `ModelErrorController`
+runs diffrax's PID step-size logic on that measure instead of its own.
 """
 
 from __future__ import annotations

@@ -184,13 +184,13 @@ class MeanFieldODE(AbstractProblemModel):
         - the angles: `dtheta_i / (atol + rtol |theta_i|)`.
 
         The last two are diffrax's measure. They alone allow moment errors up to
-        `rtol sum_i p_i |a_i s_i^k|`, O(1) once the weights reach 1e8 at tiny eps while the
-        moments stay O(1); the first part holds the moments to the tolerance, or to their
-        rounding floor. The parts are weighted equally, so that the few residuals are not
-        outvoted by many particles. Dropping the weights' part takes 1.8x fewer steps at
-        eps = 1e-20 but leaves errors in `a` that do not change the moments uncontrolled: they
-        never decay and shift the learning times by 50 rtol (4e-6 at eps = 1e-20 for rtol 1e-8,
-        against 6e-8 with it).
+        `rtol sum_i p_i |a_i s_i^k|`, O(1) once the weights reach 1e8 at tiny eps while the moments
+        stay O(1); the first part holds the moments to the tolerance, or to their rounding floor
+        (docs: [error control][error-control]). The parts are weighted equally, so that the few
+        residuals are not outvoted by many particles. Dropping the weights' part takes 1.8x fewer
+        steps at eps = 1e-20 but leaves errors in `a` that do not change the moments
+        uncontrolled: they never decay and shift the learning times by ~50 rtol (4e-6 at
+        eps = 1e-20 for rtol 1e-8, against 6e-8 with it).
         """
         if not self.uses_moments:
             return super().error_norm(y0, y1, y_error, weights, rtol, atol)

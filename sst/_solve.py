@@ -70,13 +70,13 @@ def solve(
     - `progress`: show a progress bar; it advances in `log t` (from the first positive save
       time), as the learning curve does.
 
-    **Supported eps:** `eps >= EPS_MIN` (1e-21), for which `solve` raises `ValueError` before
-    compiling when `eps` is concrete. With the default settings issue 12's reference problem
-    (degree-4 target, 32 particles, benchmarks/staircase.py) takes 77k steps at eps = 1e-21;
-    below, its learning phases take more than the default `max_steps` (1e-22 stops at
-    t = 1.3e-4, 1e-24 needs 219k steps, 1e-28 is still learning degree 4 after 400k). Higher
-    degrees need more steps at the same eps: a degree-6 target of the same kind exhausts the
-    default budget from eps ~ 1e-18 (pass a larger `max_steps`).
+    **Supported eps:** `eps >= EPS_MIN` (1e-21); below it `solve` raises `ValueError` before
+    compiling when `eps` is concrete (docs: [limits][limits]). With the default settings issue 12's
+    reference problem (degree-4 target, 32 particles, benchmarks/staircase.py) takes 77k steps at
+    eps = 1e-21; below, its learning phases take more than the default `max_steps` (1e-22 stops at
+    t = 1.3e-4, 1e-24 needs 219k steps, 1e-28 is still learning degree 4 after 400k). Higher degrees
+    need more steps at the same eps: a degree-6 target of the same kind exhausts the default budget
+    from eps ~ 1e-18 (pass a larger `max_steps`).
 
     **Returns:** a `Trajectory` whose `ys` are states of the model.
     """
@@ -188,7 +188,8 @@ class LogTimeProgressMeter(dfx.TqdmProgressMeter):
         return super().step(state, jnp.where(span > 0, log_progress, progress))
 
 
-#: The smallest eps `solve` and `solve_batch` accept (see `solve`, "Supported eps").
+#: The smallest eps `solve` and `solve_batch` accept (see `solve`, "Supported eps"): the smallest
+#: decade at which issue 12's reference problem succeeds within the default step budget.
 EPS_MIN = 1e-21
 
 
