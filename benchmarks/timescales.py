@@ -21,8 +21,8 @@ import time
 
 from _common import Record, device_header, print_result
 
-from sst.cli import run, sweep_analysis
-from sst.config import RunConfig, read_toml
+from sst._cli import run, sweep_analysis
+from sst._config import RunConfig, read_toml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
@@ -40,7 +40,7 @@ def main() -> None:
     cli_out = out / "cli"
     start = time.perf_counter()
     subprocess.run(
-        [sys.executable, "-m", "sst.cli", "run", str(ROOT / "examples" / "quickstart.toml")]
+        [sys.executable, "-m", "sst._cli", "run", str(ROOT / "examples" / "quickstart.toml")]
         + ["--out", str(cli_out), "--no-progress"],
         check=True,
         capture_output=True,

@@ -12,8 +12,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
 import sst  # noqa: E402
-from sst.cli import main  # noqa: E402
-from sst.config import RunConfig  # noqa: E402
+from sst._cli import main  # noqa: E402
+from sst._config import RunConfig  # noqa: E402
 
 TERMS = [[[1, 0], 1.0], [[1, 1], 1.0]]
 

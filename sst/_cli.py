@@ -43,6 +43,7 @@ import numpy as np
 from jaxtyping import ArrayLike, Float
 from tqdm.auto import tqdm
 
+from ._config import RunConfig, read_toml
 from ._io import save_trajectory
 from ._multi_plot import learning_times_by_label, plot_learning_times, plot_monomials, plot_overlaps
 from ._plot import plot_particles, plot_risk, plot_scaling
@@ -56,7 +57,6 @@ from ._timescales import (
     learning_times,
     local_exponents,
 )
-from .config import RunConfig, read_toml
 
 _FRACTIONS = {"half": 0.5, "ninety": 0.9}
 
