@@ -143,10 +143,9 @@ def run_scipy(
 
 
 def reference(eps: float, y0) -> sst.Trajectory:
-    """1000x tighter tolerances, and the dense O(m^2) interaction with dense LU solves instead of
-    the moments and the Woodbury solves."""
+    """1000x tighter tolerances, and dense LU solves instead of the Woodbury solves."""
     return sst.solve(
-        sst.MeanFieldODE(problem(eps), interaction="dense"),
+        sst.WithDenseJacobian(sst.MeanFieldODE(problem(eps))),
         y0,
         TS,
         rtol=1e-11,

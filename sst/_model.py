@@ -11,7 +11,7 @@ import jax
 from jaxtyping import Array, Float, PyTree
 
 from ._control import scaled_rms_error
-from ._linear import AbstractJacobian
+from ._linear import AbstractJacobian, DenseJacobian
 
 State = TypeVar("State")
 
@@ -101,3 +101,55 @@ class AbstractModel(eqx.Module, Generic[State]):
         """`d state / dt`, the vector field carried from solver coordinates to the state."""
         y, args = self.split(state)
         return jax.jvp(lambda y: self.merge(y, args), (y,), (self(t, y, args),))[1]
+
+
+class WithDenseJacobian(AbstractModel[State]):
+    """`model` itself, but handing the solver its Jacobian dense (forward-mode autodiff, LU
+    solves) whatever structure the model declares: a reference for structured (Woodbury) solves
+    of the same vector field, or a fallback to compare against. O(n^3) per step.
+
+    **Fields:** `model`, the wrapped model (everything but `jacobian` is delegated to it).
+    """
+
+    model: AbstractModel[State]
+
+    def split(self, state):
+        return self.model.split(state)
+
+    def merge(self, y, args):
+        return self.model.merge(y, args)
+
+    def __call__(self, t, y, args):
+        return self.model(t, y, args)
+
+    def jacobian(self, t, y, args):
+        return DenseJacobian.of(self.model, t, y, args)
+
+    def risk(self, state):
+        return self.model.risk(state)
+
+    def residuals(self, state):
+        return self.model.residuals(state)
+
+    @property
+    def residual_labels(self):
+        return self.model.residual_labels
+
+    def check_state(self, state) -> None:
+        self.model.check_state(state)
+
+    @property
+    def eps(self):
+        return self.model.eps
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def with_parameters(self, **values):
+        return WithDenseJacobian(self.model.with_parameters(**values))
+
+    def error_norm(self, y0, y1, y_error, args, rtol, atol):
+        return self.model.error_norm(y0, y1, y_error, args, rtol, atol)
+
+    def rate(self, t, state):
+        return self.model.rate(t, state)
