@@ -28,8 +28,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._hermite import Hermite, _np_hermite_basis, hermite_basis
-from ._model import AbstractModel
-from ._problem import _powers
+from ._problem import AbstractProblemModel, _powers
 from ._validate import is_traced, require_x64
 
 MultiIndex = tuple[int, ...]
@@ -491,22 +490,11 @@ class MultiIndexProblem(eqx.Module):
         return MultiIndexProblem(target, activation, values.get("eps", self.eps), self.noise)
 
 
-class AbstractMultiIndexModel(AbstractModel):
+class AbstractMultiIndexModel(AbstractProblemModel):
     """A model of a `MultiIndexProblem`: its parameters are the problem's, its residuals
     `r_alpha` labelled by the multi-indices of degree up to the target's."""
 
     problem: eqx.AbstractVar[MultiIndexProblem]
-
-    @property
-    def eps(self):
-        return self.problem.eps
-
-    def parameters(self) -> dict[str, Array]:
-        p = self.problem
-        return {"eps": p.eps, "target": p.target.coeffs, "activation": p.activation.coeffs}
-
-    def with_parameters(self, **values):
-        return eqx.tree_at(lambda m: m.problem, self, self.problem.with_parameters(**values))
 
     @property
     def residual_labels(self) -> tuple[Hashable, ...]:
