@@ -2,36 +2,40 @@
 
 import json
 import pathlib
+import re
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from helpers import TS
 
 import sst
-import sst.cli
-from sst.cli import main
-from sst.config import RunConfig
+import sst._cli
+from sst._cli import main
+from sst._config import RunConfig
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-# Every run here has the same shapes (4 particles, 41 save times) so the solve compiles once.
+# Every run here is the cubic problem with the shapes and tolerances of the other test files'
+# mean-field solves (helpers: M = 8 particles, 41 save times, the default tolerances), so the
+# command's solves share their compilation.
 TINY = """
 model = "mean_field"
 [problem]
-target = [0.5, 1.0, 1.0]
+target = [0.5, 1.0, 1.0, 1.0]
 activation = [1.0, 1.0, 1.0, 1.0]
 eps = {eps}
 [init]
-particles = 4
+particles = 8
 law = "uniform"
 [times]
 t_min = 1e-5
 t_max = 10.0
 n_save = 40
 [solver]
-rtol = 1e-7
-atol = 1e-9
+rtol = 1e-8
+atol = 1e-10
 """
 
 
@@ -41,7 +45,15 @@ def _config(tmp_path, eps="1e-2", text=TINY) -> pathlib.Path:
     return path
 
 
-def test_run_round_trip(tmp_path):
+def test_run_round_trip(tmp_path, monkeypatch):
+    # The config's solver table reaches sst.solve (whatever its values).
+    real_solve, passed = sst._cli.solve, {}
+
+    def spy(*args, **kwargs):
+        passed.update(kwargs)
+        return real_solve(*args, **kwargs)
+
+    monkeypatch.setattr(sst._cli, "solve", spy)
     path = _config(tmp_path)
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
@@ -51,23 +63,37 @@ def test_run_round_trip(tmp_path):
         "risk.png",
         "particles.png",
     }
+    assert (passed["rtol"], passed["atol"], passed["max_steps"]) == (1e-8, 1e-10, 100_000)
     loaded = sst.load_trajectory(out / "trajectory.npz")
     config = RunConfig.from_file(path)
     model, y0, ts = config.build(1e-2)
-    direct = sst.solve(model, y0, ts, rtol=1e-7, atol=1e-9)
-    for name in ("ts", "a", "s", "weights", "risk", "residuals", "valid", "num_steps"):
-        np.testing.assert_array_equal(getattr(loaded, name), getattr(direct, name), err_msg=name)
-    assert loaded.Q is None and (loaded.rtol, loaded.atol) == (1e-7, 1e-9)
+    assert np.asarray(ts).shape == TS.shape
+    direct = real_solve(model, y0, ts, rtol=1e-8, atol=1e-10)
+    pairs = {
+        "ts": (loaded.ts, direct.ts),
+        "a": (loaded.ys.a, direct.ys.a),
+        "s": (loaded.ys.s, direct.ys.s),
+        "weights": (loaded.ys.weights, direct.ys.weights),
+        "risk": (loaded.risk, direct.risk),
+        "residuals": (loaded.residuals, direct.residuals),
+        "valid": (loaded.valid, direct.valid),
+        "num_steps": (loaded.stats["num_steps"], direct.stats["num_steps"]),
+    }
+    for name, (x, y) in pairs.items():
+        np.testing.assert_array_equal(x, y, err_msg=name)
+    assert isinstance(loaded.ys, sst.MeanFieldState) and loaded.result == sst.RESULTS.successful
+    assert (loaded.rtol, loaded.atol) == (1e-8, 1e-10)
 
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_risk"] == float(direct.risk[-1])
     for fraction, name in ((0.5, "half"), (0.9, "ninety")):
-        expected = sst.learning_times(direct.ts, direct.residuals, fraction)
+        expected = sst.learning_times(direct, fraction)
         # JSON has no NaN: a degree not learned by t_max is written as null.
-        written = [summary["learning_times"][str(k)][name] for k in range(3)]
+        written = [summary["learning_times"][str(k)][name] for k in range(4)]
         np.testing.assert_allclose(np.array(written, dtype=float), expected, rtol=1e-12)
-    assert summary["solver"]["num_steps"] == int(direct.num_steps)
+    assert summary["solver"]["num_steps"] == int(direct.stats["num_steps"])
     assert summary["solver"]["success"] is True
+    assert (summary["solver"]["rtol"], summary["solver"]["atol"]) == (1e-8, 1e-10)
     assert set(summary["versions"]) >= {"python", "sst", "jax", "diffrax"}
     assert RunConfig.from_dict(summary["config"]) == config
     assert summary["phases"][0]["kind"] == "plateau"
@@ -75,16 +101,24 @@ def test_run_round_trip(tmp_path):
 
 def test_sweep_fits_exponents(tmp_path):
     out = tmp_path / "out"
-    path = _config(tmp_path, eps="[1e-2, 1e-3]")
+    path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4]")
     assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
-    for eps in ("0.01", "0.001"):
+    for eps in ("0.01", "0.001", "0.0001"):
         assert (out / f"eps={eps}" / "summary.json").exists()
     result = json.loads((out / "sweep.json").read_text())
-    assert result["eps"] == [1e-2, 1e-3]
-    # Degree 0 is fitted by the fast layer alone: t_0 is proportional to eps (THEORY.md sec. 6).
+    assert result["eps"] == [1e-2, 1e-3, 1e-4]
+    # Degree 0 is fitted by the fast layer alone: t_0 is proportional to eps (docs: time scales).
     assert result["exponents"]["0"]["exponent"] == pytest.approx(1.0, abs=0.02)
     assert result["exponents"]["1"]["log_factor"] is True
     assert (out / "scaling.png").exists()
+
+
+def test_two_eps_are_swept_but_not_fitted(tmp_path, capsys):
+    # Two points give a slope without a standard error: fit_scalings needs three.
+    out = tmp_path / "out"
+    assert main(["sweep", str(_config(tmp_path, eps="[1e-2, 1e-3]")), "--out", str(out)]) == 0
+    assert json.loads((out / "sweep.json").read_text())["exponents"] == {}
+    assert "degree 0: not fitted (learned at fewer than 3 eps)" in capsys.readouterr().out
 
 
 def _sweep_json(out: pathlib.Path) -> dict:
@@ -120,7 +154,7 @@ def test_sharded_sweep_merges_to_the_one_process_sweep(tmp_path, capsys):
         assert merged["exponents"][k]["log_factor"] == fit["log_factor"]
         for field in ("exponent", "stderr"):
             assert merged["exponents"][k][field] == pytest.approx(fit[field], rel=1e-12)
-    # Independent of either path: t_0 is proportional to eps (THEORY.md section 6).
+    # Independent of either path: t_0 is proportional to eps (docs: time scales).
     assert merged["exponents"]["0"]["exponent"] == pytest.approx(1.0, abs=0.02)
     assert (shards / "scaling.png").exists()
     for eps in ("0.01", "0.001", "0.0001"):
@@ -130,8 +164,8 @@ def test_sharded_sweep_merges_to_the_one_process_sweep(tmp_path, capsys):
 
 
 def test_sweep_under_jax_distributed_takes_its_process_share(tmp_path, monkeypatch):
-    monkeypatch.setattr(sst.cli.jax, "process_index", lambda: 0)
-    monkeypatch.setattr(sst.cli.jax, "process_count", lambda: 2)
+    monkeypatch.setattr(sst._cli.jax, "process_index", lambda: 0)
+    monkeypatch.setattr(sst._cli.jax, "process_count", lambda: 2)
     out = tmp_path / "out"
     path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4, 1e-5]")
     assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
@@ -182,7 +216,7 @@ def test_merge_rejects_incomplete_or_mixed_folders(tmp_path, capsys, layout, mes
 
 
 def test_failed_member_keeps_earlier_files(tmp_path, monkeypatch, capsys):
-    real_solve = sst.cli.solve
+    real_solve = sst._cli.solve
     calls = []
 
     def failing_second(*args, **kwargs):
@@ -191,7 +225,7 @@ def test_failed_member_keeps_earlier_files(tmp_path, monkeypatch, capsys):
             raise RuntimeError("simulated solver crash")
         return real_solve(*args, **kwargs)
 
-    monkeypatch.setattr(sst.cli, "solve", failing_second)
+    monkeypatch.setattr(sst._cli, "solve", failing_second)
     out = tmp_path / "out"
     path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4]")
     assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 1
@@ -204,7 +238,7 @@ def test_failed_member_keeps_earlier_files(tmp_path, monkeypatch, capsys):
 
 
 def test_unsuccessful_solve_is_reported(tmp_path, capsys):
-    text = TINY.replace("atol = 1e-9", "atol = 1e-9\nmax_steps = 5")
+    text = TINY.replace("atol = 1e-10", "atol = 1e-10\nmax_steps = 5")
     out = tmp_path / "out"
     assert main(["run", str(_config(tmp_path, text=text)), "--out", str(out)]) == 1
     summary = json.loads((out / "summary.json").read_text())
@@ -240,7 +274,7 @@ def test_bad_config_names_key_and_allowed_values(change, named):
     }
     table, key, value = change
     (raw if table is None else raw[table])[key] = value
-    with pytest.raises(ValueError) as info:
+    with pytest.raises(ValueError, match=re.escape(named[0])) as info:
         RunConfig.from_dict(raw)
     for word in named:
         assert word in str(info.value)

@@ -1,16 +1,21 @@
+"""Differentiable functionals of a trajectory (risk_at, log_time_area, hitting_time,
+crossing_time): their values against closed forms and their definitions, their derivatives
+(reverse and forward mode through the solve) against central differences and closed forms."""
+
 import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import log_grid, synthetic_trajectory
 
 import sst
 
 # Tight tolerances: the derivative of the discrete solve and central differences of it then both
 # sit within ~1e-7 of the exact flow's derivative, far inside the 1e-5 being checked.
 RTOL, ATOL = 1e-9, 1e-11
-TS = jnp.concatenate([jnp.zeros(1), jnp.logspace(-5, 0.5, 111)])
+TS = log_grid(1e-5, 10**0.5, 110)
 Y0 = sst.quadrature_particles(4)
 LEVEL = 0.3
 # Parameters differentiated: eps, the target's degree-2 coefficient phi_2, the activation's
@@ -35,14 +40,23 @@ def _functionals(theta, adjoint=None):
 
 @functools.cache
 def _compiled():
-    forward = jax.jit(_functionals)
+    """Values and tangents in one compiled forward-mode function (the values for the central
+    differences too), and the reverse-mode Jacobian."""
+    forward_mode = sst.grad_adjoint("forward")
+
+    @jax.jit
+    def value_and_tangent(theta, direction):
+        return jax.jvp(lambda x: _functionals(x, forward_mode), (theta,), (direction,))
+
     reverse = jax.jit(jax.jacrev(lambda x: _functionals(x, sst.grad_adjoint("reverse"))))
 
-    def tangent(theta, direction):
-        forward_mode = sst.grad_adjoint("forward")
-        return jax.jvp(lambda x: _functionals(x, forward_mode), (theta,), (direction,))[1]
+    def forward(theta):
+        return value_and_tangent(theta, jnp.zeros_like(theta))[0]
 
-    return forward, reverse, jax.jit(tangent)
+    def tangent(theta, direction):
+        return value_and_tangent(theta, direction)[1]
+
+    return forward, reverse, tangent
 
 
 def _theta(eps):
@@ -82,7 +96,7 @@ def _relaxation(eps, saves=801):
     # Degree 0 only: r_0(t) = r0 exp(-sigma0^2 t / eps) and risk = r_0^2 / 2 (closed form),
     # whatever the overlaps, which then stay put.
     model = sst.MeanFieldODE(sst.Problem(sst.Hermite([0.7]), sst.Hermite([1.3]), eps=eps))
-    ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-4, 0, saves)])
+    ts = log_grid(1e-4, 1.0, saves)
     y0 = sst.MeanFieldState([-0.5, 0.5], [0.3, -0.2])
     return model, sst.solve(model, y0, ts)
 
@@ -91,16 +105,17 @@ def test_hitting_time_and_its_eps_derivative_match_the_closed_form():
     eps, level, r0, sigma0 = 1e-2, 1e-3, 0.7, 1.3
     exact = eps / (2 * sigma0**2) * np.log(r0**2 / (2 * level))
 
-    def hit(e, cubic):
+    def hit(e):
+        # Both interpolants from one solve (and one compilation).
         model, traj = _relaxation(e, saves=201)
-        return sst.hitting_time(traj, level, model if cubic else None)
+        both = jnp.stack([sst.hitting_time(traj, level, model), sst.hitting_time(traj, level)])
+        return both, both
 
+    (dt_deps, dt_lin), (t_hit, t_lin) = jax.jit(jax.jacrev(hit, has_aux=True))(eps)
     # Cubic Hermite with exact rates, saves 0.046 apart in log t: O(h^4) location error.
-    t_hit, dt_deps = jax.value_and_grad(hit)(eps, True)
     np.testing.assert_allclose(t_hit, exact, rtol=1e-6)
     np.testing.assert_allclose(dt_deps, exact / eps, rtol=1e-5)
     # The linear interpolant is second-order in the location, first-order in the derivative.
-    t_lin, dt_lin = jax.value_and_grad(hit)(eps, False)
     np.testing.assert_allclose(t_lin, exact, rtol=5e-3)
     np.testing.assert_allclose(dt_lin, exact / eps, rtol=1e-1)
 
@@ -121,3 +136,48 @@ def test_functionals_agree_with_their_definitions_on_a_trajectory():
     fine = np.logspace(-4, 0, 200_001)
     exact = np.trapezoid(0.5 * 0.49 * np.exp(-2 * fine / tau), np.log(fine))
     np.testing.assert_allclose(sst.log_time_area(traj), exact, rtol=1e-4)
+
+
+def _log_crossing(ts, values, level):
+    """The first crossing of `level`, linear in log t between saves (in t from t = 0): numpy."""
+    j = int(np.argmax(values <= level))
+    x = (values[j - 1] - level) / (values[j - 1] - values[j])
+    if ts[j - 1] == 0:
+        return ts[j - 1] + x * (ts[j] - ts[j - 1])
+    return float(np.exp(np.log(ts[j - 1]) + x * (np.log(ts[j]) - np.log(ts[j - 1]))))
+
+
+def test_crossing_time_interpolates_in_log_time():
+    ts = log_grid(1e-3, 10.0, 16)
+    values = np.exp(-ts)
+    for level in (0.9, 0.5, 1e-3):
+        t = sst.crossing_time(ts, values, level)
+        assert isinstance(t, jax.Array) and t.shape == ()
+        np.testing.assert_allclose(t, _log_crossing(ts, values, level), rtol=1e-13)
+        if level > 0.1:  # where exp(-t) is smooth on the grid's scale (0.2 decades)
+            np.testing.assert_allclose(t, -np.log(level), rtol=0.05)
+    # From the save at t = 0 the interpolation is in t.
+    first = 0.5 * (values[0] + values[1])
+    np.testing.assert_allclose(sst.crossing_time(ts, values, first), 0.5 * ts[1], rtol=1e-13)
+    assert float(sst.crossing_time(ts, values, 2.0)) == ts[0]  # starts below the level
+    assert np.isnan(float(sst.crossing_time(ts, values, -1.0)))  # never reaches it
+
+
+def test_crossing_time_is_differentiable_in_the_level():
+    # t* = exp(u0 + x du), x = (v0 - level) / (v0 - v1): dt*/dlevel = -t* du / (v0 - v1).
+    ts = log_grid(1e-3, 10.0, 16)
+    values = np.exp(-ts)
+    level = 0.5
+    t, slope = jax.value_and_grad(lambda lv: sst.crossing_time(ts, values, lv))(level)
+    j = int(np.argmax(values <= level))
+    du = np.log(ts[j]) - np.log(ts[j - 1])
+    np.testing.assert_allclose(slope, -float(t) * du / (values[j - 1] - values[j]), rtol=1e-12)
+
+
+def test_functionals_need_a_single_trajectory():
+    traj = synthetic_trajectory(log_grid(1e-3, 1.0, 10), np.ones((11, 2)))
+    batch = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), traj)
+    with pytest.raises(ValueError, match="hitting_time needs a single trajectory"):
+        sst.hitting_time(batch, 0.1)
+    with pytest.raises(ValueError, match="mode must be 'reverse' or 'forward'"):
+        sst.grad_adjoint("sideways")

@@ -1,14 +1,24 @@
 """Figures build, carry the expected artists, and show exactly the data they were given."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from helpers import TRAIN_TS, cubic_problem, random_network, small_problem, synthetic_trajectory
 
 import sst
-from sst.plot import plot_particles, plot_risk, plot_scaling
-from sst.timescales import detect_phases, fit_scalings, learning_times
+from sst import (
+    detect_phases,
+    fit_scalings,
+    learning_times,
+    plot_ode_vs_network,
+    plot_particles,
+    plot_risk,
+    plot_scaling,
+)
 
 
 @pytest.fixture(scope="module")
@@ -25,21 +35,9 @@ def synthetic() -> sst.Trajectory:
     s = np.tanh(ts[:, None] * a0[None, :])
     valid = np.ones(ts.size, bool)
     valid[-1] = False
-    return sst.Trajectory(
-        ts=jnp.asarray(ts),
-        a=jnp.asarray(a),
-        s=jnp.asarray(s),
-        Q=None,
-        weights=jnp.full(m, 1 / m),
-        risk=jnp.asarray(risk),
-        residuals=jnp.asarray(r),
-        valid=jnp.asarray(valid),
-        success=jnp.asarray(False),
-        num_steps=jnp.asarray(1),
-        num_accepted_steps=jnp.asarray(1),
-        num_rejected_steps=jnp.asarray(0),
-        rtol=1e-8,
-        atol=1e-10,
+    ys = sst.MeanFieldState(a, s, np.full(a.shape, 1 / m))
+    return synthetic_trajectory(
+        ts, r, risk, ys=ys, valid=valid, result=sst.RESULTS.max_steps_reached
     )
 
 
@@ -56,12 +54,18 @@ def test_plot_risk_shows_the_inputs(synthetic):
         np.testing.assert_array_equal(lines[f"$r_{{{k}}}^2/2$"].get_ydata(), 0.5 * r[:, k] ** 2)
     # One dotted vertical line per half-learning time, at the known times.
     vlines = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
-    np.testing.assert_allclose(vlines, learning_times(ts, r, 0.5), rtol=1e-12)
+    np.testing.assert_allclose(vlines, learning_times(synthetic, 0.5), rtol=1e-12)
     np.testing.assert_allclose(vlines, [1e-5, 1e-2, 0.3], rtol=1e-3)
+    for k in range(3):
+        assert f"$t_{{{k}}}$ half learned" in lines
     spans = ax.patches  # axvspan of each drop
-    drops = [p for p in detect_phases(ts, np.asarray(synthetic.risk)[keep]) if p.kind == "drop"]
+    drops = [p for p in detect_phases(synthetic) if p.kind == "drop"]
     assert len(spans) == len(drops) == 3
     assert "rtol=1e-08" in ax.get_title()
+    # Every valid point of every drawn curve is in the vertical range.
+    drawn = np.concatenate([np.asarray(synthetic.risk)[keep], 0.5 * r.ravel() ** 2])
+    low, high = ax.get_ylim()
+    assert low <= drawn[drawn > 0].min() and drawn.max() <= high
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
     plt.close(fig)
 
@@ -78,8 +82,8 @@ def test_plot_particles_one_line_per_particle(synthetic):
     fig = plot_particles(synthetic)
     plane, time_ax, colourbar = fig.axes
     valid = np.asarray(synthetic.valid)
-    a = np.asarray(synthetic.a)[valid]
-    s = np.asarray(synthetic.s)[valid]
+    a = np.asarray(synthetic.ys.a)[valid]
+    s = np.asarray(synthetic.ys.s)[valid]
     paths = [line for line in plane.get_lines() if line.get_label() != "final"]
     assert len(paths) == a.shape[1] and len(time_ax.get_lines()) == a.shape[1]
     for i, line in enumerate(paths):
@@ -130,4 +134,69 @@ def test_plot_risk_sums_high_degrees(synthetic):
     np.testing.assert_allclose(
         lines["$\\sum_{k>2} r_k^2/2$"].get_ydata(), 0.5 * np.sum(wide[keep, 3:] ** 2, axis=1)
     )
+    plt.close(fig)
+
+
+def test_plot_risk_names_the_problem_and_refuses_empty_curves(synthetic):
+    model = sst.MeanFieldODE(cubic_problem())
+    fig = plot_risk(synthetic, model=model)
+    title = fig.axes[0].get_title()
+    assert str(model.problem) in title and "rtol=1e-08" in title
+    plt.close(fig)
+    valid = np.zeros(synthetic.ts.shape, bool)
+    valid[:2] = True  # t = 0 and one save: nothing to draw on a log axis
+    cut = eqx.tree_at(lambda t: t.valid, synthetic, jnp.asarray(valid))
+    with pytest.raises(ValueError, match="Nothing to draw on a log time axis"):
+        plot_risk(cut)
+    batch = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), synthetic)
+    with pytest.raises(ValueError, match="plot_particles needs a single trajectory"):
+        plot_particles(batch)
+
+
+def test_plot_ode_vs_network_shows_the_runs(finite_dim_reference):
+    init = random_network()
+    runs = [
+        sst.train(small_problem(), init, TRAIN_TS, eta=eta, estimator=estimator, key=key)
+        for eta, estimator, key in (
+            (1e-2, sst.PopulationGradient(), None),
+            (5e-3, sst.OnlineSGD(16), jax.random.key(0)),  # as in test_train
+        )
+    ]
+    mean_field = synthetic_trajectory(TRAIN_TS, np.ones((5, 1)), np.linspace(1.0, 0.5, 5))
+    fig = plot_ode_vs_network(finite_dim_reference, runs, mean_field, title="ode vs network")
+    ax_r, ax_s = fig.axes
+    lines = {line.get_label(): line for line in ax_r.get_lines()}
+    np.testing.assert_array_equal(lines["FiniteDimODE"].get_ydata(), finite_dim_reference.risk)
+    np.testing.assert_array_equal(lines["MeanFieldODE"].get_ydata(), mean_field.risk)
+    np.testing.assert_array_equal(lines["PopulationGradient, eta=0.01"].get_ydata(), runs[0].risk)
+    np.testing.assert_array_equal(lines["OnlineSGD, eta=0.005"].get_ydata(), runs[1].risk)
+    # Right: each neuron's overlap, the ODE solid and the run with the smallest step dotted.
+    solid = [line for line in ax_s.get_lines() if line.get_linestyle() == "-"]
+    dotted = [line for line in ax_s.get_lines() if line.get_linestyle() == ":"]
+    assert len(solid) == len(dotted) == 4
+    for i in range(4):
+        np.testing.assert_array_equal(solid[i].get_ydata(), finite_dim_reference.ys.s[:, i])
+        np.testing.assert_array_equal(dotted[i].get_ydata(), runs[1].ys.s[:, i])
+    assert "eta=0.005" in ax_s.get_ylabel() and fig._suptitle.get_text() == "ode vs network"
+    plt.close(fig)
+
+
+# Issue 12: error control and solves at tiny eps.
+
+matplotlib.use("Agg")
+
+
+import sst  # noqa: E402
+
+
+def test_plot_scaling_labels_the_heuristic_of_degrees_3_and_4():
+    eps = np.logspace(-8, -20, 5)
+    times = np.stack([np.full(5, np.nan)] + [eps ** (1 / (2 * k)) for k in range(1, 5)], axis=1)
+    times[:, 1] *= np.log(1 / eps)
+    fits = sst.fit_scalings(eps, times)
+    fig = sst.plot_scaling(eps, times, fits)
+    labels = [line.get_label() for line in fig.axes[0].get_lines()]
+    for k, fraction in ((1, "1/2"), (2, "1/4"), (3, "1/6"), (4, "1/8")):
+        np.testing.assert_allclose(fits[k].exponent, 1 / (2 * k), atol=1e-12)
+        assert any(f"heuristic {fraction})" in label for label in labels), labels
     plt.close(fig)

@@ -1,115 +1,122 @@
+"""Rodas4: order of the solution and of its dense output, L-stability, the tableau's checks, the
+structured (Woodbury) and dense Jacobians giving the same trajectory."""
+
+import dataclasses
+
 import diffrax as dfx
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.flatten_util import ravel_pytree
+from helpers import STIFF_TS, FieldModel, cubic_problem, particles
 
 import sst
-from sst.rosenbrock import _gauss_jordan_inverse
 
 
-def _fixed_step_error(field, y0, t1, exact, n_steps):
-    sol = dfx.diffeqsolve(
-        dfx.ODETerm(field),
-        sst.Rodas4(),
-        0.0,
-        t1,
-        t1 / n_steps,
-        y0,
-        stepsize_controller=dfx.ConstantStepSize(),
-        max_steps=n_steps + 1,
-    )
-    return float(jnp.max(jnp.abs(sol.ys[-1] - exact)))
-
-
-def test_rodas4_is_fourth_order_on_a_nonlinear_problem():
+def _nonlinear(t, y, args):
     # y' = -y^2, y(0) = 1 has y = 1 / (1 + t); the non-autonomous z' = -z + cos t + sin t,
     # z(0) = 1, has z = sin t + exp(-t) and exercises the df/dt terms of the stages.
-    def field(t, y, args):
-        return jnp.stack([-(y[0] ** 2), -y[1] + jnp.cos(t) + jnp.sin(t)])
+    return jnp.stack([-(y[0] ** 2), -y[1] + jnp.cos(t) + jnp.sin(t)])
 
-    t1 = 2.0
-    exact = jnp.array([1 / (1 + t1), jnp.sin(t1) + jnp.exp(-t1)])
-    errors = [_fixed_step_error(field, jnp.array([1.0, 1.0]), t1, exact, n) for n in (10, 20, 40)]
-    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
-    assert np.all((orders > 3.7) & (orders < 4.6)), (errors, orders)
+
+def _nonlinear_exact(t):
+    return np.stack([1 / (1 + t), np.sin(t) + np.exp(-t)], axis=-1)
+
+
+def _fixed_steps(model, y0, ts, n_steps, max_steps=100):
+    """Rodas4 with n_steps constant steps on [ts[0], ts[-1]], saved at ts (the step is traced,
+    so that every n_steps shares one compilation)."""
+    ts = jnp.asarray(ts)
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(model),
+        sst.Rodas4(),
+        ts[0],
+        ts[-1],
+        (ts[-1] - ts[0]) / n_steps,
+        y0,
+        saveat=dfx.SaveAt(ts=ts),
+        stepsize_controller=dfx.ConstantStepSize(),
+        max_steps=max_steps,
+    )
+    assert int(sol.stats["num_steps"]) == n_steps
+    return np.asarray(sol.ys)
+
+
+def test_rodas4_and_its_dense_output_are_fourth_order_on_a_nonlinear_problem():
+    # Saves at the midpoints of the 10 coarse steps on [0, 2], and at t = 2. With 10, 30 and 90
+    # steps these stay midpoints of steps (tripling the steps splits each step in three), so the
+    # saved values there come from the dense output at theta = 1/2. A third-order dense output
+    # (local error O(h^4)) keeps the global error there at fourth order: a factor 3^4 per
+    # tripling. The linear interpolation Rodas4 had before gave order 2 there (measured 2.00).
+    mid = np.arange(0.1, 2.0, 0.2)
+    ts = np.concatenate([[0.0], mid, [2.0]])
+    model = FieldModel(_nonlinear)
+    errors = []
+    for n in (10, 30, 90):
+        ys = _fixed_steps(model, jnp.array([1.0, 1.0]), ts, n)
+        error = np.max(np.abs(ys - _nonlinear_exact(ts)), axis=1)
+        errors.append((error[1:-1].max(), error[-1]))
+    errors = np.array(errors)
+    orders = np.log(errors[:-1] / errors[1:]) / np.log(3.0)
+    between, at_steps = orders[:, 0], orders[:, 1]
+    assert np.all((at_steps > 3.7) & (at_steps < 4.6)), (errors, orders)
+    assert np.all((between > 3.5) & (between < 4.6)), (errors, orders)
+    assert errors[-1, 0] < 1e-8, errors
 
 
 def test_rodas4_is_stable_and_accurate_on_a_very_stiff_problem():
     # Prothero-Robinson: y' = lam (y - sin t) + cos t, y(0) = 0, exact y = sin t, lam = -1e10.
-    # An L-stable, stiffly accurate method stays on sin t with steps 1e9 times 1/|lam|.
+    # An L-stable, stiffly accurate method stays on sin t with steps 1e9 times 1/|lam|, at the
+    # steps and between them.
     def field(t, y, args):
         return -1e10 * (y - jnp.sin(t)) + jnp.cos(t)
 
-    err = _fixed_step_error(field, jnp.array([0.0]), 1.0, jnp.sin(1.0), 20)
+    ts = np.linspace(0.0, 1.0, 41)
+    ys = _fixed_steps(FieldModel(field), jnp.array([0.0]), ts, 20)
+    err = np.max(np.abs(ys[:, 0] - np.sin(ts)))
     assert err < 1e-8, err
 
 
-def _random_particles(key, m):
-    ka, kt, kw = jax.random.split(key, 3)
-    w = jax.random.uniform(kw, (m,), minval=0.1, maxval=1.0)
-    return (
-        (jax.random.normal(ka, (m,)) * 3, jax.random.uniform(kt, (m,), minval=-1.2, maxval=1.2)),
-        w / w.sum(),
-    )
+def test_rosenbrock_needs_an_sst_model():
+    with pytest.raises(ValueError, match="Rosenbrock solvers need diffrax.ODETerm\\(model\\)"):
+        dfx.diffeqsolve(
+            dfx.ODETerm(lambda t, y, args: -y), sst.Rodas4(), 0.0, 1.0, 0.1, jnp.array([1.0])
+        )
+
+
+def test_rodas4_tableau_is_stiffly_accurate():
+    tab = sst.RODAS4
+    assert sst.Rodas4.tableau is tab and tab.stages == 6
+    # y1 is the last stage's input plus its increment, and the error estimate is that increment.
+    assert tab.b == (*tab.a[-1], 1.0)
+    assert tab.e == (0.0,) * 5 + (1.0,)
+    assert tab.c[-1] == tab.c[-2] == 1.0
+    assert (tab.order, tab.error_order) == (4, 4)
 
 
 @pytest.mark.parametrize(
-    "activation", [[1.0, 1.0, 1.0, 1.0], [0.3, 1.0, -0.5, 0.8, 0.2, 0.1, -0.3, 0.2, 0.1]]
+    "change, match",
+    [
+        (dict(a=sst.RODAS4.a[:-1]), "a and C with rows of 0, 1, ..., s-1 entries"),
+        (dict(C=((),) + sst.RODAS4.C[2:] + ((1.0,),)), "a and C with rows"),
+        (dict(b=sst.RODAS4.b[:-1]), "gammas, b, e and both dense rows of s entries"),
+        (dict(gammas=(*sst.RODAS4.gammas, 0.0)), "gammas, b, e and both dense rows"),
+        (dict(dense=(sst.RODAS4.dense[0], sst.RODAS4.dense[1][:3])), "both dense rows"),
+        (dict(gamma=0.0), "gamma > 0"),
+        (dict(gamma=-0.25), "gamma > 0"),
+    ],
+    ids=["a-rows", "C-rows", "b", "gammas", "dense", "gamma-zero", "gamma-negative"],
 )
-@pytest.mark.parametrize("eps", [1e-2, 1e-10])
-def test_woodbury_solve_equals_dense_solve(activation, eps):
-    model = sst.MeanFieldODE(
-        sst.Problem(sst.Hermite([0.5, 1.0, 1.0, 1.0]), sst.Hermite(activation), eps)
-    )
-    y, weights = _random_particles(jax.random.PRNGKey(4), 7)
-    flat, unravel = ravel_pytree(y)
-    J = jax.jacfwd(lambda f: ravel_pytree(model.vector_field(0.0, unravel(f), weights))[0])(flat)
-    b = jax.random.normal(jax.random.PRNGKey(5), flat.shape)
-    parts = model.particle_jacobian(y, weights)
-    for c in (0.7, 1e3, 1e12):
-        M = c * jnp.eye(flat.shape[0]) - J
-        np.testing.assert_allclose(parts.shifted_matvec(c, b), M @ b, rtol=1e-12, atol=1e-12)
-        factor = parts.shifted_solver(c)
-        # The transpose solve is what reverse-mode differentiation of a step uses.
-        for matrix, x in ((M, factor.solve(b)), (M.T, factor.transpose_solve(b))):
-            # Backward error: x solves a system within roundoff of matrix x = b.
-            norm = jnp.linalg.norm(matrix, ord=jnp.inf)
-            scale = norm * jnp.max(jnp.abs(x)) + jnp.max(jnp.abs(b))
-            assert float(jnp.max(jnp.abs(matrix @ x - b)) / scale) < 1e-12
-            if jnp.linalg.cond(matrix) < 1e8:
-                np.testing.assert_allclose(x, jnp.linalg.solve(matrix, b), rtol=1e-8)
+def test_malformed_tableau_raises(change, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(sst.RODAS4, **change)
 
 
-def test_gauss_jordan_inverse_pivots():
-    # A zero (and a tiny) leading pivot break elimination without row exchanges.
-    swap = jnp.array([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [4.0, 5.0, 0.0]])
-    tiny = jnp.array([[1e-14, 1.0], [1.0, 1.0]])
-    random = jax.random.normal(jax.random.PRNGKey(3), (6, 6))
-    for M in (swap, tiny, random):
-        inv = _gauss_jordan_inverse(M)
-        np.testing.assert_allclose(inv @ M, jnp.eye(M.shape[0]), atol=1e-12)
-
-
-def test_dense_interaction_has_no_particle_structure():
-    model = sst.MeanFieldODE(sst.Problem(sst.Hermite([1.0, 1.0]), sst.relu(), 1e-3))
-    y, weights = _random_particles(jax.random.PRNGKey(0), 3)
-    assert model.particle_jacobian(y, weights) is None
-
-
-def test_structured_and_dense_rodas_give_the_same_trajectory():
-    problem = sst.Problem(
-        sst.Hermite([0.5, 1.0, 1.0, 1.0]), sst.Hermite([1.0, 1.0, 1.0, 1.0]), 1e-6
-    )
-    ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-9, 0, 19)])
-    y0 = sst.quadrature_particles(6)
-    fast = sst.solve(sst.MeanFieldODE(problem), y0, ts, solver=sst.Rodas4("auto"))
-    dense = sst.solve(sst.MeanFieldODE(problem), y0, ts, solver=sst.Rodas4("dense"))
+def test_structured_and_dense_jacobians_give_the_same_trajectory():
+    # interaction="dense" hands Rodas4 a DenseJacobian (LU, and the O(m^2) vector field); the
+    # default a ParticleJacobian (Woodbury solves of the moment path).
+    problem = cubic_problem(1e-6)
+    y0 = particles()
+    fast = sst.solve(sst.MeanFieldODE(problem), y0, STIFF_TS)
+    dense = sst.solve(sst.MeanFieldODE(problem, interaction="dense"), y0, STIFF_TS)
     np.testing.assert_allclose(fast.risk, dense.risk, rtol=1e-7, atol=1e-12)
-    np.testing.assert_allclose(fast.s, dense.s, atol=1e-8)
-
-
-def test_bad_linear_solver_raises():
-    with pytest.raises(ValueError, match="linear_solver"):
-        sst.Rodas4("woodbury-please")
+    np.testing.assert_allclose(fast.ys.s, dense.ys.s, atol=1e-8)

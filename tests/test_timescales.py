@@ -1,14 +1,17 @@
 """Learning times, phases and exponent fits against synthetic curves with known answers."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import synthetic_trajectory
 
 import sst
-from sst.timescales import (
-    HEURISTIC_EXPONENTS,
+from sst import (
     detect_phases,
     fit_exponent,
     fit_scalings,
+    heuristic_exponent,
     learning_times,
     local_exponents,
 )
@@ -26,8 +29,10 @@ def test_learning_times_of_known_sigmoids():
     r0 = np.array([0.7, 1.0, 2.0])
     r = np.sqrt(np.stack([_sigmoid_r2(TS, r0[k], t_known[k]) for k in range(3)], axis=1))
     r = np.concatenate([r, np.zeros((TS.size, 1))], axis=1)  # degree 3 absent from the target
-    half = learning_times(TS, r, 0.5)
-    ninety = learning_times(TS, r, 0.9)
+    traj = synthetic_trajectory(TS, r)
+    half = learning_times(traj, 0.5)
+    ninety = learning_times(traj, 0.9)
+    assert isinstance(half, np.ndarray) and half.shape == (4,)
     np.testing.assert_allclose(half[:3], t_known, rtol=1e-4)
     np.testing.assert_allclose(ninety[:3], t_known * 9 ** (1 / 3), rtol=1e-4)
     assert np.isnan(half[3]) and np.isnan(ninety[3])
@@ -42,11 +47,36 @@ def test_learning_time_nan_when_not_learned_or_only_rounding():
         ],
         axis=1,
     )
-    half = learning_times(TS, r, 0.5)
+    traj = synthetic_trajectory(TS, r)
+    half = learning_times(traj, 0.5)
     assert np.isnan(half[0]) and np.isnan(half[1])
     np.testing.assert_allclose(half[2], 1e-2, rtol=1e-4)
-    with pytest.raises(ValueError, match="fraction"):
-        learning_times(TS, r, 1.0)
+    with pytest.raises(ValueError, match="fraction must lie strictly between 0 and 1"):
+        learning_times(traj, 1.0)
+
+
+def test_learning_times_read_only_valid_saves():
+    # After a failure the rows are NaN and masked: a component learned only in the masked part
+    # is not learned.
+    r = np.sqrt(np.stack([_sigmoid_r2(TS, 1.0, 1e-6), _sigmoid_r2(TS, 1.0, 1.0)], axis=1))
+    valid = TS < 1e-2
+    r[~valid] = np.nan
+    traj = synthetic_trajectory(TS, r, valid=valid, result=sst.RESULTS.max_steps_reached)
+    half = learning_times(traj, 0.5)
+    np.testing.assert_allclose(half[0], 1e-6, rtol=1e-4)
+    assert np.isnan(half[1])
+    none = synthetic_trajectory(TS, r, valid=np.zeros(TS.size, bool))
+    assert np.all(np.isnan(learning_times(none, 0.5)))
+
+
+def test_analysis_needs_one_trajectory():
+    traj = synthetic_trajectory(TS, np.ones((TS.size, 2)))
+    batch = jax.tree_util.tree_map(lambda x: jnp.stack([x, x]), traj)
+    for fn in (learning_times, detect_phases):
+        with pytest.raises(ValueError, match="needs a single trajectory, got a batch of 2"):
+            fn(batch)
+        with pytest.raises(ValueError, match="needs an sst.Trajectory"):
+            fn(np.ones(3))
 
 
 def _staircase(ts, drops, times, p=4.0):
@@ -57,7 +87,7 @@ def test_detect_phases_finds_the_staircase():
     times = [1e-6, 1e-3, 1e-1]
     drops = [0.1, 0.5, 0.5]
     risk = _staircase(TS, drops, times)
-    phases = detect_phases(TS, risk)
+    phases = detect_phases(synthetic_trajectory(TS, np.ones((TS.size, 1)), risk))
     assert [p.kind for p in phases] == ["plateau", "drop"] * 3 + ["plateau"]
     found = [p for p in phases if p.kind == "drop"]
     assert len(found) == 3
@@ -72,13 +102,21 @@ def test_detect_phases_finds_the_staircase():
         assert before.t_end == after.t_start and before.kind != after.kind
 
 
+def _curve(risk, ts=TS, **kwargs):
+    return synthetic_trajectory(ts, np.ones((ts.size, 1)), risk, **kwargs)
+
+
 def test_detect_phases_merges_close_drops_and_flat_curve():
     risk = _staircase(TS, [0.5, 0.5], [1e-3, 1.5e-3])
-    assert [p.kind for p in detect_phases(TS, risk)] == ["plateau", "drop", "plateau"]
-    flat = detect_phases(TS, np.ones_like(TS))
+    assert [p.kind for p in detect_phases(_curve(risk))] == ["plateau", "drop", "plateau"]
+    flat = detect_phases(_curve(np.ones_like(TS)))
     assert [p.kind for p in flat] == ["plateau"]
-    with pytest.raises(ValueError, match="same length"):
-        detect_phases(TS, np.ones(3))
+    assert detect_phases(_curve(np.ones(3), ts=np.array([0.0, 1.0, 2.0]))) == []
+    # Only the valid part of a failed run counts: the staircase cut after its first drop.
+    valid = TS < 1e-2
+    cut = detect_phases(_curve(np.where(valid, risk, np.nan), valid=valid))
+    assert [p.kind for p in cut] == ["plateau", "drop", "plateau"]
+    assert cut[-1].t_end == TS[valid][-1]
 
 
 def test_fit_exponent_recovers_exact_power_laws():
@@ -131,29 +169,23 @@ def test_fit_scalings_attaches_heuristics_and_log_factor():
     fits = fit_scalings(eps, times)
     assert sorted(fits) == [0, 1, 2]
     for k in range(3):
-        assert fits[k].exponent == pytest.approx(HEURISTIC_EXPONENTS[k], abs=1e-12)
-        assert fits[k].heuristic == HEURISTIC_EXPONENTS[k]
+        assert fits[k].exponent == pytest.approx(heuristic_exponent(k), abs=1e-12)
+        assert fits[k].heuristic == heuristic_exponent(k)
         assert fits[k].log_factor == (k == 1)
 
 
-def test_residuals_are_hermite_projections_for_relu():
-    # For a closed-form activation the residuals must still be the Hermite projections of
-    # phi - f on h_k(<u*, x>): check against 2-d Gauss-Hermite quadrature of the network.
-    problem = sst.Problem(sst.Hermite([0.2, 1.0, 0.5, 0.3]), sst.relu(), eps=1e-2)
-    state = sst.MeanFieldState(
-        np.array([0.7, -1.2, 0.4]), np.array([0.3, -0.6, 0.9]), np.array([0.5, 0.3, 0.2])
-    )
-    x, w = np.polynomial.hermite_e.hermegauss(120)
-    w = w / w.sum()
-    z, v = np.meshgrid(x, x, indexing="ij")  # z = <u*, x>, v = the orthogonal direction
-    ww = np.outer(w, w)
-    a, s, p = (np.asarray(t) for t in (state.a, state.s, state.weights))
-    f = sum(p[i] * a[i] * np.maximum(s[i] * z + np.sqrt(1 - s[i] ** 2) * v, 0) for i in range(3))
-    basis = np.asarray(sst.hermite_basis(z, 3))
-    projection = np.einsum("ij,ij,ijk->k", ww, f, basis)
-    expected = np.asarray(problem.target.coeffs) - projection
-    residuals = sst.MeanFieldODE(problem).residuals(state)
-    np.testing.assert_allclose(residuals, expected, atol=1e-4)  # quadrature error ~3e-5
+def test_heuristic_exponents():
+    assert [heuristic_exponent(k) for k in range(5)] == [1.0, 0.5, 0.25, 1 / 6, 0.125]
+
+
+def test_fit_scalings_needs_three_learned_points():
+    # Two points give a slope without a standard error: such a degree is left out.
+    eps = np.logspace(-2, -6, 5)
+    times = np.stack([0.3 * eps, 2 * eps**0.25], axis=1)
+    times[2:, 1] = np.nan
+    assert sorted(fit_scalings(eps, times)) == [0]
+    with pytest.raises(ValueError, match=r"times must have shape \(len\(eps\), R\)"):
+        fit_scalings(eps, times[:3])
 
 
 def test_local_exponents_follow_a_correction_to_scaling():

@@ -1,0 +1,86 @@
+"""Saving and loading trajectories: every kind of Trajectory round-trips leaf by leaf, with its
+result code, statistics, tolerances, labels and training record."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import (
+    TRAIN_TS,
+    TS,
+    cubic_problem,
+    particles,
+    random_network,
+    small_problem,
+    synthetic_trajectory,
+)
+
+import sst
+
+
+def _assert_round_trip(traj, path):
+    sst.save_trajectory(path, traj)
+    loaded = sst.load_trajectory(path)
+    assert type(loaded) is sst.Trajectory and type(loaded.ys) is type(traj.ys)
+    # The same pytree (classes and static fields: labels, tolerances, estimator, eta) ...
+    assert jax.tree_util.tree_structure(loaded) == jax.tree_util.tree_structure(traj)
+    assert (loaded.rtol, loaded.atol) == (traj.rtol, traj.atol)
+    assert loaded.residual_labels == traj.residual_labels
+    assert bool(jnp.all(loaded.result == traj.result)) and set(loaded.stats) == set(traj.stats)
+    # ... with the same arrays, bit for bit and dtype for dtype.
+    leaves = zip(jax.tree_util.tree_leaves(loaded), jax.tree_util.tree_leaves(traj), strict=True)
+    for x, y in leaves:
+        assert x.dtype == y.dtype and x.shape == y.shape
+        np.testing.assert_array_equal(x, y)
+    return loaded
+
+
+def test_mean_field_round_trip(tmp_path, cubic_trajectory):
+    loaded = _assert_round_trip(cubic_trajectory, tmp_path / "mean_field.npz")
+    assert isinstance(loaded.ys, sst.MeanFieldState) and loaded.training is None
+    assert (loaded.rtol, loaded.atol) == (1e-8, 1e-10)
+
+
+def test_finite_dim_round_trip(tmp_path, finite_dim_trajectory):
+    loaded = _assert_round_trip(finite_dim_trajectory, tmp_path / "finite_dim.npz")
+    assert isinstance(loaded.ys, sst.FiniteDimState) and loaded.ys.Q.ndim == 3
+
+
+def test_training_round_trip(tmp_path):
+    run = sst.train(
+        small_problem(),
+        random_network(),
+        TRAIN_TS,
+        eta=1e-2,
+        estimator=sst.FixedSamples(12),  # as in test_train: the same compiled loop
+        key=jax.random.key(0),
+    )
+    loaded = _assert_round_trip(run, tmp_path / "train.npz")
+    assert loaded.training.estimator == sst.FixedSamples(12)
+    assert loaded.training.eta == 1e-2 and loaded.rtol is None
+    np.testing.assert_array_equal(loaded.training.train_risk, run.training.train_risk)
+    np.testing.assert_array_equal(loaded.training.W, run.training.W)
+
+
+def test_failed_and_batched_round_trip(tmp_path, cubic_model):
+    failed = sst.solve(cubic_model, particles(), TS, max_steps=5, throw=False)
+    loaded = _assert_round_trip(failed, tmp_path / "failed.npz")
+    assert loaded.result == sst.RESULTS.max_steps_reached
+    np.testing.assert_array_equal(loaded.valid, failed.valid)
+    batch = jax.tree_util.tree_map(lambda *x: jnp.stack(x), failed, failed)
+    loaded = _assert_round_trip(batch, tmp_path / "batch.npz")
+    assert loaded.batch_size == 2 and not bool(jnp.any(loaded[1].success))
+
+
+def test_io_rejects_what_it_cannot_read_or_write(tmp_path):
+    with pytest.raises(ValueError, match="save_trajectory needs an sst.Trajectory"):
+        sst.save_trajectory(tmp_path / "x.npz", cubic_problem())
+    plain = tmp_path / "plain.npz"
+    np.savez(plain, ts=np.zeros(3))
+    with pytest.raises(ValueError, match="not a trajectory written by sst.save_trajectory"):
+        sst.load_trajectory(plain)
+    with pytest.raises(ValueError, match="Cannot read .* as a trajectory file"):
+        sst.load_trajectory(tmp_path / "missing.npz")
+    tiny = synthetic_trajectory(np.array([0.0, 1.0]), np.ones((2, 1)))
+    with pytest.raises(ValueError, match="Cannot write .*existing, writable folder"):
+        sst.save_trajectory(tmp_path / "no" / "such" / "x.npz", tiny)

@@ -1,0 +1,262 @@
+"""Jacobian structures and their lineax solves: the Woodbury solver (and its transpose) against
+dense solves of the same operator, derivatives through solves against closed forms and finite
+differences, the small dense helpers."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import lineax as lx
+import numpy as np
+import pytest
+from helpers import cubic_problem, random_particles
+from jax.flatten_util import ravel_pytree
+
+import sst
+from sst._linear import _gauss_jordan_inverse, _orthonormal_range, _small_inverse, _Woodbury
+
+WIDE_ACTIVATION = [0.3, 1.0, -0.5, 0.8, 0.2, 0.1, -0.3, 0.2, 0.1]
+
+
+def _model(eps, activation=(1.0, 1.0, 1.0, 1.0)):
+    return sst.MeanFieldODE(cubic_problem(eps).with_parameters(activation=jnp.array(activation)))
+
+
+def _setup(model, m=7, seed=4):
+    y, weights = model.split(random_particles(m, seed=seed))
+    return y, weights, ravel_pytree(y)
+
+
+@eqx.filter_jit
+def _woodbury_and_dense(model, y, weights, c, b):
+    """For `c I - J`: the structured operator applied to b, materialised, its Woodbury solve and
+    transpose solve; and the dense Jacobian by autodiff of the vector field (independent of the
+    closed form). One compilation per shape instead of one per operation."""
+    operator, solver = model.jacobian(0.0, y, weights).shifted(c)
+    x = lx.linear_solve(operator, b, solver).value
+    state = solver.init(operator, {})
+    x_t = solver.compute(solver.transpose(state, {})[0], b, {})[0]
+    J = sst.DenseJacobian.of(model, 0.0, y, weights).matrix
+    return operator.mv(b), operator.as_matrix(), x, x_t, J
+
+
+@pytest.mark.parametrize("activation", [[1.0, 1.0, 1.0, 1.0], WIDE_ACTIVATION])
+@pytest.mark.parametrize("eps", [1e-2, 1e-10])
+def test_woodbury_solve_equals_dense_solve(activation, eps):
+    model = _model(eps, activation)
+    y, weights, (flat, _) = _setup(model)
+    b = np.random.default_rng(5).standard_normal(flat.shape)
+    jacobian = model.jacobian(0.0, y, weights)
+    assert isinstance(jacobian, sst.ParticleJacobian)
+    assert isinstance(jacobian.shifted(jnp.asarray(1.0))[1], sst.WoodburySolver)
+    for c in (0.7, 1e3, 1e12):
+        mv, materialised, x, x_t, J = _woodbury_and_dense(model, y, weights, jnp.asarray(c), b)
+        matrix = c * np.eye(flat.shape[0]) - np.asarray(J)
+        np.testing.assert_allclose(mv, matrix @ b, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(materialised, matrix, rtol=1e-12, atol=1e-12 * c)
+        # The transpose solve is what reverse-mode differentiation of a step uses.
+        for M, solution in ((matrix, x), (matrix.T, x_t)):
+            # Backward error: the solution solves a system within roundoff of M x = b.
+            norm = np.linalg.norm(M, ord=np.inf)
+            scale = norm * np.max(np.abs(solution)) + np.max(np.abs(b))
+            assert float(np.max(np.abs(M @ solution - b)) / scale) < 1e-12
+            if np.linalg.cond(M) < 1e8:
+                np.testing.assert_allclose(solution, np.linalg.solve(M, b), rtol=1e-8)
+
+
+def test_dense_jacobian_solves_by_lu():
+    model = sst.MeanFieldODE(cubic_problem(), interaction="dense")
+    y, weights, (flat, unravel) = _setup(model)
+    jacobian = model.jacobian(0.0, y, weights)
+    assert isinstance(jacobian, sst.DenseJacobian)
+    reference = jax.jacfwd(lambda f: ravel_pytree(model(0.0, unravel(f), weights))[0])(flat)
+    np.testing.assert_allclose(jacobian.matrix, reference, rtol=1e-14, atol=1e-14)
+    operator, solver = jacobian.shifted(jnp.asarray(2.0))
+    assert isinstance(solver, lx.LU)
+    b = jnp.arange(flat.shape[0], dtype=float)
+    expected = np.linalg.solve(2.0 * np.eye(flat.shape[0]) - np.asarray(jacobian.matrix), b)
+    np.testing.assert_allclose(lx.linear_solve(operator, b, solver).value, expected, rtol=1e-10)
+
+
+def _solve_functional(model, weights, unravel, w):
+    """`w . (c I - J(y))^{-1} b`, through the structure the model hands over."""
+
+    def f(c, y_flat, b):
+        operator, solver = model.jacobian(0.0, unravel(y_flat), weights).shifted(c)
+        return w @ lx.linear_solve(operator, b, solver).value
+
+    return f
+
+
+def test_derivatives_through_a_woodbury_solve():
+    model = _model(1e-2)
+    y, weights, (flat, unravel) = _setup(model)
+    rng = np.random.default_rng(6)
+    b, w = rng.standard_normal(flat.shape), rng.standard_normal(flat.shape)
+    c = jnp.asarray(5.0)
+    f = _solve_functional(model, weights, unravel, w)
+    value_and_grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1, 2)))
+    J = np.asarray(sst.DenseJacobian.of(model, 0.0, y, weights).matrix)
+    M = 5.0 * np.eye(flat.shape[0]) - J
+    value, (d_c, d_y, d_b) = value_and_grad(c, flat, b)
+    np.testing.assert_allclose(value, w @ np.linalg.solve(M, b), rtol=1e-10)
+    # Closed forms: d/db = M^{-T} w and d/dc = -w^T M^{-2} b.
+    np.testing.assert_allclose(d_b, np.linalg.solve(M.T, w), rtol=1e-9)
+    np.testing.assert_allclose(d_c, -w @ np.linalg.solve(M, np.linalg.solve(M, b)), rtol=1e-9)
+    # d/dy goes through the Jacobian's structure (D, B, R): central differences of the value,
+    # and the same derivative through a dense LU solve of the autodiff Jacobian.
+    h = 1e-6
+    steps = h * np.eye(flat.shape[0])
+    fd = np.array(
+        [
+            (value_and_grad(c, flat + e, b)[0] - value_and_grad(c, flat - e, b)[0]) / (2 * h)
+            for e in steps
+        ]
+    )
+    np.testing.assert_allclose(d_y, fd, rtol=1e-5, atol=1e-8 * np.max(np.abs(fd)))
+
+    @jax.jit
+    @jax.grad
+    def dense(y_flat):
+        matrix = sst.DenseJacobian.of(model, 0.0, unravel(y_flat), weights).matrix
+        return w @ jnp.linalg.solve(5.0 * jnp.eye(flat.shape[0]) - matrix, b)
+
+    np.testing.assert_allclose(d_y, dense(flat), rtol=1e-9, atol=1e-12)
+
+
+def test_woodbury_solver_only_takes_its_operator():
+    with pytest.raises(ValueError, match="WoodburySolver solves only the operator"):
+        lx.linear_solve(lx.MatrixLinearOperator(jnp.eye(3)), jnp.ones(3), sst.WoodburySolver())
+
+
+def test_gauss_jordan_inverse_pivots():
+    # A zero (and a tiny) leading pivot break elimination without row exchanges.
+    swap = jnp.array([[0.0, 1.0, 2.0], [1.0, 0.0, 3.0], [4.0, 5.0, 0.0]])
+    tiny = jnp.array([[1e-14, 1.0], [1.0, 1.0]])
+    random = jnp.asarray(np.random.default_rng(3).standard_normal((6, 6)))
+    for M in (swap, tiny, random):
+        inv = _gauss_jordan_inverse(M)
+        np.testing.assert_allclose(inv @ M, jnp.eye(M.shape[0]), atol=1e-12)
+
+
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_small_inverse_of_each_block(p):
+    A = np.random.default_rng(p).standard_normal((p, p, 5)) + 3.0 * np.eye(p)[:, :, None]
+    A = jnp.asarray(A)
+    inv = _small_inverse(A)
+    for k in range(5):
+        block = np.array([[float(inv[i][j][k]) for j in range(p)] for i in range(p)])
+        np.testing.assert_allclose(block, np.linalg.inv(np.asarray(A[:, :, k])), rtol=1e-12)
+
+
+# Issue 12: error control and solves at tiny eps.
+
+
+def _dense(jacobian: sst.ParticleJacobian) -> jnp.ndarray:
+    """`J = D + B R` as a dense matrix in the coordinate-major layout of `ravel_pytree`."""
+    D, B, R = jacobian.D, jacobian.B, jacobian.R
+    p, _, m = B.shape
+    rows = [
+        jnp.concatenate([jnp.diag(D[i, j]) + B[i].T @ R[j] for j in range(p)], axis=1)
+        for i in range(p)
+    ]
+    return jnp.concatenate(rows, axis=0)
+
+
+def _backward_error(matrix, x, b) -> float:
+    """Componentwise backward error (Oettli-Prager): the smallest relative change of each entry
+    of `matrix` and `b` for which `x` is the exact solution."""
+    scale = jnp.abs(matrix) @ jnp.abs(x) + jnp.abs(b)
+    return float(jnp.max(jnp.abs(matrix @ x - b) / scale))
+
+
+def _solve(jacobian, c, b, transpose=False):
+    """`(c I - J)^{-1} b`, or `(c I - J)^{-T} b`, by the solver lineax uses for it."""
+    operator, solver = jacobian.shifted(jnp.asarray(c))
+    state = solver.init(operator, {})
+    if transpose:
+        state = solver.transpose(state, {})[0]
+    return solver.compute(state, b, {})[0]
+
+
+def _learned_state(eps):
+    """A state as after learning at tiny eps: |a| ~ 1e8, |s| ~ 1e-2, residuals at rounding level.
+
+    Its vector field is `B^T r` with `r` rounding noise: huge (1e10 in `da/dt`) and almost
+    entirely in the range of the stiff low-rank part, the case the plain Woodbury formula
+    solves with a backward error of order 1.
+    """
+    model = sst.MeanFieldODE(
+        sst.Problem(sst.Hermite([0, 1, 1, 1, 1]), sst.Hermite([0.5, 1, 1, 1, 1]), eps)
+    )
+    key_a, key_s = jax.random.split(jax.random.PRNGKey(0))
+    m = 16
+    s = 1e-2 * jax.random.uniform(key_s, (m,), minval=-1.0, maxval=1.0)
+    a = 1e8 * jax.random.normal(key_a, (m,))
+    weights = jnp.full(m, 1.0 / m)
+    # Fit the moments to the target (minimum-norm corrections of a), to rounding.
+    powers = jnp.stack([s**k for k in range(5)])
+    sigma = model.problem.activation.coeffs
+    for _ in range(4):
+        r = model.residuals(sst.MeanFieldState(a, s, weights))
+        a = a + jnp.linalg.lstsq(sigma[:, None] * powers * weights, r)[0]
+    return model, (a, jnp.arcsin(s)), weights
+
+
+@pytest.mark.parametrize("eps", [1e-2, 1e-10])
+def test_woodbury_solves_equal_dense_solves_with_rank_deficient_coupling(eps):
+    # sigma_2 = 0 makes a column of B zero, and particles at s = 0 make the powers s^k
+    # dependent: the QR of B^T then has zero columns, which must drop out of the solve.
+    model = sst.MeanFieldODE(
+        sst.Problem(sst.Hermite([0.5, 1.0, 1.0, 1.0]), sst.Hermite([0.3, 1.0, 0.0, 0.8]), eps)
+    )
+    key_a, key_t, key_b = jax.random.split(jax.random.PRNGKey(4), 3)
+    weights = jnp.full(7, 1.0 / 7)
+    for theta in (jax.random.uniform(key_t, (7,), minval=-1.2, maxval=1.2), jnp.zeros(7)):
+        y = (3 * jax.random.normal(key_a, (7,)), theta)
+        jacobian = model.jacobian(0.0, y, weights)
+        flat, unravel = ravel_pytree(y)
+        J = jax.jacfwd(lambda f, unravel=unravel: ravel_pytree(model(0.0, unravel(f), weights))[0])(
+            flat
+        )
+        np.testing.assert_allclose(_dense(jacobian), J, rtol=1e-12, atol=1e-12 * jnp.abs(J).max())
+        b = jax.random.normal(key_b, flat.shape)
+        for c in (0.7, 1e3, 1e12):
+            M = c * jnp.eye(flat.shape[0]) - J
+            for matrix, transpose in ((M, False), (M.T, True)):
+                x = _solve(jacobian, c, b, transpose)
+                assert _backward_error(matrix, x, b) < 1e-13
+                if jnp.linalg.cond(matrix) < 1e8:
+                    np.testing.assert_allclose(x, jnp.linalg.solve(matrix, b), rtol=1e-8)
+
+
+def test_orthonormal_range_factors_b():
+    B = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 9)).at[:, 3].set(0.0)
+    B = B.at[:, 4].set(B[:, 0] - 2 * B[:, 1])  # a dependent column
+    U, T = _orthonormal_range(B)
+    U = jnp.stack(U)  # (p, n, m)
+    flat_B, flat_U = B.transpose(1, 0, 2).reshape(5, -1), U.transpose(1, 0, 2).reshape(5, -1)
+    np.testing.assert_allclose(flat_U.T @ T, flat_B.T, atol=1e-13)
+    gram = flat_U @ flat_U.T
+    np.testing.assert_allclose(gram, np.diag([1.0, 1.0, 1.0, 0.0, 0.0]), atol=1e-14)
+    assert np.allclose(np.triu(T), T)
+
+
+@pytest.mark.parametrize("eps", [1e-20, 1e-30])
+def test_woodbury_is_backward_stable_when_the_right_hand_side_is_stiff(eps):
+    model, y, weights = _learned_state(eps)
+    jacobian = model.jacobian(0.0, y, weights)
+    J = _dense(jacobian)
+    b = ravel_pytree(model(0.0, y, weights))[0]
+    assert jnp.max(jnp.abs(b)) > 1e6  # rounding noise of the residuals, divided by eps
+    for h in (1e-3, 1e-1, 10.0):
+        c = 1.0 / (0.25 * h)  # the Rodas4 stage matrix
+        M = c * jnp.eye(b.shape[0]) - J
+        # Within a few thousand roundings (a dense LU gets 1e-16; 2e-13 measured at eps 1e-20).
+        assert _backward_error(M, _solve(jacobian, c, b), b) < 1e-11
+        # The plain formula (no split of the right-hand side) is not backward stable here.
+        operator, solver = jacobian.shifted(jnp.asarray(c))
+        factors = solver.init(operator, {})[0]
+        plain = _Woodbury(
+            factors.A_inv, factors.A_inv_U, factors.cap_inv, factors.V_A_inv, None
+        ).solve(b)
+        assert _backward_error(M, plain, b) > 1e-3
