@@ -83,7 +83,7 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
 def versions() -> dict[str, str]:
     """Versions of Python and of the packages that produced a result."""
     out = {"python": platform.python_version()}
-    for name in ("sst", "jax", "diffrax", "equinox", "optimistix", "numpy"):
+    for name in ("sst", "jax", "diffrax", "equinox", "lineax", "numpy"):
         out[name] = importlib.metadata.version(name)
     return out
 
