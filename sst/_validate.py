@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from typing import Any
 
@@ -71,5 +72,7 @@ def check_key(key: Any) -> None:
 def show_progress(progress: bool | None) -> bool:
     """`progress`, or when `None` whether a person is watching: a terminal or a notebook."""
     if progress is None:
-        return sys.stderr.isatty() or "ipykernel" in sys.modules
+        # In a notebook tqdm draws with ipywidgets, and without them only warns.
+        notebook = "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None
+        return sys.stderr.isatty() or notebook
     return bool(progress)
