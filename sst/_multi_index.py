@@ -29,7 +29,7 @@ from jaxtyping import Array, ArrayLike, Float
 
 from ._hermite import Hermite, _np_hermite_basis, hermite_basis
 from ._problem import AbstractProblemModel, _powers
-from ._validate import is_traced, require_x64
+from ._validate import check_eps_and_noise, is_traced, require_x64
 
 MultiIndex = tuple[int, ...]
 
@@ -398,18 +398,7 @@ class MultiIndexProblem(eqx.Module):
                 "MultiIndexProblem needs `activation` as an sst.Hermite, e.g. "
                 "sst.Hermite([0.5, 1, 1, 1]) or sst.relu()."
             )
-        if not is_traced(self.eps):
-            eps = np.asarray(self.eps)
-            if eps.ndim != 0 or not np.isfinite(eps) or eps <= 0:
-                raise ValueError(
-                    f"eps must be a finite positive scalar (the relative learning rate), got {eps}."
-                )
-        if not is_traced(self.noise):
-            noise = np.asarray(self.noise)
-            if noise.ndim != 0 or not np.isfinite(noise) or noise < 0:
-                raise ValueError(
-                    f"noise must be a finite non-negative standard deviation, got {noise}."
-                )
+        check_eps_and_noise(self.eps, self.noise)
 
     @property
     def k(self) -> int:

@@ -13,12 +13,11 @@ from collections.abc import Hashable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._hermite import Hermite, cross_kernel, cross_kernel_grad
 from ._model import AbstractModel
-from ._validate import is_traced, require_x64
+from ._validate import check_eps_and_noise, is_traced, require_x64
 
 
 class Problem(eqx.Module):
@@ -60,18 +59,7 @@ class Problem(eqx.Module):
                 "Problem needs `target` and `activation` as sst.Hermite functions, e.g. "
                 "sst.Hermite([0, 1, 1, 1]) or sst.relu()."
             )
-        if not is_traced(self.eps):
-            eps = np.asarray(self.eps)
-            if eps.ndim != 0 or not np.isfinite(eps) or eps <= 0:
-                raise ValueError(
-                    f"eps must be a finite positive scalar (the relative learning rate), got {eps}."
-                )
-        if not is_traced(self.noise):
-            noise = np.asarray(self.noise)
-            if noise.ndim != 0 or not np.isfinite(noise) or noise < 0:
-                raise ValueError(
-                    f"noise must be a finite non-negative standard deviation, got {noise}."
-                )
+        check_eps_and_noise(self.eps, self.noise)
 
     def __str__(self) -> str:
         """The problem in words, e.g. `phi = h1 + h2, sigma = relu, eps = 0.001`."""

@@ -76,3 +76,20 @@ def show_progress(progress: bool | None) -> bool:
         notebook = "ipykernel" in sys.modules and importlib.util.find_spec("ipywidgets") is not None
         return sys.stderr.isatty() or notebook
     return bool(progress)
+
+
+def check_eps_and_noise(eps: Any, noise: Any) -> None:
+    """A problem's `eps` (finite, positive) and label `noise` (finite, non-negative) scalars,
+    when concrete."""
+    if not is_traced(eps):
+        eps = np.asarray(eps)
+        if eps.ndim != 0 or not np.isfinite(eps) or eps <= 0:
+            raise ValueError(
+                f"eps must be a finite positive scalar (the relative learning rate), got {eps}."
+            )
+    if not is_traced(noise):
+        noise = np.asarray(noise)
+        if noise.ndim != 0 or not np.isfinite(noise) or noise < 0:
+            raise ValueError(
+                f"noise must be a finite non-negative standard deviation, got {noise}."
+            )
