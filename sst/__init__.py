@@ -30,8 +30,10 @@ from ._init import (
 from ._io import load_trajectory as load_trajectory, save_trajectory as save_trajectory
 from ._linear import (
     AbstractJacobian as AbstractJacobian,
+    BorderedJacobian as BorderedJacobian,
     DenseJacobian as DenseJacobian,
     ParticleJacobian as ParticleJacobian,
+    SchurSolver as SchurSolver,
     WoodburySolver as WoodburySolver,
 )
 from ._mean_field import MeanFieldODE as MeanFieldODE, MeanFieldState as MeanFieldState

@@ -12,13 +12,16 @@ solves comes from `lineax.linear_solve`.
   by the Woodbury identity in O(m p^3 + m p n^2 + n^3), with the part of the right-hand side in
   the range of the low-rank term solved separately (backward stable at tiny eps, where the plain
   formula is not). lineax has no Woodbury solver, hence `WoodburySolver` here.
+- `BorderedJacobian`: particles coupled through a few global coordinates that are part of the
+  state (`MeanFieldODE` carries its Hermite residuals): `J = [[D, B], [E, -M]]`, solved by the
+  Schur complement on the global coordinates (`SchurSolver`) in O(m p^3 + m p n^2 + n^3).
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import equinox as eqx
 import equinox.internal as eqxi
@@ -161,35 +164,27 @@ class _Woodbury(eqx.Module):
         return _Woodbury(A_inv_T, self.V_A_inv, self.cap_inv.T, self.A_inv_U, None)
 
 
-class WoodburySolver(lx.AbstractLinearSolver):
-    """lineax solver for the operator of `ParticleJacobian.shifted`, by the Woodbury identity.
+class _AbstractFactoredSolver(lx.AbstractLinearSolver):
+    """A lineax solver for the one operator type `operator_type` (a structured `c I - J`): it
+    factors the operator once (`factor`) and solves, or solves with the transpose, by the
+    factors' `solve` and `transpose`. `structure` names the Jacobian whose `shifted` makes it."""
 
-    `(A - U V)^{-1} = A^{-1} + A^{-1} U (I - V A^{-1} U)^{-1} V A^{-1}` with `A = c I - D`
-    block diagonal and `B R = U V` from a QR factorisation `B^T = U T` (`U` orthonormal
-    columns, `V = T R`): all of it elementwise or matrix-vector products over particles,
-    O(m p^3 + m p n^2 + n^3). The right-hand side's part in the range of `U` is solved
-    separately (see `_Woodbury`), which keeps the solve backward stable when that part
-    dominates.
-    """
+    operator_type: eqx.AbstractClassVar[type]
+    structure: eqx.AbstractClassVar[str]
+
+    @abc.abstractmethod
+    def factor(self, fn) -> eqx.Module:
+        """The factors of the operator whose matvec is `fn` (an `operator_type`)."""
 
     def init(self, operator, options):
         del options
         fn = getattr(operator, "fn", None)
-        if not isinstance(fn, _ShiftedParticleMatvec):
+        if not isinstance(fn, self.operator_type):
             raise ValueError(
-                "WoodburySolver solves only the operator of ParticleJacobian.shifted; use "
-                "lineax.LU() for other operators."
+                f"{type(self).__name__} solves only the operator of {self.structure}.shifted; "
+                "use lineax.LU() for other operators."
             )
-        c, D, B, R = fn.c, fn.jacobian.D, fn.jacobian.B, fn.jacobian.R
-        p, n, m = B.shape
-        U, T = _orthonormal_range(B)
-        V = [T @ R[i] for i in range(p)]
-        A_inv = _small_inverse(c * jnp.eye(p, dtype=D.dtype)[:, :, None] - D)
-        A_inv_U = [sum(A_inv[i][j] * U[j] for j in range(p)) for i in range(p)]
-        V_A_inv = [sum(V[i] * A_inv[i][j] for i in range(p)) for j in range(p)]
-        capacitance = jnp.eye(n, dtype=D.dtype) - sum(V[i] @ A_inv_U[i].T for i in range(p))
-        factors = _Woodbury(A_inv, A_inv_U, _gauss_jordan_inverse(capacitance), V_A_inv, U)
-        return factors, eqxi.Static(False)
+        return self.factor(fn), eqxi.Static(False)
 
     def compute(self, state, vector, options):
         del options
@@ -206,6 +201,133 @@ class WoodburySolver(lx.AbstractLinearSolver):
 
     def assume_full_rank(self):
         return True
+
+
+class WoodburySolver(_AbstractFactoredSolver):
+    """lineax solver for the operator of `ParticleJacobian.shifted`, by the Woodbury identity.
+
+    `(A - U V)^{-1} = A^{-1} + A^{-1} U (I - V A^{-1} U)^{-1} V A^{-1}` with `A = c I - D`
+    block diagonal and `B R = U V` from a QR factorisation `B^T = U T` (`U` orthonormal
+    columns, `V = T R`): all of it elementwise or matrix-vector products over particles,
+    O(m p^3 + m p n^2 + n^3). The right-hand side's part in the range of `U` is solved
+    separately (see `_Woodbury`), which keeps the solve backward stable when that part
+    dominates.
+    """
+
+    operator_type: ClassVar[type] = _ShiftedParticleMatvec
+    structure: ClassVar[str] = "ParticleJacobian"
+
+    def factor(self, fn: _ShiftedParticleMatvec) -> _Woodbury:
+        c, D, B, R = fn.c, fn.jacobian.D, fn.jacobian.B, fn.jacobian.R
+        p, n, m = B.shape
+        U, T = _orthonormal_range(B)
+        V = [T @ R[i] for i in range(p)]
+        A_inv = _small_inverse(c * jnp.eye(p, dtype=D.dtype)[:, :, None] - D)
+        A_inv_U = [sum(A_inv[i][j] * U[j] for j in range(p)) for i in range(p)]
+        V_A_inv = [sum(V[i] * A_inv[i][j] for i in range(p)) for j in range(p)]
+        capacitance = jnp.eye(n, dtype=D.dtype) - sum(V[i] @ A_inv_U[i].T for i in range(p))
+        return _Woodbury(A_inv, A_inv_U, _gauss_jordan_inverse(capacitance), V_A_inv, U)
+
+
+class BorderedJacobian(AbstractJacobian):
+    """The Jacobian of particles coupled through `n` global coordinates of the state itself.
+
+    The coordinates are `p` arrays of `m` particles each, then the `n` global coordinates `r`
+    (for `MeanFieldODE`, `(a, theta, r)`), flattened as `ravel_pytree` lays out such a tuple:
+
+    `J = [[D, B], [E, -M]]`: each particle's rates depend on its own coordinates (`D`, block
+    diagonal) and on `r` (`B`); the rate of `r` depends on every particle (`E`) and on `r`
+    itself (`-M`).
+
+    **Fields:**
+
+    - `D`: `(p, p, m)`; `D[i, j]` is the derivative of each particle's rate of coordinate `i`
+      with respect to its own coordinate `j`.
+    - `B`: `(p, n, m)`; derivative of each particle's rates with respect to `r`.
+    - `E`: `(p, n, m)`; derivative of the rate of `r` with respect to each particle coordinate.
+    - `M`: `(n, n)`; minus the derivative of the rate of `r` with respect to `r`.
+    """
+
+    D: Float[Array, "p p m"]
+    B: Float[Array, "p n m"]
+    E: Float[Array, "p n m"]
+    M: Float[Array, "n n"]
+
+    def shifted(self, c):
+        p, n, m = self.B.shape
+        structure = jax.ShapeDtypeStruct((p * m + n,), self.B.dtype)
+        operator = lx.FunctionLinearOperator(
+            _ShiftedBorderedMatvec(c, self), structure, closure_convert=False
+        )
+        return operator, SchurSolver()
+
+
+class _ShiftedBorderedMatvec(eqx.Module):
+    """`x -> (c I - J) x` for a `BorderedJacobian`: the operator lineax differentiates."""
+
+    c: Float[Array, ""]
+    jacobian: BorderedJacobian
+
+    def __call__(self, x_flat: Array) -> Array:
+        D, B, E, M = self.jacobian.D, self.jacobian.B, self.jacobian.E, self.jacobian.M
+        p, n, m = B.shape
+        x, x_r = x_flat[: p * m].reshape(p, m), x_flat[p * m :]
+        particles = [
+            self.c * x[i] - sum(D[i, j] * x[j] for j in range(p)) - x_r @ B[i] for i in range(p)
+        ]
+        border = self.c * x_r + M @ x_r - sum(E[j] @ x[j] for j in range(p))
+        return jnp.concatenate([*particles, border])
+
+
+class _Schur(eqx.Module):
+    """Factored `c I - J = [[A, -B], [-E, c I + M]]` with `A = c I - D`: `A^{-1}` per particle,
+    `A^{-1} B`, `E A^{-1}` and the inverse of the Schur complement `S = c I + M - E A^{-1} B`."""
+
+    A_inv: list[list[Array]]
+    A_inv_B: list[Array]
+    E_A_inv: list[Array]
+    S_inv: Array
+
+    def solve(self, b_flat: Array) -> Array:
+        """`x_r = S^{-1} (b_r + E A^{-1} b)`, then `x = A^{-1} b + A^{-1} B x_r`."""
+        p = len(self.A_inv)
+        m = self.A_inv_B[0].shape[-1]
+        b, b_r = b_flat[: p * m].reshape(p, m), b_flat[p * m :]
+        x_r = self.S_inv @ (b_r + sum(self.E_A_inv[j] @ b[j] for j in range(p)))
+        particles = [
+            sum(self.A_inv[i][j] * b[j] for j in range(p)) + x_r @ self.A_inv_B[i] for i in range(p)
+        ]
+        return jnp.concatenate([*particles, x_r])
+
+    def transpose(self) -> _Schur:
+        """The factors of `(c I - J)^T`: the same elimination with `B` and `E` exchanged."""
+        p = len(self.A_inv)
+        A_inv_T = [[self.A_inv[j][i] for j in range(p)] for i in range(p)]
+        return _Schur(A_inv_T, self.E_A_inv, self.A_inv_B, self.S_inv.T)
+
+
+class SchurSolver(_AbstractFactoredSolver):
+    """lineax solver for the operator of `BorderedJacobian.shifted`, by the Schur complement
+    on the global coordinates: O(m p^3 + m p n^2 + n^3). lineax has no block elimination for
+    this structure, hence this solver.
+
+    Unlike the Woodbury identity it forms no difference of large particle vectors: the
+    stiff coupling sits in the explicit `n x n` matrix `M` (docs: [the staircase
+    solver][staircase-solver]).
+    """
+
+    operator_type: ClassVar[type] = _ShiftedBorderedMatvec
+    structure: ClassVar[str] = "BorderedJacobian"
+
+    def factor(self, fn: _ShiftedBorderedMatvec) -> _Schur:
+        c, jac = fn.c, fn.jacobian
+        p, n, _ = jac.B.shape
+        A_inv = _small_inverse(c * jnp.eye(p, dtype=jac.D.dtype)[:, :, None] - jac.D)
+        A_inv_B = [sum(A_inv[i][j] * jac.B[j] for j in range(p)) for i in range(p)]
+        E_A_inv = [sum(jac.E[i] * A_inv[i][j] for i in range(p)) for j in range(p)]
+        coupling = sum(jac.E[i] @ A_inv_B[i].T for i in range(p))
+        S = c * jnp.eye(n, dtype=jac.M.dtype) + jac.M - coupling
+        return _Schur(A_inv, A_inv_B, E_A_inv, _gauss_jordan_inverse(S))
 
 
 def _orthonormal_range(B: Float[Array, "p n m"]) -> tuple[list[Array], Float[Array, "n n"]]:

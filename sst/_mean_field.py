@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._control import scaled_rms_error
 from ._hermite import power_series, power_series_grad
-from ._linear import DenseJacobian, ParticleJacobian
+from ._linear import BorderedJacobian, DenseJacobian
 from ._problem import AbstractProblemModel, Problem, _moments, _powers
 from ._validate import check_particles
 
+# `project`: the ratio atol / rtol of the default tolerances (see there).
+_PROJECTION_ALPHA = 1e-2
 # Unit roundoff of float64: the relative rounding error of one operation.
 _U = float(np.finfo(np.float64).eps) / 2
 
@@ -88,44 +92,67 @@ class MeanFieldODE(AbstractProblemModel):
             return self.problem.activation.is_polynomial
         return self.interaction == "moments"
 
-    def split(self, state: MeanFieldState) -> tuple[tuple[Array, Array], Array]:
-        """Solver coordinates `(a, theta)` with `s = sin(theta)`, and constant `args` (weights).
+    def split(self, state: MeanFieldState) -> tuple[tuple[Array, ...], Array]:
+        """Solver coordinates and constant `args` (the weights).
 
-        The angle keeps every overlap inside [-1, 1] whatever the step: in `s` itself an implicit
-        step can overshoot the invariant boundary `|s| = 1`, beyond which it is repelling.
+        The coordinates are `(a, theta)` with `s = sin(theta)`, and on the moment path also the
+        residuals `r_k = phi_k - sigma_k sum_i p_i a_i s_i^k` for `k` up to the activation's
+        degree: `(a, theta, r)` (docs: [the staircase solver][staircase-solver]). The angle keeps
+        every overlap inside [-1, 1] whatever the step: in `s` itself an implicit step can
+        overshoot the invariant boundary `|s| = 1`, beyond which it is repelling. The residuals
+        are integrated rather than recomputed from the particles because at tiny eps they are
+        O(1) differences of sums up to 1e12 times larger, which no tolerance on the particles
+        resolves.
         """
-        return (state.a, jnp.arcsin(state.s)), state.weights
+        y = (state.a, jnp.arcsin(state.s))
+        if self.uses_moments:
+            n = self.problem.activation.coeffs.shape[0]
+            y = (*y, self.problem.residuals(_moments(state.weights, state.a, state.s, n)))
+        return y, state.weights
 
-    def merge(self, y: tuple[Array, Array], args: Array) -> MeanFieldState:
-        """Inverse of `split` (works on batched `y` too)."""
-        a, theta = y
+    def merge(self, y: tuple[Array, ...], args: Array) -> MeanFieldState:
+        """Inverse of `split` (works on batched `y` too; the residuals are dropped)."""
+        a, theta = y[:2]
         return MeanFieldState(a, jnp.sin(theta), jnp.broadcast_to(args, a.shape))
-
-    def _particle_rates(self, a: Array, s: Array, r: Array) -> tuple[Array, Array]:
-        """`da/dt` and the bracket `g` of each particle given the residuals (moment path).
-
-        `eps da_i/dt = sum_k sigma_k s_i^k r_k` and `g_i = sum_k k sigma_k s_i^(k-1) r_k`.
-        """
-        sr = self.problem.activation.coeffs * r
-        return power_series(sr, s) / self.problem.eps, power_series_grad(sr, s)
 
     def _rates(self, a: Array, s: Array, weights: Array) -> tuple[Array, Array]:
         """`da/dt` and the bracket `g_i` in `ds_i/dt = (1 - s_i^2) a_i g_i`."""
-        if self.uses_moments:
-            n = self.problem.activation.coeffs.shape[0]
-            return self._particle_rates(a, s, self.problem.residuals(_moments(weights, a, s, n)))
         p = self.problem
+        if self.uses_moments:
+            n = p.activation.coeffs.shape[0]
+            sr = p.activation.coeffs * p.residuals(_moments(weights, a, s, n))
+            return power_series(sr, s) / p.eps, power_series_grad(sr, s)
         q = s[:, None] * s[None, :]
         pa = weights * a
         da = p.V(s) - p.U(q) @ pa
         bracket = p.dV(s) - p.dU(q) @ (pa * s)
         return da / p.eps, bracket
 
-    def __call__(self, t, y: tuple[Array, Array], weights: Array) -> tuple[Array, Array]:
-        """Time derivative of the solver coordinates `(a, theta)`: `dtheta/dt = cos(theta) a g`."""
-        a, theta = y
-        da, bracket = self._rates(a, jnp.sin(theta), weights)
-        return da, jnp.cos(theta) * a * bracket
+    def _residual_rate_matrix(self, a: Array, s: Array, c: Array, weights: Array) -> Array:
+        """`M = (sigma sigma^T) * (G / eps + H)` with `G_kl = sum_i p_i s_i^(k+l)` and
+        `H_kl = k l sum_i p_i a_i^2 c_i^2 s_i^(k+l-2)`: `dr/dt = -M r` (positive semidefinite)."""
+        sigma = self.problem.activation.coeffs
+        n = sigma.shape[0]
+        powers = _powers(s, 2 * n - 1)
+        mu, nu = powers @ weights, powers @ (weights * (a * c) ** 2)
+        k = jnp.arange(n)
+        index = k[:, None] + k[None, :]
+        H = (k[:, None] * k[None, :]).astype(s.dtype) * nu[jnp.maximum(index - 2, 0)]
+        return sigma[:, None] * sigma[None, :] * (mu[index] / self.problem.eps + H)
+
+    def __call__(self, t, y: tuple[Array, ...], weights: Array) -> tuple[Array, ...]:
+        """Time derivative of the solver coordinates: `dtheta/dt = cos(theta) a g`, and on the
+        moment path `da/dt = A(s) / eps`, `g = A'(s)` with `A(s) = sum_k sigma_k r_k s^k`, and
+        `dr/dt = -M r` (`_residual_rate_matrix`), the chain rule of `r`'s definition."""
+        if not self.uses_moments:
+            a, theta = y
+            da, bracket = self._rates(a, jnp.sin(theta), weights)
+            return da, jnp.cos(theta) * a * bracket
+        a, theta, r = y
+        s, c = jnp.sin(theta), jnp.cos(theta)
+        sr = self.problem.activation.coeffs * r
+        dr = -(self._residual_rate_matrix(a, s, c, weights) @ r)
+        return power_series(sr, s) / self.problem.eps, c * a * power_series_grad(sr, s), dr
 
     def rate(self, t, state: MeanFieldState) -> MeanFieldState:
         """`d state / dt` in `(a, s)` directly: through the angle it would differentiate
@@ -134,27 +161,28 @@ class MeanFieldODE(AbstractProblemModel):
         ds = (1.0 - state.s**2) * state.a * bracket
         return MeanFieldState(da, ds, jnp.zeros_like(state.weights))
 
-    def jacobian(self, t, y: tuple[Array, Array], weights: Array):
-        """The Jacobian of the vector field: for the moment path a `ParticleJacobian`
-        (block-diagonal plus rank K+1), for the dense O(m^2) path a `DenseJacobian`.
+    def jacobian(self, t, y: tuple[Array, ...], weights: Array):
+        """The Jacobian of the vector field: for the moment path a `BorderedJacobian`
+        (particles bordered by the residuals), for the dense O(m^2) path a `DenseJacobian`.
 
-        Each particle's rate depends on its own `(a_i, theta_i)` and on the residuals `r`, which
-        are linear in the moments: `J = D + B R`. With `s = sin(theta)`, `c = cos(theta)`,
-        `A(s) = sum_k sigma_k r_k s^k` and `g = A'`: `da/dt = A(s) / eps` and
-        `dtheta/dt = c a g(s)`, so the parts are closed-form and cost O(m K).
+        With `s = sin(theta)`, `c = cos(theta)`, `A(s) = sum_k sigma_k r_k s^k` and `g = A'`:
+        each particle's rates `da/dt = A(s) / eps`, `dtheta/dt = c a g(s)` depend on its own
+        coordinates and on `r`; `dr_k/dt = -sigma_k sum_i p_i (s_i^k A(s_i) / eps +
+        k s_i^(k-1) a_i^2 c_i^2 g(s_i))` on every particle and on `r`. All parts are
+        closed-form and cost O(m K^2).
         """
         if not self.uses_moments:
             return DenseJacobian.of(self, t, y, weights)
-        a, theta = y
+        a, theta, r = y
         s, c = jnp.sin(theta), jnp.cos(theta)
         sigma = self.problem.activation.coeffs
         n = sigma.shape[0]
         k = jnp.arange(n, dtype=s.dtype)
         powers = _powers(s, n)  # s^k, (n, m)
         d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k s^(k-1)
-        sr = sigma * self.problem.residuals(powers @ (weights * a))
-        g = sr @ d_powers
-        dg = power_series_grad(k[1:] * sr[1:], s)
+        dd_powers = jnp.pad(d_powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k (k-1) s^(k-2)
+        sr = sigma * r
+        A, g, dg = sr @ powers, sr @ d_powers, sr @ dd_powers
         eps = self.problem.eps
         D = jnp.stack(
             [
@@ -163,59 +191,88 @@ class MeanFieldODE(AbstractProblemModel):
             ]
         )
         B = sigma[:, None] * jnp.stack([powers / eps, (c * a) * d_powers])
-        R = -(sigma[:, None] * weights) * jnp.stack([powers, (a * c) * d_powers])
-        return ParticleJacobian(D=D, B=B, R=R)
+        E_a = (2 * a * c**2 * g) * d_powers
+        E_theta = c * (
+            (d_powers * A + powers * g) / eps
+            + a**2 * (c**2 * (dd_powers * g + d_powers * dg) - 2 * k[:, None] * powers * g)
+        )
+        E = -(sigma[:, None] * weights) * jnp.stack([E_a, E_theta])
+        M = self._residual_rate_matrix(a, s, c, weights)
+        return BorderedJacobian(D=D, B=B, E=E, M=M)
+
+    def project(self, y: tuple[Array, ...], weights: Array) -> tuple[Array, ...]:
+        """On the moment path, `a` moved so that the residuals of the particles equal the
+        integrated ones (docs: [the staircase solver][staircase-solver]).
+
+        `r(a, theta) = phi - sigma * P(s) (p a)` is linear in `a`; the correction `da` minimises
+        `sum_i (da_i / (|a_i| + alpha))^2 + |(r(a + da, theta) - r_int) / alpha|^2` (one
+        `n x n` solve): the smallest relative change of the weights that removes the drift,
+        leaving alone the part of the drift that only a large relative change could remove
+        (early on, while the moments are below the residuals' accuracy). `alpha` = 1e-2 is the
+        ratio `atol / rtol` of the default tolerances: with `(rtol |a_i| + atol)` and `atol` in
+        place of `(|a_i| + alpha)` and `alpha` the solution is the same.
+        """
+        if not self.uses_moments:
+            return y
+        a, theta, r = y
+        sigma = self.problem.activation.coeffs
+        powers = _powers(jnp.sin(theta), sigma.shape[0])
+        drift = r - self.problem.residuals(powers @ (weights * a))
+        r_a = -(sigma[:, None] * weights) * powers  # d r / d a
+        w_a = (jnp.abs(a) + _PROJECTION_ALPHA) ** 2
+        normal = (r_a * w_a) @ r_a.T + _PROJECTION_ALPHA**2 * jnp.eye(sigma.shape[0])
+        scale = jnp.sqrt(jnp.diag(normal))
+        operator = lx.MatrixLinearOperator(
+            normal / scale[:, None] / scale[None, :], lx.positive_semidefinite_tag
+        )
+        # throw=False: a trial step into NaN must reach the error estimate (which rejects it).
+        solution = lx.linear_solve(operator, drift / scale, lx.Cholesky(), throw=False)
+        z = solution.value / scale
+        return a + w_a * (z @ r_a), theta, r
 
     def error_norm(self, y0, y1, y_error, weights, rtol, atol):
-        """The size of a step's error in what the dynamics depends on (moment path; the dense
-        path uses diffrax's measure, `AbstractModel.error_norm`).
+        """The size of a step's error (moment path; the dense path uses diffrax's measure,
+        `AbstractModel.error_norm`): the RMS over all components of
 
-        The root mean square of three parts, each the RMS of its errors scaled to their
-        tolerances:
+        - the residuals' errors against `atol + rtol |phi|` (for each `k` with `sigma_k != 0`;
+          the others never change): the residuals drive every `a_i` and make the risk;
+        - the weights' errors `da_i / (atol + rtol |a_i|)` and the angles'
+          `dtheta_i / (atol + rtol |theta_i|)`, diffrax's measure.
 
-        - the residuals, which drive every `a_i` and make the risk: the step's error moves
-          `r_k = phi_k - sigma_k m_k` by
-          `dr_k = sigma_k (sum_i p_i s_i^k da_i + sum_i p_i a_i k s_i^(k-1) cos(theta_i) dtheta_i)`
-          to first order, measured against `atol + rtol |phi| + u |sigma_k| sum_i p_i |a_i s_i^k|`
-          for each `k` with `sigma_k != 0` (the last term is the rounding floor of `r_k`, which no
-          step can beat; `u` = 1.1e-16);
-        - the weights `a_i`, which set each overlap's speed (`dtheta_i/dt = cos(theta_i) a_i g_i`):
-          `da_i / (atol + rtol |a_i|)`;
-        - the angles: `dtheta_i / (atol + rtol |theta_i|)`.
-
-        The last two are diffrax's measure. They alone allow moment errors up to
-        `rtol sum_i p_i |a_i s_i^k|`, O(1) once the weights reach 1e8 at tiny eps while the moments
-        stay O(1); the first part holds the moments to the tolerance, or to their rounding floor
-        (docs: [error control][error-control]). The parts are weighted equally, so that the few
-        residuals are not outvoted by many particles. Dropping the weights' part takes 1.8x fewer
-        steps at eps = 1e-20 but leaves errors in `a` that do not change the moments
-        uncontrolled: they never decay and shift the learning times by ~50 rtol (4e-6 at
-        eps = 1e-20 for rtol 1e-8, against 6e-8 with it).
+        On the particles alone (diffrax's measure) the moments, sums up to 1e12 times larger
+        than themselves at tiny eps, would be held to nothing (docs: [error
+        control][error-control]).
         """
         if not self.uses_moments:
             return super().error_norm(y0, y1, y_error, weights, rtol, atol)
-        (a0, theta0), (a1, theta1), (err_a, err_theta) = y0, y1, y_error
-        # A trial step into NaN is measured at its start, as diffrax does.
-        a1 = jnp.where(jnp.isnan(a1), a0, a1)
-        theta1 = jnp.where(jnp.isnan(theta1), theta0, theta1)
-        a_scale = jnp.maximum(jnp.abs(a0), jnp.abs(a1))
-        s, c = jnp.sin(theta1), jnp.cos(theta1)
+        particles = scaled_rms_error(y0[:2], y1[:2], y_error[:2], rtol, atol)
+        sigma = self.problem.activation.coeffs
+        tol_r = atol + rtol * jnp.sqrt(self.problem.target.norm2)
+        err_r = jnp.where(sigma != 0, y_error[2] / tol_r, 0.0)
+        m, n = y0[0].shape[-1], sigma.shape[0]
+        return jnp.sqrt((2 * m * particles**2 + jnp.sum(err_r**2)) / (2 * m + n))
+
+    def risk_rounding_error(self, state: MeanFieldState) -> Float[Array, ""]:
+        """A bound on the rounding error of `risk(state)` (moment path; docs: [the staircase
+        solver][staircase-solver]).
+
+        Each residual `r_k = phi_k - sigma_k sum_i p_i a_i s_i^k` is a sum whose rounding error
+        is up to `d_k = u |sigma_k| sum_i p_i |a_i s_i^k|` (`u` = 1.1e-16): O(1) moments of
+        weights up to 1e12 carry errors of 1e-4 |s|^k. The risk `|r|^2 / 2` then errs by up to
+        `sum_k |r_k| d_k + sum_k d_k^2 / 2`, plus `16 u` times itself. Along a solve the
+        computed risk can rise by up to twice the largest bound, the true risk never.
+        """
+        if not self.uses_moments:
+            raise ValueError(
+                "risk_rounding_error needs the moment path (a polynomial activation, "
+                "interaction 'auto' or 'moments')."
+            )
         sigma = self.problem.activation.coeffs
         n = sigma.shape[0]
-        k = jnp.arange(n, dtype=s.dtype)
-        powers = _powers(s, n)
-        d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * k[:, None]
-        dr = sigma * (powers @ (weights * err_a) + d_powers @ (weights * a1 * c * err_theta))
-        floor = _U * jnp.abs(sigma) * (jnp.abs(powers) @ (weights * a_scale))
-        tol_r = atol + rtol * jnp.sqrt(self.problem.target.norm2) + floor
-        active = sigma != 0
-        part_r = jnp.sum(jnp.where(active, dr / tol_r, 0.0) ** 2) / jnp.maximum(
-            jnp.sum(active, dtype=s.dtype), 1.0
-        )
-        part_a = jnp.mean((err_a / (atol + rtol * a_scale)) ** 2)
-        theta_scale = jnp.maximum(jnp.abs(theta0), jnp.abs(theta1))
-        part_theta = jnp.mean((err_theta / (atol + rtol * theta_scale)) ** 2)
-        return jnp.sqrt((part_r + part_a + part_theta) / 3)
+        gross = _powers(jnp.abs(state.s), n) @ (state.weights * jnp.abs(state.a))
+        d = _U * jnp.abs(sigma) * gross
+        r = self.problem.residuals(_moments(state.weights, state.a, state.s, n))
+        return jnp.sum(jnp.abs(r) * d + 0.5 * d**2) + 16 * _U * self.risk(state)
 
     def moments(self, state: MeanFieldState) -> Float[Array, " R"]:
         """`m_k = sum_i p_i a_i s_i^k` for `k` up to the target's degree."""

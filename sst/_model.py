@@ -97,6 +97,13 @@ class AbstractModel(eqx.Module, Generic[State]):
         del args
         return scaled_rms_error(y0, y1, y_error, rtol, atol)
 
+    def project(self, y: PyTree[Array], args: Any) -> PyTree[Array]:
+        """The solver coordinates `y` moved back onto the model's invariant manifold, if its
+        coordinates carry redundant quantities (`MeanFieldODE` carries its residuals); the
+        Rosenbrock solvers call it at the end of every step. Default: `y` unchanged."""
+        del args
+        return y
+
     def rate(self, t: Any, state: State) -> State:
         """`d state / dt`, the vector field carried from solver coordinates to the state."""
         y, args = self.split(state)
@@ -150,6 +157,9 @@ class WithDenseJacobian(AbstractModel[State]):
 
     def error_norm(self, y0, y1, y_error, args, rtol, atol):
         return self.model.error_norm(y0, y1, y_error, args, rtol, atol)
+
+    def project(self, y, args):
+        return self.model.project(y, args)
 
     def rate(self, t, state):
         return self.model.rate(t, state)

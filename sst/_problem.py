@@ -176,5 +176,5 @@ def _powers(s: Array, n: int) -> Array:
 
 
 def _moments(weights: Array, a: Array, s: Array, n: int) -> Array:
-    """`m_k = sum_i p_i a_i s_i^k` for `k < n`."""
-    return _powers(s, n) @ (weights * a)
+    """`m_k = sum_i p_i a_i s_i^k` for `k < n`: shape `(..., n)` for particles `(..., m)`."""
+    return jnp.einsum("k...m,...m->...k", _powers(s, n), weights * a)

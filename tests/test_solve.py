@@ -149,19 +149,20 @@ SHORT_TS = np.array([0.0, 1e-3, 1.0])
 
 
 def test_solve_refuses_eps_below_the_supported_range():
-    with pytest.raises(ValueError, match=r"eps = 1e-25 is below the range sst supports"):
-        sst.solve(_model(1e-25), sst.quadrature_particles(4, law="uniform"), SHORT_TS)
+    with pytest.raises(ValueError, match=r"eps = 1e-32 is below the range sst supports"):
+        sst.solve(_model(1e-32), sst.quadrature_particles(4, law="uniform"), SHORT_TS)
 
 
 def test_solve_batch_refuses_a_member_below_the_supported_range():
-    with pytest.raises(ValueError, match=rf"eps = 1e-30 is below the range .* >= {sst.EPS_MIN:g}"):
+    with pytest.raises(ValueError, match=rf"eps = 1e-31 is below the range .* >= {sst.EPS_MIN:g}"):
         sst.solve_batch(
-            _model(1e-2), sst.quadrature_particles(4, law="uniform"), SHORT_TS, eps=[1e-2, 1e-30]
+            _model(1e-2), sst.quadrature_particles(4, law="uniform"), SHORT_TS, eps=[1e-2, 1e-31]
         )
 
 
 def test_the_smallest_supported_eps_and_traced_eps_pass_the_check():
     check_eps(sst.EPS_MIN)
     check_eps(np.array([1.0, sst.EPS_MIN]))
+    check_eps(10.0**-30)  # rounds to just below 1e-30
     with pytest.raises(ValueError, match="below the range"):
-        check_eps(np.nextafter(sst.EPS_MIN, 0.0))
+        check_eps(0.999999 * sst.EPS_MIN)
