@@ -2,9 +2,10 @@
 
 Problem: cubic target phi = h0/2 + h1 + h2 + h3, activation sigma = h0 + h1 + h2 + h3, reduced
 ODE with 16 normal quadrature particles, t in [0, 100], 161 save times (0 and a log grid from
-1e-14), rtol 1e-8, atol 1e-10. Every method integrates the same vector field (solver
-coordinates (a, theta), s = sin theta). Errors are measured against a reference solve with
-1000x tighter tolerances (rtol 1e-11, atol 1e-13) and dense LU linear algebra.
+1e-14), rtol 1e-8, atol 1e-10. Every method integrates the same dynamics (sst's solver
+coordinates (a, theta, r), s = sin theta, r the Hermite residuals; SciPy also in (a, s)).
+Errors are measured against a reference solve with 1000x tighter tolerances (rtol 1e-11,
+atol 1e-13) and dense LU linear algebra.
 
 Wall times are after compilation, best of a few repeats, measured side by side in one run;
 SciPy runs get a time budget and are reported as lower bounds when they exceed it. The many
@@ -77,7 +78,7 @@ def run_scipy(
     """SciPy solve_ivp on jitted JAX callables, with the exact Jacobian or SciPy's finite
     differences (`exact_jac=False`, what an off-the-shelf call does).
 
-    `coords="theta"`: sst's solver coordinates (a, theta). `coords="s"`: the equations as
+    `coords="theta"`: sst's solver coordinates (a, theta, r). `coords="s"`: the equations as
     the docs' model page writes them, in (a, s).
     """
     model = sst.MeanFieldODE(problem(eps))
@@ -143,7 +144,7 @@ def run_scipy(
 
 
 def reference(eps: float, y0) -> sst.Trajectory:
-    """1000x tighter tolerances, and dense LU solves instead of the Woodbury solves."""
+    """1000x tighter tolerances, and dense LU solves instead of the structured (Schur) solves."""
     return sst.solve(
         sst.WithDenseJacobian(sst.MeanFieldODE(problem(eps))),
         y0,
@@ -183,7 +184,7 @@ def run_kvaerno5(eps: float, y0, max_steps: int):
 
 
 def run_many_particles(m: int, eps: float, activation) -> tuple[float, sst.Trajectory]:
-    """m sampled particles (a(0) ~ N(0, 1), s(0) = 0): Woodbury solves cost O(m K^2)."""
+    """m sampled particles (a(0) ~ N(0, 1), s(0) = 0): Schur solves cost O(m K^2)."""
     a0 = jax.random.normal(jax.random.PRNGKey(0), (m,))
     y0 = sst.MeanFieldState(a0, jnp.zeros(m))
     ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-14, 2, 41)])
@@ -243,7 +244,7 @@ def main() -> None:
     print(device_header())
     print(__doc__.split("\n\n")[1].replace("\n", " "), "\n")
     rows, compile_s = run_sst(eps_list, y0, repeats=2 if quick else 3)
-    print(f"sst.solve (Rodas4, Woodbury), compile {compile_s:.2f} s")
+    print(f"sst.solve (Rodas4, Schur), compile {compile_s:.2f} s")
     print(f"{'eps':>8} {'wall_s':>8} {'steps':>6} {'rejected':>8} {'risk_err':>9} {'a_relerr':>9}")
     refs = {}
     for eps, wall, traj, ref in rows:

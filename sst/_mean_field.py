@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax.numpy as jnp
-import lineax as lx
 import numpy as np
 from jaxtyping import Array, Float
 
 from ._control import scaled_rms_error
 from ._hermite import power_series, power_series_grad
-from ._linear import BorderedJacobian, DenseJacobian
+from ._linear import BorderedJacobian, DenseJacobian, _gauss_jordan_inverse
 from ._problem import AbstractProblemModel, Problem, _moments, _powers
 from ._validate import check_particles
 
@@ -143,16 +142,26 @@ class MeanFieldODE(AbstractProblemModel):
     def __call__(self, t, y: tuple[Array, ...], weights: Array) -> tuple[Array, ...]:
         """Time derivative of the solver coordinates: `dtheta/dt = cos(theta) a g`, and on the
         moment path `da/dt = A(s) / eps`, `g = A'(s)` with `A(s) = sum_k sigma_k r_k s^k`, and
-        `dr/dt = -M r` (`_residual_rate_matrix`), the chain rule of `r`'s definition."""
+        `dr_k/dt = -sigma_k sum_i p_i (s_i^k da_i/dt + k s_i^(k-1) a_i ds_i/dt)`, the chain rule of
+        `r`'s definition (`= -M r`, `_residual_rate_matrix`)."""
         if not self.uses_moments:
             a, theta = y
             da, bracket = self._rates(a, jnp.sin(theta), weights)
             return da, jnp.cos(theta) * a * bracket
         a, theta, r = y
         s, c = jnp.sin(theta), jnp.cos(theta)
-        sr = self.problem.activation.coeffs * r
-        dr = -(self._residual_rate_matrix(a, s, c, weights) @ r)
-        return power_series(sr, s) / self.problem.eps, c * a * power_series_grad(sr, s), dr
+        sigma = self.problem.activation.coeffs
+        sr = sigma * r
+        da = power_series(sr, s) / self.problem.eps
+        g = power_series_grad(sr, s)
+        # dr/dt from the very velocities computed for the particles, so that the rounding of
+        # A(s_i) (a cancellation where a particle sits at |s| = 1) enters a and r alike and the
+        # stiff solve cancels it.
+        n = sigma.shape[0]
+        powers = _powers(s, n)
+        d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * jnp.arange(n, dtype=s.dtype)[:, None]
+        dr = -sigma * (powers @ (weights * da) + d_powers @ (weights * (a * c) ** 2 * g))
+        return da, c * a * g, dr
 
     def rate(self, t, state: MeanFieldState) -> MeanFieldState:
         """`d state / dt` in `(a, s)` directly: through the angle it would differentiate
@@ -222,12 +231,10 @@ class MeanFieldODE(AbstractProblemModel):
         w_a = (jnp.abs(a) + _PROJECTION_ALPHA) ** 2
         normal = (r_a * w_a) @ r_a.T + _PROJECTION_ALPHA**2 * jnp.eye(sigma.shape[0])
         scale = jnp.sqrt(jnp.diag(normal))
-        operator = lx.MatrixLinearOperator(
-            normal / scale[:, None] / scale[None, :], lx.positive_semidefinite_tag
-        )
-        # throw=False: a trial step into NaN must reach the error estimate (which rejects it).
-        solution = lx.linear_solve(operator, drift / scale, lx.Cholesky(), throw=False)
-        z = solution.value / scale
+        # An n x n solve per step: unrolled elimination, as for the solver's small matrices
+        # (lineax's Cholesky costs more to compile and to run than the rest of the projection).
+        z = _gauss_jordan_inverse(normal / scale[:, None] / scale[None, :]) @ (drift / scale)
+        z = z / scale
         return a + w_a * (z @ r_a), theta, r
 
     def error_norm(self, y0, y1, y_error, weights, rtol, atol):

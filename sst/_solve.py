@@ -94,9 +94,8 @@ def solve(
     if not is_traced(ts):
         check_times(ts)
     ts = jnp.asarray(ts, dtype=float)
-    y, args = model.split(y0)
     if solver is None:
-        _check_dense_size(model, ts[0], y, args)
+        _check_dense_size(model, ts[0], *jax.eval_shape(model.split, y0))
     # Stepping onto the save times costs fewer steps for the same accuracy of the saved values
     # than the dense output between steps (benchmarks/stiff.py, "dense output" rows).
     controller = stepsize_controller or dfx.ClipStepSizeController(
@@ -108,9 +107,26 @@ def solve(
     if progress:
         positive = ts[ts > 0] if not is_traced(ts) else ts[-1:]
         options["progress_meter"] = LogTimeProgressMeter(t0=ts[0], t_min=positive[0], t1=ts[-1])
+    solver = default_solver() if solver is None else solver
+    traj = _solve(
+        model, y0, ts, solver, controller, dt0, max_steps, options, _tolerances(controller)
+    )
+    if throw:
+        if is_traced(traj.result):
+            traj = traj.result.error_if(traj, ~traj.success)
+        elif not bool(traj.success):
+            raise RuntimeError(_failure_message(traj))
+    return traj
+
+
+@eqx.filter_jit
+def _solve(model, y0, ts, solver, controller, dt0, max_steps, options, tolerances) -> Trajectory:
+    """The solve and everything computed from it, in one compiled program: outside `jit`,
+    each array operation on the result would be compiled on its own."""
+    y, args = model.split(y0)
     sol = dfx.diffeqsolve(
         dfx.ODETerm(model),
-        default_solver() if solver is None else solver,
+        solver,
         t0=ts[0],
         t1=ts[-1],
         dt0=dt0,
@@ -125,8 +141,7 @@ def solve(
     # diffrax marks save times it never reached with inf.
     valid = jnp.isfinite(sol.ts)
     states = model.merge(mask_invalid(valid, sol.ys), args)
-    rtol_used, atol_used = _tolerances(controller)
-    traj = Trajectory(
+    return Trajectory(
         ts=ts,
         ys=states,
         risk=jax.vmap(model.risk)(states),
@@ -135,15 +150,9 @@ def solve(
         result=_result(sol.result, model, ts[0], y, args),
         stats={k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")},
         residual_labels=tuple(model.residual_labels),
-        rtol=rtol_used,
-        atol=atol_used,
+        rtol=tolerances[0],
+        atol=tolerances[1],
     )
-    if throw:
-        if is_traced(traj.result):
-            traj = traj.result.error_if(traj, ~traj.success)
-        elif not bool(traj.success):
-            raise RuntimeError(_failure_message(traj))
-    return traj
 
 
 def _check_options(solver, rtol, atol, dt0, max_steps, controller) -> int:

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import TS, M, cubic_problem, max_abs, particles, random_particles
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import sst
 from sst._control import scaled_rms_error
@@ -342,6 +342,12 @@ coefficient = st.one_of(st.just(0.0), st.floats(-1.0, 1.0))
 
 
 @settings(max_examples=10, deadline=None)
+@example(  # a particle reaches |s| = 1, where A(s) cancels: its rounding once stalled the solve
+    target=[0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+    activation=[0.0, 5.960464477539063e-08, 0.0, 0.0, 0.0, 1.0, 1.0],
+    a0=[0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, -1.0],
+    log_eps=-13.0,
+)
 @given(
     target=st.lists(coefficient, min_size=7, max_size=7),
     activation=st.lists(coefficient, min_size=7, max_size=7),
