@@ -361,6 +361,14 @@ def test_risk_never_rises_above_the_rounding_floor(target, activation, a0, log_e
     problem = sst.Problem(sst.Hermite(target), sst.Hermite(activation), eps)
     ts = np.concatenate([[0.0], np.logspace(log_eps - 2, 2, 201)])
     model = sst.MeanFieldODE(problem)
-    traj = sst.solve(model, sst.MeanFieldState(a0, np.zeros(8)), ts)
+    traj = sst.solve(model, sst.MeanFieldState(a0, np.zeros(8)), ts, throw=False)
+    # A degree reachable only through a tiny activation coefficient (hypothesis finds
+    # sigma_k = 6e-8) needs weights ~ phi_k / sigma_k, beyond 1e10 at tiny eps, and may exhaust
+    # the step budget: that is reported, never anything else, and what was solved stays honest.
+    assert traj.result in (sst.RESULTS.successful, sst.RESULTS.max_steps_reached), traj.result
+    valid = np.asarray(traj.valid)
+    assert valid.sum() > 1
     # The risk is |r|^2 / 2 with r = phi - sigma m rounded at u sum_i p_i |a_i s_i^k|.
-    assert _risk_rise(traj.risk) < _allowed_rise(model, traj)
+    ys = jax.tree_util.tree_map(lambda x: x[valid], traj.ys)
+    floor = 2 * float(jnp.max(jax.vmap(model.risk_rounding_error)(ys)))
+    assert _risk_rise(np.asarray(traj.risk)[valid]) < 1e-13 + floor
