@@ -151,15 +151,14 @@ class MeanFieldODE(AbstractProblemModel):
         a, theta, r = y
         s, c = jnp.sin(theta), jnp.cos(theta)
         sigma = self.problem.activation.coeffs
-        sr = sigma * r
-        da = power_series(sr, s) / self.problem.eps
-        g = power_series_grad(sr, s)
-        # dr/dt from the very velocities computed for the particles, so that the rounding of
-        # A(s_i) (a cancellation where a particle sits at |s| = 1) enters a and r alike and the
-        # stiff solve cancels it.
         n = sigma.shape[0]
         powers = _powers(s, n)
         d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * jnp.arange(n, dtype=s.dtype)[:, None]
+        sr = sigma * r
+        da, g = (sr @ powers) / self.problem.eps, sr @ d_powers
+        # dr/dt from the very velocities computed for the particles, so that the rounding of
+        # A(s_i) (a cancellation where a particle sits at |s| = 1) enters a and r alike and the
+        # stiff solve cancels it.
         dr = -sigma * (powers @ (weights * da) + d_powers @ (weights * (a * c) ** 2 * g))
         return da, c * a * g, dr
 
