@@ -49,6 +49,7 @@ _SLOWEST_FIRST = (
     "test_multi_mean_field.py",
     "test_functionals.py",
     "test_batch.py",
+    "test_mean_field.py",
     "test_distributed.py",
     "test_finite_dim.py",
     "test_bad_inputs.py",
@@ -60,21 +61,61 @@ _SLOWEST_FIRST = (
     "test_multi_finite_dim.py",
     "test_optimize.py",
 )
+# The notebooks by decreasing run time (small mode, 2 cores, measured); each is a unit of its own.
+_SLOWEST_NOTEBOOKS = (
+    "04_gradients_optax.ipynb",
+    "06_multi_index.ipynb",
+    "03_ode_vs_sgd.ipynb",
+    "05_staircase.ipynb",
+    "01_quickstart.ipynb",
+    "02_timescales.ipynb",
+)
 
 
 def pytest_configure(config):
     # Under pytest-xdist (`make test` runs -n 2) hand each worker whole files: the tests of a
     # file share their compiled solves, which the default "load" mode deals out one test to each
-    # worker in turn, and so compiles twice. The slowest files go first (in the order above, not
-    # xdist's "most tests first"), so that no worker is left alone with a long file at the end.
+    # worker in turn, and so compiles twice (each notebook is a unit of its own, below). The
+    # slowest go first (in the order above, not xdist's "most tests first"), so that no worker is
+    # left alone with a long file at the end.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadfile"
         config.option.loadscopereorder = False
 
 
+try:
+    from xdist.scheduler import LoadFileScheduling
+except ImportError:  # without pytest-xdist the suite runs in one process, in the order below
+    pass
+else:
+
+    class _FilesAndNotebooks(LoadFileScheduling):
+        """Whole files as units, except each notebook: they run in kernels of their own and
+        share no compilation, and as one unit they were 4-5 minutes of one worker (a fifth to a
+        third of the suite's time, measured) that the other could take no share of."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            if "::test_notebook_runs[" in nodeid:
+                return nodeid
+            return super()._split_scope(nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        if config.option.dist == "loadfile":
+            return _FilesAndNotebooks(config, log)
+        return None
+
+
+def _order(item) -> tuple[int, int]:
+    """Files in the order of _SLOWEST_FIRST, within test_notebooks.py of _SLOWEST_NOTEBOOKS."""
+    file, case = item.path.name, getattr(getattr(item, "callspec", None), "id", None)
+    return (
+        _SLOWEST_FIRST.index(file) if file in _SLOWEST_FIRST else len(_SLOWEST_FIRST),
+        _SLOWEST_NOTEBOOKS.index(case) if case in _SLOWEST_NOTEBOOKS else len(_SLOWEST_NOTEBOOKS),
+    )
+
+
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within files
+    items.sort(key=_order)  # stable: within a file, its own order
 
 
 @pytest.fixture(scope="session")
