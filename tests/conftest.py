@@ -8,7 +8,31 @@ The standard problems, save grids and models live in `helpers.py`; the fixtures 
 the few that several files solve, so that each distinct shape is compiled once per worker.
 """
 
-import jax
+import os
+
+# XLA's CPU compiler without LLVM's optimisation passes: the suite compiles hundreds of small
+# programs and runs most of them for milliseconds, so compilation is most of its time. At
+# optimisation level 0 a solve compiles about 30% faster and runs at most a little slower
+# (measured on the cubic problem, its gradient, the README and notebooks 04-06); results stay IEEE
+# float64 (no fast math) and agree with the default build to rounding (a whole adaptive solve:
+# 1e-13 relative). Two other switches were measured and left out:
+# --xla_llvm_disable_expensive_passes gains nothing more, --xla_cpu_use_fusion_emitters=false
+# compiles most solves 3 times faster but the Jacobian of notebooks/04's functionals 7 times
+# slower (over 10 minutes at the default level).
+# Set here, before any computation starts the backend; the xdist workers, notebook kernels and
+# subprocesses inherit it through the environment (test_distributed.py's two processes append
+# their device count: they are compared with a solve of this process). The four-device
+# subprocess of test_batch.py sets XLA_FLAGS itself and so keeps XLA's defaults: its bound
+# (sharded against unsharded to 1e-13) is one of the default build (at level 0 the partitioned
+# program differs by 2e-13). SST_TEST_DEFAULT_XLA=1 runs everything with XLA's defaults.
+FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
+if os.environ.get("SST_TEST_DEFAULT_XLA") != "1":
+    _flags = os.environ.get("XLA_FLAGS", "").split()
+    os.environ["XLA_FLAGS"] = " ".join(
+        _flags + [f for f in FAST_COMPILE_XLA_FLAGS if f not in _flags]
+    )
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_numpy_dtype_promotion", "strict")
@@ -25,6 +49,7 @@ _SLOWEST_FIRST = (
     "test_multi_mean_field.py",
     "test_functionals.py",
     "test_batch.py",
+    "test_mean_field.py",
     "test_distributed.py",
     "test_finite_dim.py",
     "test_bad_inputs.py",
@@ -36,21 +61,61 @@ _SLOWEST_FIRST = (
     "test_multi_finite_dim.py",
     "test_optimize.py",
 )
+# The notebooks by decreasing run time (small mode, 2 cores, measured); each is a unit of its own.
+_SLOWEST_NOTEBOOKS = (
+    "04_gradients_optax.ipynb",
+    "06_multi_index.ipynb",
+    "03_ode_vs_sgd.ipynb",
+    "05_staircase.ipynb",
+    "01_quickstart.ipynb",
+    "02_timescales.ipynb",
+)
 
 
 def pytest_configure(config):
     # Under pytest-xdist (`make test` runs -n 2) hand each worker whole files: the tests of a
     # file share their compiled solves, which the default "load" mode deals out one test to each
-    # worker in turn, and so compiles twice. The slowest files go first (in the order above, not
-    # xdist's "most tests first"), so that no worker is left alone with a long file at the end.
+    # worker in turn, and so compiles twice (each notebook is a unit of its own, below). The
+    # slowest go first (in the order above, not xdist's "most tests first"), so that no worker is
+    # left alone with a long file at the end.
     if getattr(config.option, "dist", "no") == "load":
         config.option.dist = "loadfile"
         config.option.loadscopereorder = False
 
 
+try:
+    from xdist.scheduler import LoadFileScheduling
+except ImportError:  # without pytest-xdist the suite runs in one process, in the order below
+    pass
+else:
+
+    class _FilesAndNotebooks(LoadFileScheduling):
+        """Whole files as units, except each notebook: they run in kernels of their own and
+        share no compilation, and as one unit they were 4-5 minutes of one worker (a fifth to a
+        third of the suite's time, measured) that the other could take no share of."""
+
+        def _split_scope(self, nodeid: str) -> str:
+            if "::test_notebook_runs[" in nodeid:
+                return nodeid
+            return super()._split_scope(nodeid)
+
+    def pytest_xdist_make_scheduler(config, log):
+        if config.option.dist == "loadfile":
+            return _FilesAndNotebooks(config, log)
+        return None
+
+
+def _order(item) -> tuple[int, int]:
+    """Files in the order of _SLOWEST_FIRST, within test_notebooks.py of _SLOWEST_NOTEBOOKS."""
+    file, case = item.path.name, getattr(getattr(item, "callspec", None), "id", None)
+    return (
+        _SLOWEST_FIRST.index(file) if file in _SLOWEST_FIRST else len(_SLOWEST_FIRST),
+        _SLOWEST_NOTEBOOKS.index(case) if case in _SLOWEST_NOTEBOOKS else len(_SLOWEST_NOTEBOOKS),
+    )
+
+
 def pytest_collection_modifyitems(config, items):
-    rank = {name: i for i, name in enumerate(_SLOWEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable within files
+    items.sort(key=_order)  # stable: within a file, its own order
 
 
 @pytest.fixture(scope="session")

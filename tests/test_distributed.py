@@ -37,7 +37,7 @@ def _start_two_processes(tmp_path) -> list[subprocess.Popen]:
     env = dict(
         os.environ,
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=2",
         PYTHONPATH=str(ROOT),
     )
     for key in ("no_proxy", "NO_PROXY"):  # the processes talk over gRPC on localhost

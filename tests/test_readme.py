@@ -1,6 +1,7 @@
 """Every ```python block of the README runs as pasted: all of them, in order, in one fresh
 interpreter, as a reader copying them one after another would (issue: README examples)."""
 
+import os
 import pathlib
 import re
 import subprocess
@@ -29,7 +30,13 @@ def test_readme_python_blocks_run_in_order(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", _RUNNER.format(blocks=blocks)],
         cwd=tmp_path,  # a fresh folder: the blocks must not rely on files of the checkout
-        env={"PATH": "/usr/bin:/bin", "MPLBACKEND": "Agg", "PYTHONPATH": str(ROOT)},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "MPLBACKEND": "Agg",
+            "PYTHONPATH": str(ROOT),
+            # Only the compiler settings of the suite (tests/conftest.py), nothing of sst's.
+            "XLA_FLAGS": os.environ.get("XLA_FLAGS", ""),
+        },
         capture_output=True,
         text=True,
         timeout=600,
