@@ -10,7 +10,7 @@ from jaxtyping import Array, Float
 
 from ._linear import DenseJacobian
 from ._problem import AbstractProblemModel, Problem, _moments, _pad, _powers
-from ._validate import check_particles
+from ._validate import check_particles, float_array
 
 
 class FiniteDimState(eqx.Module):
@@ -21,14 +21,9 @@ class FiniteDimState(eqx.Module):
     matrix `<w_i, w_j>` `(m, m)`, symmetric with unit diagonal.
     """
 
-    a: Float[Array, " m"]
-    s: Float[Array, " m"]
-    Q: Float[Array, "m m"]
-
-    def __init__(self, a, s, Q):
-        self.a = jnp.asarray(a, dtype=float)
-        self.s = jnp.asarray(s, dtype=float)
-        self.Q = jnp.asarray(Q, dtype=float)
+    a: Float[Array, " m"] = eqx.field(converter=float_array)
+    s: Float[Array, " m"] = eqx.field(converter=float_array)
+    Q: Float[Array, "m m"] = eqx.field(converter=float_array)
 
 
 class FiniteDimODE(AbstractProblemModel):

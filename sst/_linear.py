@@ -90,11 +90,7 @@ class ParticleJacobian(AbstractJacobian):
 
     def shifted(self, c):
         p, _, m = self.B.shape
-        structure = jax.ShapeDtypeStruct((p * m,), self.B.dtype)
-        operator = lx.FunctionLinearOperator(
-            _ShiftedParticleMatvec(c, self), structure, closure_convert=False
-        )
-        return operator, WoodburySolver()
+        return _operator(_ShiftedParticleMatvec(c, self), p * m, self.B.dtype), WoodburySolver()
 
 
 class _ShiftedParticleMatvec(eqx.Module):
@@ -255,11 +251,7 @@ class BorderedJacobian(AbstractJacobian):
 
     def shifted(self, c):
         p, n, m = self.B.shape
-        structure = jax.ShapeDtypeStruct((p * m + n,), self.B.dtype)
-        operator = lx.FunctionLinearOperator(
-            _ShiftedBorderedMatvec(c, self), structure, closure_convert=False
-        )
-        return operator, SchurSolver()
+        return _operator(_ShiftedBorderedMatvec(c, self), p * m + n, self.B.dtype), SchurSolver()
 
 
 class _ShiftedBorderedMatvec(eqx.Module):
@@ -328,6 +320,13 @@ class SchurSolver(_AbstractFactoredSolver):
         coupling = sum(jac.E[i] @ A_inv_B[i].T for i in range(p))
         S = c * jnp.eye(n, dtype=jac.M.dtype) + jac.M - coupling
         return _Schur(A_inv, A_inv_B, E_A_inv, _gauss_jordan_inverse(S))
+
+
+def _operator(matvec: eqx.Module, size: int, dtype) -> lx.FunctionLinearOperator:
+    """The lineax operator of a structured `c I - J` on flat vectors of `size`."""
+    return lx.FunctionLinearOperator(
+        matvec, jax.ShapeDtypeStruct((size,), dtype), closure_convert=False
+    )
 
 
 def _orthonormal_range(B: Float[Array, "p n m"]) -> tuple[list[Array], Float[Array, "n n"]]:

@@ -11,7 +11,7 @@ from ._control import scaled_rms_error
 from ._hermite import power_series, power_series_grad
 from ._linear import BorderedJacobian, DenseJacobian, _gauss_jordan_inverse
 from ._problem import AbstractProblemModel, Problem, _moments, _powers
-from ._validate import check_particles
+from ._validate import check_particles, float_array, particle_weights
 
 # `project`: the ratio atol / rtol of the default tolerances (see there).
 _PROJECTION_ALPHA = 1e-2
@@ -31,14 +31,9 @@ class MeanFieldState(eqx.Module):
     weights: Float[Array, " m"]
 
     def __init__(self, a, s, weights=None):
-        self.a = jnp.asarray(a, dtype=float)
-        self.s = jnp.asarray(s, dtype=float)
-        m = self.a.shape[-1] if self.a.ndim else 1
-        self.weights = (
-            jnp.full(self.a.shape, 1.0 / m, dtype=float)
-            if weights is None
-            else jnp.asarray(weights, dtype=float)
-        )
+        self.a = float_array(a)
+        self.s = float_array(s)
+        self.weights = particle_weights(self.a, weights)
 
 
 class MeanFieldODE(AbstractProblemModel):
@@ -127,17 +122,19 @@ class MeanFieldODE(AbstractProblemModel):
         bracket = p.dV(s) - p.dU(q) @ (pa * s)
         return da / p.eps, bracket
 
-    def _residual_rate_matrix(self, a: Array, s: Array, c: Array, weights: Array) -> Array:
+    def _residual_rate_matrix(self, a: Array, c: Array, weights: Array, powers: Array) -> Array:
         """`M = (sigma sigma^T) * (G / eps + H)` with `G_kl = sum_i p_i s_i^(k+l)` and
-        `H_kl = k l sum_i p_i a_i^2 c_i^2 s_i^(k+l-2)`: `dr/dt = -M r` (positive semidefinite)."""
+        `H_kl = k l sum_i p_i a_i^2 c_i^2 s_i^(k+l-2)`: `dr/dt = -M r` (positive semidefinite).
+        `powers` are `s^j` for `j < 2n - 1`."""
         sigma = self.problem.activation.coeffs
         n = sigma.shape[0]
-        powers = _powers(s, 2 * n - 1)
         mu, nu = powers @ weights, powers @ (weights * (a * c) ** 2)
-        k = jnp.arange(n)
-        index = k[:, None] + k[None, :]
-        H = (k[:, None] * k[None, :]).astype(s.dtype) * nu[jnp.maximum(index - 2, 0)]
-        return sigma[:, None] * sigma[None, :] * (mu[index] / self.problem.eps + H)
+        nu = jnp.concatenate([jnp.zeros(2, nu.dtype), nu])  # nu[j] of s^(j-2)
+        # Hankel matrices from static slices (a gather is slow under vmap).
+        G = jnp.stack([mu[k : k + n] for k in range(n)])
+        k = jnp.arange(n, dtype=mu.dtype)
+        H = (k[:, None] * k[None, :]) * jnp.stack([nu[k : k + n] for k in range(n)])
+        return sigma[:, None] * sigma[None, :] * (G / self.problem.eps + H)
 
     def __call__(self, t, y: tuple[Array, ...], weights: Array) -> tuple[Array, ...]:
         """Time derivative of the solver coordinates: `dtheta/dt = cos(theta) a g`, and on the
@@ -186,7 +183,8 @@ class MeanFieldODE(AbstractProblemModel):
         sigma = self.problem.activation.coeffs
         n = sigma.shape[0]
         k = jnp.arange(n, dtype=s.dtype)
-        powers = _powers(s, n)  # s^k, (n, m)
+        all_powers = _powers(s, 2 * n - 1)  # s^j for M
+        powers = all_powers[:n]  # s^k, (n, m)
         d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k s^(k-1)
         dd_powers = jnp.pad(d_powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k (k-1) s^(k-2)
         sr = sigma * r
@@ -205,7 +203,7 @@ class MeanFieldODE(AbstractProblemModel):
             + a**2 * (c**2 * (dd_powers * g + d_powers * dg) - 2 * k[:, None] * powers * g)
         )
         E = -(sigma[:, None] * weights) * jnp.stack([E_a, E_theta])
-        M = self._residual_rate_matrix(a, s, c, weights)
+        M = self._residual_rate_matrix(a, c, weights, all_powers)
         return BorderedJacobian(D=D, B=B, E=E, M=M)
 
     def project(self, y: tuple[Array, ...], weights: Array) -> tuple[Array, ...]:

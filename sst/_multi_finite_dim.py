@@ -10,7 +10,7 @@ from jaxtyping import Array, Float
 
 from ._linear import DenseJacobian
 from ._multi_index import AbstractMultiIndexModel, MultiIndexProblem, monomials
-from ._validate import check_particles
+from ._validate import check_particles, float_array
 
 
 class MultiIndexFiniteDimState(eqx.Module):
@@ -21,14 +21,9 @@ class MultiIndexFiniteDimState(eqx.Module):
     diagonal.
     """
 
-    a: Float[Array, " m"]
-    s: Float[Array, "m k"]
-    Q: Float[Array, "m m"]
-
-    def __init__(self, a, s, Q):
-        self.a = jnp.asarray(a, dtype=float)
-        self.s = jnp.asarray(s, dtype=float)
-        self.Q = jnp.asarray(Q, dtype=float)
+    a: Float[Array, " m"] = eqx.field(converter=float_array)
+    s: Float[Array, "m k"] = eqx.field(converter=float_array)
+    Q: Float[Array, "m m"] = eqx.field(converter=float_array)
 
 
 def check_overlaps(a: np.ndarray, s: np.ndarray, name: str) -> None:

@@ -45,6 +45,7 @@ from ._multi_index import (
     graded_indices,
     monomials,
 )
+from ._validate import float_array, particle_weights
 
 # Below this |x|^2 the functions of r^2 use their Taylor series to q^3 (truncation error below
 # 1e-17 relative; above it the closed form of phi loses at most 1e-12 relative to cancellation,
@@ -115,14 +116,9 @@ class MultiIndexMeanFieldState(eqx.Module):
     weights: Float[Array, " m"]
 
     def __init__(self, a, s, weights=None):
-        self.a = jnp.asarray(a, dtype=float)
-        self.s = jnp.asarray(s, dtype=float)
-        m = self.a.shape[-1] if self.a.ndim else 1
-        self.weights = (
-            jnp.full(self.a.shape, 1.0 / m)
-            if weights is None
-            else jnp.asarray(weights, dtype=float)
-        )
+        self.a = float_array(a)
+        self.s = float_array(s)
+        self.weights = particle_weights(self.a, weights)
 
 
 class MultiIndexMeanFieldODE(AbstractMultiIndexModel):

@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike
 
@@ -93,3 +94,16 @@ def check_eps_and_noise(eps: Any, noise: Any) -> None:
             raise ValueError(
                 f"noise must be a finite non-negative standard deviation, got {noise}."
             )
+
+
+def float_array(x: ArrayLike) -> jax.Array:
+    """`x` as a float64 array (float32 where x64 is off): the converter of the state fields."""
+    return jnp.asarray(x, dtype=float)
+
+
+def particle_weights(a: jax.Array, weights: ArrayLike | None) -> jax.Array:
+    """The particle weights of a state: `weights`, or `1/m` each for `m` particles."""
+    if weights is None:
+        m = a.shape[-1] if a.ndim else 1
+        return jnp.full(a.shape, 1.0 / m, dtype=float)
+    return float_array(weights)
