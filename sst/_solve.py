@@ -73,11 +73,11 @@ def solve(
     **Supported eps:** `eps >= EPS_MIN` (1e-30); below it `solve` raises `ValueError` before
     compiling when `eps` is concrete (docs: [limits][limits]). With the default settings issue 12's
     reference problem (degree-4 target, 32 particles, benchmarks/staircase.py) takes 3k steps at
-    eps = 1e-8 and 4.6k at 1e-30, a degree-6 target of the same kind 11.8k at 1e-30. What limits
+    eps = 1e-8 and 4.6k at 1e-30, a degree-6 target of the same kind 11.7k at 1e-30. What limits
     eps is rounding, not steps: the weights grow to `max |a| ~ 2e12` at 1e-30, and the risk,
     computed from moments `sum_i p_i a_i s_i^k` that stay O(1), carries rounding errors of
-    `u sum_i p_i |a_i s_i^k|`: it may rise by up to 1.6e-11 at 1e-30 (measured; 5e-10 at 1e-32,
-    2e-8 at 1e-34, 9e-7 at 1e-36).
+    `u sum_i p_i |a_i s_i^k|`: it may rise by up to 2.9e-11 at 1e-30 (measured; 5e-10 at 1e-32,
+    3e-8 at 1e-34, 6e-7 at 1e-36).
 
     **Returns:** a `Trajectory` whose `ys` are states of the model.
     """
