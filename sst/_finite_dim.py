@@ -86,17 +86,12 @@ class FiniteDimODE(AbstractProblemModel):
     def __call__(self, t, y: tuple[Array, Array, Array], args=None):
         """Time derivative of `(a, s, Q)`."""
         a, s, Q = y
-        p = self.problem
         m = a.shape[0]
-        off = 1.0 - jnp.eye(m)
-        Q_off = Q * off  # the diagonal is 1 by construction; never differentiate U there
-        U = p.U(Q_off) * off + p.U(1.0) * jnp.eye(m)
-        G = (a[None, :] * p.dU(Q_off)) * off  # G_ik = a_k U'(Q_ik), k != i
-        da = (p.V(s) - U @ a / m) / p.eps
-        aVp = a * p.dV(s)
-        ds = aVp * (1.0 - s**2) - (a / m) * (G @ s - s * jnp.sum(G * Q_off, axis=1))
+        da, off, Q_off, G, pull = neuron_interaction(self.problem, a, s, Q)
+        aVp = a * self.problem.dV(s)
+        ds = aVp * (1.0 - s**2) - (a / m) * (G @ s - s * pull)
         M = aVp[:, None] * (s[None, :] - s[:, None] * Q_off) - (a / m)[:, None] * (
-            G @ Q - Q_off * jnp.sum(G * Q_off, axis=1)[:, None]
+            G @ Q - Q_off * pull[:, None]
         )
         dQ = (M + M.T) * off
         return da, ds, dQ
@@ -137,3 +132,17 @@ class FiniteDimODE(AbstractProblemModel):
         beyond = p.target.norm2 - jnp.sum(p.target.coeffs**2)
         parts = jnp.sum(r**2) + jnp.sum(sigma**2 * perpendicular) / m**2
         return 0.5 * (parts + beyond + p.noise**2)
+
+
+def neuron_interaction(problem, a: Array, s: Array, Q: Array) -> tuple[Array, ...]:
+    """What the overlap matrix `Q` of `m` neurons contributes to the finite-d ODEs (single- and
+    multi-index): `da/dt = (V(s) - U(Q) a / m) / eps`, the off-diagonal mask, `Q` with its
+    diagonal zeroed (it is 1 by construction; `U` is never differentiated there),
+    `G_il = a_l U'(Q_il)` for `l != i`, and `pull_i = sum_l G_il Q_il`."""
+    m = a.shape[0]
+    off = 1.0 - jnp.eye(m)
+    Q_off = Q * off
+    U = problem.U(Q_off) * off + problem.U(1.0) * jnp.eye(m)
+    G = (a[None, :] * problem.dU(Q_off)) * off
+    da = (problem.V(s) - U @ a / m) / problem.eps
+    return da, off, Q_off, G, jnp.sum(G * Q_off, axis=1)

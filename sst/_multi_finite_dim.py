@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._finite_dim import neuron_interaction
 from ._linear import DenseJacobian
 from ._multi_index import AbstractMultiIndexModel, MultiIndexProblem, monomials
 from ._validate import check_particles, float_array
@@ -100,17 +101,10 @@ class MultiIndexFiniteDimODE(AbstractMultiIndexModel):
     def __call__(self, t, y, args=None):
         """Time derivative of `(a, s, Q)`."""
         a, s, Q = y
-        p = self.problem
         m = a.shape[0]
-        off = 1.0 - jnp.eye(m)
-        Q_off = Q * off  # the diagonal is 1 by construction; never differentiate U there
-        U = p.U(Q_off) * off + p.U(1.0) * jnp.eye(m)
-        G = (a[None, :] * p.dU(Q_off)) * off  # G_il = a_l U'(Q_il), l != i
-        da = (p.V(s) - U @ a / m) / p.eps
-        g = p.dV(s)  # (m, k)
-        ag = a[:, None] * g
+        da, off, Q_off, G, pull = neuron_interaction(self.problem, a, s, Q)
+        ag = a[:, None] * self.problem.dV(s)  # (m, k)
         radial = jnp.sum(s * ag, axis=1)  # a_i (s_i . g_i)
-        pull = jnp.sum(G * Q_off, axis=1)  # sum_l a_l U'(Q_il) Q_il
         ds = ag - radial[:, None] * s - (a / m)[:, None] * (G @ s - pull[:, None] * s)
         M = (ag @ s.T - radial[:, None] * Q_off) - (a / m)[:, None] * (
             G @ Q - Q_off * pull[:, None]
