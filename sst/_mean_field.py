@@ -150,7 +150,7 @@ class MeanFieldODE(AbstractProblemModel):
         sigma = self.problem.activation.coeffs
         n = sigma.shape[0]
         powers = _powers(s, n)
-        d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * jnp.arange(n, dtype=s.dtype)[:, None]
+        d_powers = _d_ds(powers)
         sr = sigma * r
         da, g = (sr @ powers) / self.problem.eps, sr @ d_powers
         # dr/dt from the very velocities computed for the particles, so that the rounding of
@@ -185,8 +185,8 @@ class MeanFieldODE(AbstractProblemModel):
         k = jnp.arange(n, dtype=s.dtype)
         all_powers = _powers(s, 2 * n - 1)  # s^j for M
         powers = all_powers[:n]  # s^k, (n, m)
-        d_powers = jnp.pad(powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k s^(k-1)
-        dd_powers = jnp.pad(d_powers[:-1], ((1, 0), (0, 0))) * k[:, None]  # k (k-1) s^(k-2)
+        d_powers = _d_ds(powers)  # k s^(k-1)
+        dd_powers = _d_ds(d_powers)  # k (k-1) s^(k-2)
         sr = sigma * r
         A, g, dg = sr @ powers, sr @ d_powers, sr @ dd_powers
         eps = self.problem.eps
@@ -301,3 +301,10 @@ class MeanFieldODE(AbstractProblemModel):
         cross = jnp.sum(pa * p.V(s))
         self_term = pa @ p.U(s[:, None] * s[None, :]) @ pa
         return p.baseline_risk - cross + 0.5 * self_term
+
+
+def _d_ds(rows: Float[Array, "n m"]) -> Float[Array, "n m"]:
+    """The `s`-derivative of a table whose row `k` is the `j`-th derivative of `s^k`: row `k`
+    becomes `k` times row `k - 1` (`s^k -> k s^(k-1) -> k (k-1) s^(k-2)`)."""
+    k = jnp.arange(rows.shape[0], dtype=rows.dtype)
+    return jnp.pad(rows[:-1], ((1, 0), (0, 0))) * k[:, None]
