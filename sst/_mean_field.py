@@ -11,7 +11,7 @@ from ._control import scaled_rms_error
 from ._hermite import power_series, power_series_grad
 from ._linear import BorderedJacobian, DenseJacobian, _gauss_jordan_inverse
 from ._problem import AbstractProblemModel, Problem, _moments, _powers
-from ._validate import check_particles, float_array, particle_weights
+from ._validate import check_particles, check_weights, float_array, particle_weights
 
 # `project`: the ratio atol / rtol of the default tolerances (see there).
 _PROJECTION_ALPHA = 1e-2
@@ -73,11 +73,7 @@ class MeanFieldODE(AbstractProblemModel):
                 f"{a.shape}, {s.shape} and {w.shape}."
             )
         check_particles(a, s)
-        if not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-10:
-            raise ValueError(
-                "Particle weights must be finite, non-negative and sum to 1 (got sum "
-                f"{w.sum():.12g}, min {w.min():.3g}); normalise them with weights / weights.sum()."
-            )
+        check_weights(w)
 
     @property
     def uses_moments(self) -> bool:

@@ -4,6 +4,7 @@ finite-dimensional ODE of a multi-index target][multi-index-finite-dimensional-o
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -25,6 +26,23 @@ class MultiIndexFiniteDimState(eqx.Module):
     a: Float[Array, " m"] = eqx.field(converter=float_array)
     s: Float[Array, "m k"] = eqx.field(converter=float_array)
     Q: Float[Array, "m m"] = eqx.field(converter=float_array)
+
+
+def check_overlap_state(model, state, state_type: type) -> tuple[np.ndarray, ...]:
+    """The fields of a multi-index `state` (`a`, `s`, then `Q` or the weights) as numpy arrays,
+    after checking its type, `a` and `s` (`check_overlaps`) and that `s` has a column per
+    direction of `model`'s target."""
+    if not isinstance(state, state_type):
+        raise ValueError(
+            f"{type(model).__name__} needs a {state_type.__name__}, got {type(state).__name__}."
+        )
+    a, s, rest = (np.asarray(x) for x in jax.tree_util.tree_leaves(state))
+    check_overlaps(a, s, state_type.__name__)
+    if s.shape[1] != model.problem.k:
+        raise ValueError(
+            f"The target has k={model.problem.k} directions but s has {s.shape[1]} columns."
+        )
+    return a, s, rest
 
 
 def check_overlaps(a: np.ndarray, s: np.ndarray, name: str) -> None:
@@ -68,17 +86,7 @@ class MultiIndexFiniteDimODE(AbstractMultiIndexModel):
 
     def check_state(self, state: MultiIndexFiniteDimState) -> None:
         """Raise `ValueError` if `state` is not a valid `(a, s, Q)` for this problem."""
-        if not isinstance(state, MultiIndexFiniteDimState):
-            raise ValueError(
-                "MultiIndexFiniteDimODE needs a MultiIndexFiniteDimState, got "
-                f"{type(state).__name__}."
-            )
-        a, s, Q = (np.asarray(x) for x in (state.a, state.s, state.Q))
-        check_overlaps(a, s, "MultiIndexFiniteDimState")
-        if s.shape[1] != self.problem.k:
-            raise ValueError(
-                f"The target has k={self.problem.k} directions but s has {s.shape[1]} columns."
-            )
+        a, s, Q = check_overlap_state(self, state, MultiIndexFiniteDimState)
         m = a.shape[0]
         if Q.shape != (m, m) or not np.all(np.isfinite(Q)):
             raise ValueError(f"Q must be a finite ({m}, {m}) matrix (W W^T); got shape {Q.shape}.")

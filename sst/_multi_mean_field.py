@@ -37,7 +37,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._linear import DenseJacobian, ParticleJacobian
-from ._multi_finite_dim import check_overlaps
+from ._multi_finite_dim import check_overlap_state
 from ._multi_index import (
     AbstractMultiIndexModel,
     MultiIndexProblem,
@@ -45,7 +45,7 @@ from ._multi_index import (
     graded_indices,
     monomials,
 )
-from ._validate import float_array, particle_weights
+from ._validate import check_weights, float_array, particle_weights
 
 # Below this |x|^2 the functions of r^2 use their Taylor series to q^3 (truncation error below
 # 1e-17 relative; above it the closed form of phi loses at most 1e-12 relative to cancellation,
@@ -164,24 +164,10 @@ class MultiIndexMeanFieldODE(AbstractMultiIndexModel):
 
     def check_state(self, state: MultiIndexMeanFieldState) -> None:
         """Raise `ValueError` if `state` is not a valid set of weighted particles."""
-        if not isinstance(state, MultiIndexMeanFieldState):
-            raise ValueError(
-                "MultiIndexMeanFieldODE needs a MultiIndexMeanFieldState, got "
-                f"{type(state).__name__}."
-            )
-        a, s, w = (np.asarray(x) for x in (state.a, state.s, state.weights))
-        check_overlaps(a, s, "MultiIndexMeanFieldState")
-        if s.shape[1] != self.problem.k:
-            raise ValueError(
-                f"The target has k={self.problem.k} directions but s has {s.shape[1]} columns."
-            )
+        a, s, w = check_overlap_state(self, state, MultiIndexMeanFieldState)
         if w.shape != a.shape:
             raise ValueError(f"weights must have the shape {a.shape} of a, got {w.shape}.")
-        if not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-10:
-            raise ValueError(
-                "Particle weights must be finite, non-negative and sum to 1 (got sum "
-                f"{w.sum():.12g}, min {w.min():.3g}); normalise them with weights / weights.sum()."
-            )
+        check_weights(w)
 
     def split(self, state: MultiIndexMeanFieldState):
         """Solver coordinates `(a, x)` with `x` of shape `(k, m)` and `s = sin(|x|) x / |x|`

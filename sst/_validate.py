@@ -107,3 +107,12 @@ def particle_weights(a: jax.Array, weights: ArrayLike | None) -> jax.Array:
         m = a.shape[-1] if a.ndim else 1
         return jnp.full(a.shape, 1.0 / m, dtype=float)
     return float_array(weights)
+
+
+def check_weights(w: np.ndarray) -> None:
+    """Particle weights must be finite, non-negative and sum to 1."""
+    if not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-10:
+        raise ValueError(
+            "Particle weights must be finite, non-negative and sum to 1 (got sum "
+            f"{w.sum():.12g}, min {w.min():.3g}); normalise them with weights / weights.sum()."
+        )
