@@ -273,23 +273,26 @@ class _ShiftedBorderedMatvec(eqx.Module):
 
 class _Schur(eqx.Module):
     """Factored `c I - J = [[A, -B], [-E, c I + M]]` with `A = c I - D`: `A^{-1}` per particle,
-    `A^{-1} B`, `E A^{-1}` and the inverse of the Schur complement `S = c I + M - E A^{-1} B`."""
+    `A^{-1} B` and `E A^{-1}` with the particle coordinates flattened (`(n, p m)`, one product
+    each in a solve), and the inverse of the Schur complement `S = c I + M - E A^{-1} B`."""
 
     A_inv: list[list[Array]]
-    A_inv_B: list[Array]
-    E_A_inv: list[Array]
-    S_inv: Array
+    A_inv_B: Float[Array, "n pm"]
+    E_A_inv: Float[Array, "n pm"]
+    S_inv: Float[Array, "n n"]
 
     def solve(self, b_flat: Array) -> Array:
         """`x_r = S^{-1} (b_r + E A^{-1} b)`, then `x = A^{-1} b + A^{-1} B x_r`."""
         p = len(self.A_inv)
-        m = self.A_inv_B[0].shape[-1]
-        b, b_r = b_flat[: p * m].reshape(p, m), b_flat[p * m :]
-        x_r = self.S_inv @ (b_r + sum(self.E_A_inv[j] @ b[j] for j in range(p)))
-        particles = [
-            sum(self.A_inv[i][j] * b[j] for j in range(p)) + x_r @ self.A_inv_B[i] for i in range(p)
-        ]
-        return jnp.concatenate([*particles, x_r])
+        n = self.S_inv.shape[0]
+        b_particles, b_r = b_flat[:-n], b_flat[-n:]
+        b = b_particles.reshape(p, -1)
+        # Not (S^{-1} E A^{-1}) b: at tiny eps that product order loses backward stability.
+        x_r = self.S_inv @ (b_r + self.E_A_inv @ b_particles)
+        particles = jnp.concatenate(
+            [sum(self.A_inv[i][j] * b[j] for j in range(p)) for i in range(p)]
+        )
+        return jnp.concatenate([particles + x_r @ self.A_inv_B, x_r])
 
     def transpose(self) -> _Schur:
         """The factors of `(c I - J)^T`: the same elimination with `B` and `E` exchanged."""
@@ -315,10 +318,14 @@ class SchurSolver(_AbstractFactoredSolver):
         c, jac = fn.c, fn.jacobian
         p, n, _ = jac.B.shape
         A_inv = _small_inverse(c * jnp.eye(p, dtype=jac.D.dtype)[:, :, None] - jac.D)
-        A_inv_B = [sum(A_inv[i][j] * jac.B[j] for j in range(p)) for i in range(p)]
-        E_A_inv = [sum(jac.E[i] * A_inv[i][j] for i in range(p)) for j in range(p)]
-        coupling = sum(jac.E[i] @ A_inv_B[i].T for i in range(p))
-        S = c * jnp.eye(n, dtype=jac.M.dtype) + jac.M - coupling
+        A_inv_B = jnp.concatenate(
+            [sum(A_inv[i][j] * jac.B[j] for j in range(p)) for i in range(p)], axis=1
+        )
+        E_A_inv = jnp.concatenate(
+            [sum(jac.E[i] * A_inv[i][j] for i in range(p)) for j in range(p)], axis=1
+        )
+        E = jac.E.transpose(1, 0, 2).reshape(n, -1)
+        S = c * jnp.eye(n, dtype=jac.M.dtype) + jac.M - E @ A_inv_B.T
         return _Schur(A_inv, A_inv_B, E_A_inv, _gauss_jordan_inverse(S))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
@@ -307,8 +308,9 @@ def _d_ds(rows: Float[Array, "n m"]) -> Float[Array, "n m"]:
     return jnp.pad(rows[:-1], ((1, 0), (0, 0))) * k[:, None]
 
 
+@jax.custom_jvp
 def _sin_cos(theta: Float[Array, " m"]) -> tuple[Float[Array, " m"], Float[Array, " m"]]:
-    """`sin(theta)` and `cos(theta)`, each evaluated once.
+    """`sin(theta)` and `cos(theta)`, each evaluated once (and their derivatives from them).
 
     XLA fuses an elementwise producer into every kernel that consumes it, transcendental ones
     included: in a Rodas4 step of this model sin and cos ran 33 times over the particles where
@@ -318,3 +320,10 @@ def _sin_cos(theta: Float[Array, " m"]) -> tuple[Float[Array, " m"], Float[Array
     sc = jnp.stack([jnp.sin(theta), jnp.cos(theta)])
     sc = jnp.eye(2, dtype=sc.dtype) @ sc
     return sc[0], sc[1]
+
+
+@_sin_cos.defjvp
+def _sin_cos_jvp(primals, tangents):
+    s, c = _sin_cos(*primals)
+    (dtheta,) = tangents
+    return (s, c), (c * dtheta, -s * dtheta)
