@@ -318,7 +318,7 @@ def _sin_cos(theta: Float[Array, " m"]) -> tuple[Float[Array, " m"], Float[Array
     fusion (XLA does not fuse into a dot's operand), and it is exact: `x * 1 + y * 0`.
     """
     sc = jnp.stack([jnp.sin(theta), jnp.cos(theta)])
-    sc = jnp.eye(2, dtype=sc.dtype) @ sc
+    sc = jnp.tensordot(jnp.eye(2, dtype=sc.dtype), sc, axes=1)  # any shape of theta
     return sc[0], sc[1]
 
 

@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 import sst
 from sst._control import scaled_rms_error
+from sst._mean_field import _sin_cos
 
 # Activation [0.5, 1, 1, 1] with no degree 0 in the target: the problem of the old test_odes.
 PROBLEM = sst.Problem(sst.Hermite([0.0, 1.0, 0.5, 0.5]), sst.Hermite([0.5, 1.0, 1.0, 1.0]), eps=0.5)
@@ -279,6 +280,20 @@ def test_error_norm_of_the_dense_path_is_diffraxs():
         model.error_norm(y, y, error, weights, 1e-6, 1e-9),
         scaled_rms_error(y, y, error, 1e-6, 1e-9),
     )
+
+
+def test_sin_cos_evaluated_once_are_exactly_sin_and_cos_with_their_derivatives():
+    # The product with the identity that keeps XLA from re-evaluating them must not change a bit.
+    theta = jnp.linspace(-np.pi / 2, np.pi / 2, 24).reshape(4, 6)
+    s, c = jax.jit(_sin_cos)(theta)
+    np.testing.assert_array_equal(s, jax.jit(jnp.sin)(theta))
+    np.testing.assert_array_equal(c, jax.jit(jnp.cos)(theta))
+    tangent = jnp.full_like(theta, 0.5)
+    _, (ds, dc) = jax.jvp(_sin_cos, (theta,), (tangent,))
+    np.testing.assert_allclose(ds, 0.5 * np.cos(np.asarray(theta)), rtol=1e-15, atol=1e-17)
+    np.testing.assert_allclose(dc, -0.5 * np.sin(np.asarray(theta)), rtol=1e-15, atol=1e-17)
+    grad = jax.grad(lambda t: jnp.sum(_sin_cos(t)[0] * _sin_cos(t)[1]))(theta[0])
+    np.testing.assert_allclose(grad, np.cos(2 * np.asarray(theta[0])), rtol=1e-14, atol=1e-15)
 
 
 def test_projection_solves_its_least_squares_problem():
