@@ -284,8 +284,8 @@ class _Schur(eqx.Module):
     def solve(self, b_flat: Array) -> Array:
         """`x_r = S^{-1} (b_r + E A^{-1} b)`, then `x = A^{-1} b + A^{-1} B x_r`."""
         p = len(self.A_inv)
-        n = self.S_inv.shape[0]
-        b_particles, b_r = b_flat[:-n], b_flat[-n:]
+        size = self.A_inv_B.shape[1]
+        b_particles, b_r = b_flat[:size], b_flat[size:]
         b = b_particles.reshape(p, -1)
         # Not (S^{-1} E A^{-1}) b: at tiny eps that product order loses backward stability.
         x_r = self.S_inv @ (b_r + self.E_A_inv @ b_particles)

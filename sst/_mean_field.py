@@ -309,13 +309,16 @@ def _d_ds(rows: Float[Array, "n m"]) -> Float[Array, "n m"]:
 
 
 @jax.custom_jvp
-def _sin_cos(theta: Float[Array, " m"]) -> tuple[Float[Array, " m"], Float[Array, " m"]]:
+def _sin_cos(
+    theta: Float[Array, "*shape"],
+) -> tuple[Float[Array, "*shape"], Float[Array, "*shape"]]:
     """`sin(theta)` and `cos(theta)`, each evaluated once (and their derivatives from them).
 
     XLA fuses an elementwise producer into every kernel that consumes it, transcendental ones
-    included: in a Rodas4 step of this model sin and cos ran 33 times over the particles where
-    13 are needed, half of the step's time at m = 64. A product with the identity ends the
-    fusion (XLA does not fuse into a dot's operand), and it is exact: `x * 1 + y * 0`.
+    included, and so evaluates sin and cos again in each kernel of a step that reads them; over
+    many particles that is most of the step. A product with the identity ends the fusion (XLA
+    does not fuse into a dot's operand) and leaves every value unchanged (`x * 1 + y * 0`; a
+    zero may lose its sign).
     """
     sc = jnp.stack([jnp.sin(theta), jnp.cos(theta)])
     sc = jnp.tensordot(jnp.eye(2, dtype=sc.dtype), sc, axes=1)  # any shape of theta
@@ -324,6 +327,7 @@ def _sin_cos(theta: Float[Array, " m"]) -> tuple[Float[Array, " m"], Float[Array
 
 @_sin_cos.defjvp
 def _sin_cos_jvp(primals, tangents):
+    """`d sin = cos dtheta`, `d cos = -sin dtheta`, from the values evaluated once."""
     s, c = _sin_cos(*primals)
     (dtheta,) = tangents
     return (s, c), (c * dtheta, -s * dtheta)

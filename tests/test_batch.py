@@ -202,10 +202,9 @@ def test_sharded_batch_equals_unsharded_on_four_host_devices():
     # The same step sequence per member, and values equal up to the last bits: the partitioned
     # program may round differently (1 ulp) from the single-device one, nothing more.
     assert result["same_steps"], result
-    # Rounding only: the per-device program (2 members) is vectorised, and so reduces, in
-    # another order than the one of 5-8 members, and the difference grows along the trajectory.
-    # Measured 2.6e-13 in the risk and 1.2e-12 in a (relative to max |a|) with the Schur solve's
-    # particle coordinates in one product each (1.1e-13 in the risk before). Any difference of
-    # the computation itself shows at the solver's tolerance, rtol 1e-8.
+    # Rounding only: one member per device is vectorised, and so reduces, in another order than
+    # the unsharded groups of 4, and the difference grows along the trajectory (measured 2.6e-13
+    # in the risk and 1.2e-12 in a, relative to max |a|). A difference of the computation itself
+    # shows at the solver's tolerance, rtol 1e-8.
     assert result["max_diff"] <= 1e-11 and result["a_rel_diff"] <= 1e-11, result
     assert "5 members cannot be split evenly across 4 devices" in result["uneven"], result

@@ -294,6 +294,10 @@ def test_sin_cos_evaluated_once_are_exactly_sin_and_cos_with_their_derivatives()
     np.testing.assert_allclose(dc, -0.5 * np.sin(np.asarray(theta)), rtol=1e-15, atol=1e-17)
     grad = jax.grad(lambda t: jnp.sum(_sin_cos(t)[0] * _sin_cos(t)[1]))(theta[0])
     np.testing.assert_allclose(grad, np.cos(2 * np.asarray(theta[0])), rtol=1e-14, atol=1e-15)
+    hessian = jax.hessian(lambda t: _sin_cos(t)[0])(theta[0, 1])
+    np.testing.assert_allclose(hessian, -np.sin(float(theta[0, 1])), rtol=1e-15)
+    s_vmapped, _ = jax.vmap(_sin_cos)(theta)
+    np.testing.assert_array_equal(s_vmapped, s)
 
 
 def test_projection_solves_its_least_squares_problem():
