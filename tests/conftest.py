@@ -22,9 +22,9 @@ import os
 # Set here, before any computation starts the backend; the xdist workers, notebook kernels and
 # subprocesses inherit it through the environment (test_distributed.py's two processes append
 # their device count: they are compared with a solve of this process). The four-device
-# subprocess of test_batch.py sets XLA_FLAGS itself and so keeps XLA's defaults: its bound
-# (sharded against unsharded to 1e-13) is one of the default build (at level 0 the partitioned
-# program differs by 2e-13). SST_TEST_DEFAULT_XLA=1 runs everything with XLA's defaults.
+# subprocess of test_batch.py sets XLA_FLAGS itself and so keeps XLA's defaults, the build its
+# rounding bound (sharded against unsharded) was measured with. SST_TEST_DEFAULT_XLA=1 runs
+# everything with XLA's defaults.
 FAST_COMPILE_XLA_FLAGS = ("--xla_backend_optimization_level=0",)
 if os.environ.get("SST_TEST_DEFAULT_XLA") != "1":
     _flags = os.environ.get("XLA_FLAGS", "").split()
