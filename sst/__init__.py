@@ -38,28 +38,6 @@ from ._linear import (
 )
 from ._mean_field import MeanFieldODE as MeanFieldODE, MeanFieldState as MeanFieldState
 from ._model import AbstractModel as AbstractModel, WithDenseJacobian as WithDenseJacobian
-
-# Multi-index targets (docs/multi_index.md).
-from ._multi_finite_dim import (
-    MultiIndexFiniteDimODE as MultiIndexFiniteDimODE,
-    MultiIndexFiniteDimState as MultiIndexFiniteDimState,
-)
-from ._multi_index import (
-    AbstractMultiIndexModel as AbstractMultiIndexModel,
-    MultiIndexProblem as MultiIndexProblem,
-    MultiIndexTarget as MultiIndexTarget,
-    format_index as format_index,
-    graded_indices as graded_indices,
-)
-from ._multi_init import (
-    MultiIndexRandomInit as MultiIndexRandomInit,
-    multi_index_particles as multi_index_particles,
-    random_init_multi_index as random_init_multi_index,
-)
-from ._multi_mean_field import (
-    MultiIndexMeanFieldODE as MultiIndexMeanFieldODE,
-    MultiIndexMeanFieldState as MultiIndexMeanFieldState,
-)
 from ._multi_plot import (
     learning_times_by_label as learning_times_by_label,
     plot_learning_times as plot_learning_times,
@@ -87,6 +65,11 @@ from ._solution import (
     Trajectory as Trajectory,
 )
 from ._solve import EPS_MIN as EPS_MIN, default_solver as default_solver, solve as solve
+from ._target import (
+    Target as Target,
+    format_index as format_index,
+    graded_indices as graded_indices,
+)
 from ._timescales import (
     Phase as Phase,
     ScalingFit as ScalingFit,

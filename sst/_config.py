@@ -20,10 +20,9 @@ atol = 1e-10
 max_steps = 100000
 ```
 
-A multi-index target (docs: multi-index targets) is a table of multi-indices and coefficients; `k`
-is the length of the multi-indices, and the models become the multi-index ones
-(`MultiIndexMeanFieldODE` with particles at `s = 0` in `R^k`, `MultiIndexFiniteDimODE` with
-`k` target directions in dimension `d`):
+A target of `k` directions (docs: multi-index targets) is a table of multi-indices and
+coefficients; `k` is the length of the multi-indices (the same models, with particles at `s = 0`
+in `R^k`, or `k` target directions in dimension `d`):
 
 ```toml
 [problem.target]                # the staircase z1 + z1 z2 + z1 z2 z3
@@ -51,11 +50,8 @@ from ._finite_dim import FiniteDimODE
 from ._hermite import Hermite, erf, relu
 from ._init import quadrature_particles, random_init
 from ._mean_field import MeanFieldODE
-from ._multi_finite_dim import MultiIndexFiniteDimODE
-from ._multi_index import MultiIndexProblem, MultiIndexTarget
-from ._multi_init import multi_index_particles, random_init_multi_index
-from ._multi_mean_field import MultiIndexMeanFieldODE
 from ._problem import Problem
+from ._target import Target
 
 _LAWS = ("normal", "uniform", "rademacher")
 _MODELS = ("mean_field", "finite_dim")
@@ -228,27 +224,29 @@ class RunConfig:
         """The values of eps to run, in the order given."""
         return [float(e) for e in np.atleast_1d(self.problem["eps"])]
 
-    def build_problem(self, eps: float) -> Problem | MultiIndexProblem:
-        """The `Problem` (or `MultiIndexProblem`) at one value of eps."""
+    def build_problem(self, eps: float) -> Problem:
+        """The `Problem` at one value of eps."""
         p = self.problem
-        if isinstance(p["target"], dict):
-            target = _multi_index_target(p["target"])
-            return MultiIndexProblem(target, _hermite(p["activation"]), eps, p["noise"])
-        return Problem(_hermite(p["target"]), _hermite(p["activation"]), eps, p["noise"])
+        spec = p["target"]
+        target = _multi_index_target(spec) if isinstance(spec, dict) else _hermite(spec)
+        return Problem(target, _hermite(p["activation"]), eps, p["noise"])
 
     def build(self, eps: float) -> tuple[Any, Any, jax.Array]:
         """Model, initial state and save times for one member of the run."""
         problem = self.build_problem(eps)
         i = self.init
-        if isinstance(problem, MultiIndexProblem):
-            model, y0 = _build_multi_index(self.model, problem, i)
-        elif self.model == "mean_field":
+        k = problem.k if problem.vector_overlaps else None
+        if self.model == "mean_field":
             model = MeanFieldODE(problem)
-            y0 = quadrature_particles(i["particles"], i["law"], i["scale"], i["mean"])
+            y0 = quadrature_particles(i["particles"], i["law"], i["scale"], i["mean"], k=k)
         else:
+            if i["d"] <= problem.k:
+                raise ValueError(
+                    f"init.d must exceed the k={problem.k} target directions; got {i['d']}."
+                )
             model = FiniteDimODE(problem)
             key = jax.random.PRNGKey(i["seed"])
-            y0 = random_init(key, i["m"], i["d"], i["scale"], i["law"]).state
+            y0 = random_init(key, i["m"], i["d"], i["scale"], i["law"], k=k).state
         t = self.times
         ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(t["t_min"], t["t_max"], t["n_save"])])
         return model, y0, ts
@@ -313,20 +311,8 @@ def _target(key: str, value: Any) -> Any:
     return {"terms": out, "basis": basis}
 
 
-def _multi_index_target(spec: dict[str, Any]) -> MultiIndexTarget:
+def _multi_index_target(spec: dict[str, Any]) -> Target:
     pairs = [(tuple(a), c) for a, c in spec["terms"]]
     if spec["basis"] == "monomial":
-        return MultiIndexTarget.from_monomials(pairs)
-    return MultiIndexTarget.from_terms(pairs)
-
-
-def _build_multi_index(model: str, problem: MultiIndexProblem, i: dict[str, Any]):
-    k = problem.k
-    if model == "mean_field":
-        y0 = multi_index_particles(i["particles"], k, i["law"], i["scale"], i["mean"])
-        return MultiIndexMeanFieldODE(problem), y0
-    if i["d"] <= k:
-        raise ValueError(f"init.d must exceed the k={k} target directions; got {i['d']}.")
-    key = jax.random.PRNGKey(i["seed"])
-    init = random_init_multi_index(key, i["m"], i["d"], k, i["scale"], i["law"])
-    return MultiIndexFiniteDimODE(problem), init.state
+        return Target.from_monomials(pairs)
+    return Target.from_terms(pairs)

@@ -12,10 +12,10 @@ runs diffrax's PID step-size logic on that measure instead of its own.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import diffrax as dfx
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import optimistix as optx
@@ -55,11 +55,19 @@ class ModelErrorController(dfx.AbstractAdaptiveStepSizeController):
     **Fields:**
 
     - `model`: the `sst.AbstractModel` being integrated (its `error_norm`).
-    - `controller`: a `diffrax.PIDController` (its `norm` is not used after the first step).
+    - `controller`: a `diffrax.PIDController`: its tolerances go to `model.error_norm`, its
+      `norm` only into the initial step size (and an implicit solver's root finder).
     """
 
     model: AbstractModel
     controller: dfx.PIDController
+
+    def __check_init__(self):
+        if not isinstance(self.controller, dfx.PIDController):
+            raise ValueError(
+                "ModelErrorController needs controller=diffrax.PIDController(rtol=..., atol=...), "
+                f"got {type(self.controller).__name__}."
+            )
 
     @property
     def rtol(self):
@@ -74,7 +82,7 @@ class ModelErrorController(dfx.AbstractAdaptiveStepSizeController):
         return self.controller.norm
 
     def wrap(self, direction):
-        return eqx.tree_at(lambda c: c.controller, self, self.controller.wrap(direction))
+        return dataclasses.replace(self, controller=self.controller.wrap(direction))
 
     def init(self, terms, t0, t1, y0, dt0, args, func, error_order):
         return self.controller.init(terms, t0, t1, y0, dt0, args, func, error_order)
@@ -86,9 +94,9 @@ class ModelErrorController(dfx.AbstractAdaptiveStepSizeController):
             y0, y1_candidate, y_error, args, self.controller.rtol, self.controller.atol
         )
         error = jnp.where(jnp.isfinite(error), error, jnp.inf)
-        # The PID controller divides by atol + rtol |y| and then applies its norm; with the norm
-        # replaced by a constant its scaled error is exactly ours (the division is dead code).
-        pid = eqx.tree_at(lambda c: c.norm, self.controller, lambda _: error)
-        return pid.adapt_step_size(
-            t0, t1, y0, y1_candidate, args, y_error, error_order, controller_state
-        )
+        # diffrax's PID rule on the one-component problem whose error is `error` and whose
+        # tolerance is 1 (atol = 1, rtol = 0, state 0): its scaled error, max |error / 1|, is
+        # exactly `error`, and the step-size update is `controller`'s own.
+        unit = dataclasses.replace(self.controller, rtol=0.0, atol=1.0, norm=optx.max_norm)
+        zero = jnp.zeros_like(error)
+        return unit.adapt_step_size(t0, t1, zero, zero, args, error, error_order, controller_state)

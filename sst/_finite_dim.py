@@ -9,49 +9,54 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._linear import DenseJacobian
-from ._problem import AbstractProblemModel, Problem, _moments, _pad, _powers
-from ._validate import check_particles, float_array
+from ._problem import AbstractProblemModel, Problem, overlap_matrix, state_overlaps
+from ._target import _powers, graded_indices, monomials
+from ._validate import check_overlaps, float_array
 
 
 class FiniteDimState(eqx.Module):
     """State of the exact finite-dimensional ODE (docs: [the finite-dimensional
     ODE][finite-dimensional-ode]).
 
-    **Fields:** `a` second-layer weights `(m,)`, `s` overlaps `<u*, w_i>` `(m,)`, `Q` the overlap
-    matrix `<w_i, w_j>` `(m, m)`, symmetric with unit diagonal.
+    **Fields:** `a` second-layer weights `(m,)`; `s` the overlaps `S = W U*` with the target
+    directions, `(m,)` for an `sst.Hermite` target and `(m, k)` for an `sst.Target`; `Q` the
+    overlap matrix `W W^T` `(m, m)`, symmetric with unit diagonal.
     """
 
     a: Float[Array, " m"] = eqx.field(converter=float_array)
-    s: Float[Array, " m"] = eqx.field(converter=float_array)
+    s: Float[Array, "m *k"] = eqx.field(converter=float_array)
     Q: Float[Array, "m m"] = eqx.field(converter=float_array)
 
 
 class FiniteDimODE(AbstractProblemModel):
-    """The exact order-parameter ODE of population gradient flow (docs:
-    [the finite-dimensional ODE][finite-dimensional-ode]):
+    """The exact order-parameter ODE of population gradient flow (docs: [the finite-dimensional
+    ODE][finite-dimensional-ode]), with `g_i = grad V(s_i)` in `R^k`:
 
     `eps da_i/dt = V(s_i) - (1/m) sum_j a_j U(Q_ij)`,
-    `ds_i/dt = a_i V'(s_i)(1 - s_i^2) - (a_i/m) sum_{j!=i} a_j U'(Q_ij)(s_j - Q_ij s_i)`,
-    `dQ_ij/dt = M_ij + M_ji`, `M_ij = a_i V'(s_i)(s_j - s_i Q_ij)
-    - (a_i/m) sum_{k!=i} a_k U'(Q_ik)(Q_kj - Q_ik Q_ij)`.
+    `ds_i/dt = a_i [g_i - (s_i . g_i) s_i] - (a_i/m) sum_{j!=i} a_j U'(Q_ij) (s_j - Q_ij s_i)`,
+    `dQ_ij/dt = M_ij + M_ji`, `M_ij = a_i [g_i . s_j - (s_i . g_i) Q_ij]
+    - (a_i/m) sum_{l!=i} a_l U'(Q_il) (Q_lj - Q_il Q_ij)`.
 
     Exact for any `d` and `m`: `d` enters only through the initial condition.
     """
 
     problem: Problem
 
+    def __check_init__(self):
+        if not isinstance(self.problem, Problem):
+            raise ValueError(
+                f"FiniteDimODE needs an sst.Problem, got {type(self.problem).__name__}."
+            )
+
     def check_state(self, state: FiniteDimState) -> None:
-        """Raise `ValueError` if `state` is not a valid `(a, s, Q)`."""
+        """Raise `ValueError` if `state` is not a valid `(a, s, Q)` for this problem."""
         if not isinstance(state, FiniteDimState):
             raise ValueError(f"FiniteDimODE needs a FiniteDimState, got {type(state).__name__}.")
         a, s, Q = (np.asarray(x) for x in (state.a, state.s, state.Q))
-        m = a.shape[0] if a.ndim == 1 else -1
-        if a.ndim != 1 or s.shape != a.shape or Q.shape != (m, m):
-            raise ValueError(
-                "FiniteDimState needs a and s of shape (m,) and Q of shape (m, m); got "
-                f"{a.shape}, {s.shape} and {Q.shape}."
-            )
-        check_particles(a, s)
+        check_overlaps(self.problem, a, s, "FiniteDimState")
+        m = a.shape[0]
+        if Q.shape != (m, m):
+            raise ValueError(f"Q must be a ({m}, {m}) matrix (W W^T); got shape {Q.shape}.")
         if not np.all(np.isfinite(Q)):
             raise ValueError("Q contains NaN or inf; pass the finite overlap matrix W @ W.T.")
         if np.max(np.abs(Q - Q.T)) > 1e-10 or np.max(np.abs(np.diag(Q) - 1.0)) > 1e-10:
@@ -61,17 +66,19 @@ class FiniteDimODE(AbstractProblemModel):
             )
         if np.max(np.abs(Q)) > 1.0 + 1e-12:
             raise ValueError("Entries of Q are overlaps of unit vectors and must lie in [-1, 1].")
-        # (s, Q) come from unit vectors w_i and the unit target u: [[1, s^T], [s, Q]] is their
-        # Gram matrix, so positive semi-definite. W W^T in float64 carries rounding of at most
-        # d u ~ 1e-10 per entry up to d = 1e6, which moves an eigenvalue by at most (m+1) times
-        # that: below -(m+1) 1e-9 no set of unit vectors produced this state.
-        gram = np.block([[np.ones((1, 1)), s[None, :]], [s[:, None], Q]])
+        # (S, Q) come from unit vectors w_i and orthonormal directions U*: [[I, S^T], [S, Q]] is
+        # their Gram matrix, so positive semi-definite. W W^T in float64 carries rounding of at
+        # most d u ~ 1e-10 per entry up to d = 1e6, which moves an eigenvalue by at most
+        # (m + k) times that: below -(m + k) 1e-9 no set of unit vectors produced this state.
+        S = s.reshape(m, -1)
+        k = S.shape[1]
+        gram = np.block([[np.eye(k), S.T], [S, Q]])
         smallest = float(np.linalg.eigvalsh(0.5 * (gram + gram.T))[0])
-        if smallest < -(m + 1) * 1e-9:
+        if smallest < -(m + k) * 1e-9:
             raise ValueError(
-                "(s, Q) is not the Gram matrix of unit vectors and the target direction: "
-                f"[[1, s^T], [s, Q]] has eigenvalue {smallest:.3g} < 0; build the state from "
-                "unit vectors W (rows) and u as s = W @ u, Q = W @ W.T "
+                "(s, Q) is not the Gram matrix of unit vectors and the target directions: "
+                f"[[I, s^T], [s, Q]] has eigenvalue {smallest:.3g} < 0; build the state from "
+                "unit vectors W (rows) and directions U as s = W @ U, Q = W @ W.T "
                 "(sst.RandomInit.from_weights)."
             )
 
@@ -85,64 +92,63 @@ class FiniteDimODE(AbstractProblemModel):
 
     def __call__(self, t, y: tuple[Array, Array, Array], args=None):
         """Time derivative of `(a, s, Q)`."""
-        a, s, Q = y
+        a, s_stored, Q = y
+        p = self.problem
+        s = overlap_matrix(p, s_stored)  # (m, k)
         m = a.shape[0]
-        da, off, Q_off, G, pull = neuron_interaction(self.problem, a, s, Q)
-        aVp = a * self.problem.dV(s)
-        ds = aVp * (1.0 - s**2) - (a / m) * (G @ s - s * pull)
-        M = aVp[:, None] * (s[None, :] - s[:, None] * Q_off) - (a / m)[:, None] * (
+        off = 1.0 - jnp.eye(m)
+        Q_off = Q * off  # the diagonal is 1 by construction; U is never differentiated there
+        U = p.U(Q_off) * off + p.U(1.0) * jnp.eye(m)
+        G = (a[None, :] * p.dU(Q_off)) * off  # G_il = a_l U'(Q_il), l != i
+        pull = jnp.sum(G * Q_off, axis=1)
+        da = (p.V(s) - U @ a / m) / p.eps
+        ag = a[:, None] * p.dV(s)  # (m, k)
+        radial = jnp.sum(s * ag, axis=1)  # a_i (s_i . g_i)
+        ds = ag - radial[:, None] * s - (a / m)[:, None] * (G @ s - pull[:, None] * s)
+        M = (ag @ s.T - radial[:, None] * Q_off) - (a / m)[:, None] * (
             G @ Q - Q_off * pull[:, None]
         )
         dQ = (M + M.T) * off
-        return da, ds, dQ
+        return da, state_overlaps(p, ds), dQ
 
     def jacobian(self, t, y, args=None) -> DenseJacobian:
         """The dense Jacobian of the vector field (every pair of neurons interacts through Q)."""
         return DenseJacobian.of(self, t, y, args)
 
-    def moments(self, state: FiniteDimState) -> Float[Array, " R"]:
-        """`m_k = (1/m) sum_i a_i s_i^k` for `k` up to the target's degree."""
-        m = state.a.shape[0]
-        return _moments(jnp.full(m, 1.0 / m), state.a, state.s, len(self.problem.degrees))
+    def moments(self, state: FiniteDimState) -> Float[Array, " N"]:
+        """`mu_alpha = (1/m) sum_i a_i s_i^alpha` on the residual labels."""
+        s = overlap_matrix(self.problem, state.s).T
+        return monomials(s, self.problem.labels) @ state.a / state.a.shape[0]
 
     def risk(self, state: FiniteDimState) -> Float[Array, ""]:
         """`R = |phi|^2/2 - (1/m) sum_i a_i V(s_i) + (1/2m^2) sum_ij a_i a_j U(Q_ij)` (+ noise).
 
-        For a polynomial activation of degree `K`, as a sum of non-negative parts: degree `k` of
-        the network is `sigma_k (1/m) sum_i a_i w_i^(x)k`, whose part along `u^(x)k` gives the
-        residual `r_k = phi_k - sigma_k m_k` and whose orthogonal part has squared norm
-        `sigma_k^2 a^T (Q^k - s^k s^kT) a / m^2` (`Q^k` elementwise: the Gram matrix of the
-        `w_i^(x)k` minus their projections on `u^(x)k`), so
-        `R = sum_k [r_k^2 + sigma_k^2 a^T (Q^k - s^k s^kT) a / m^2] / 2` plus the target beyond
-        the activation's degree and the noise.
+        For a polynomial activation of degree `K`, as a sum of non-negative parts: degree `n`
+        of the network is `sigma_n (1/m) sum_i a_i w_i^(x)n`, whose part in the span of the
+        symmetrised `U*`-tensors gives the residuals `r_alpha = c_alpha - b_alpha mu_alpha`
+        (`|alpha| = n`) and whose orthogonal part has squared norm
+        `sigma_n^2 a^T (Q^n - (S S^T)^n) a / m^2` (powers elementwise; `(s_i . s_j)^n =
+        sum_{|alpha|=n} (n!/alpha!) s_i^alpha s_j^alpha`), so `R = [sum_alpha r_alpha^2 +
+        sum_n sigma_n^2 a^T (Q^n - (S S^T)^n) a / m^2] / 2` plus the target beyond the
+        activation's degree and the noise.
         """
         p = self.problem
-        a, s, Q = state.a, state.s, state.Q
+        a, Q = state.a, state.Q
+        s = overlap_matrix(p, state.s)  # (m, k)
         m = a.shape[0]
         eye = jnp.eye(m)
         if not p.activation.is_polynomial:
             U = p.U(Q * (1 - eye)) * (1 - eye) + p.U(1.0) * eye
             return p.baseline_risk - jnp.sum(a * p.V(s)) / m + 0.5 * (a @ U @ a) / m**2
-        n = max(p.activation.coeffs.shape[0], p.target.coeffs.shape[0])
-        r = p.residuals(_moments(jnp.full(m, 1.0 / m), a, s, n))
+        n = max(p.activation.degree, p.target.degree) + 1
+        indices = graded_indices(p.k, n - 1)
+        r = p.residuals(monomials(s.T, indices) @ a / m, indices)
         Q_exact = Q * (1 - eye) + eye  # the diagonal is 1 by construction
-        Q_powers, s_powers = _powers(Q_exact, n), _powers(s, n)
-        perpendicular = jnp.einsum("i,kij,j->k", a, Q_powers, a) - (s_powers @ a) ** 2
-        sigma = _pad(p.activation.coeffs, n)
-        beyond = p.target.norm2 - jnp.sum(p.target.coeffs**2)
+        gap = _powers(Q_exact, n) - _powers(s @ s.T, n)
+        perpendicular = jnp.einsum("i,kij,j->k", a, gap, a)
+        sigma = (
+            jnp.zeros(n, a.dtype).at[: p.activation.coeffs.shape[0]].set(p.activation.coeffs[:n])
+        )
+        beyond = p.target.norm2 - jnp.sum(p.target_coeffs(indices) ** 2)
         parts = jnp.sum(r**2) + jnp.sum(sigma**2 * perpendicular) / m**2
         return 0.5 * (parts + beyond + p.noise**2)
-
-
-def neuron_interaction(problem, a: Array, s: Array, Q: Array) -> tuple[Array, ...]:
-    """What the overlap matrix `Q` of `m` neurons contributes to the finite-d ODEs (single- and
-    multi-index): `da/dt = (V(s) - U(Q) a / m) / eps`, the off-diagonal mask, `Q` with its
-    diagonal zeroed (it is 1 by construction; `U` is never differentiated there),
-    `G_il = a_l U'(Q_il)` for `l != i`, and `pull_i = sum_l G_il Q_il`."""
-    m = a.shape[0]
-    off = 1.0 - jnp.eye(m)
-    Q_off = Q * off
-    U = problem.U(Q_off) * off + problem.U(1.0) * jnp.eye(m)
-    G = (a[None, :] * problem.dU(Q_off)) * off
-    da = (problem.V(s) - U @ a / m) / problem.eps
-    return da, off, Q_off, G, jnp.sum(G * Q_off, axis=1)

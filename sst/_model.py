@@ -6,9 +6,14 @@ import abc
 from collections.abc import Hashable
 from typing import Any, Generic, TypeVar
 
+import diffrax as dfx
 import equinox as eqx
 import jax
-from jaxtyping import Array, Float, PyTree
+
+# diffeqsolve's own wrapper of every term it hands a solver (not exported by diffrax; its
+# Langevin solvers unwrap it the same way to reach their terms' fields).
+from diffrax._term import WrapTerm
+from jaxtyping import Array, Float, Int, PyTree
 
 from ._control import scaled_rms_error
 from ._linear import AbstractJacobian, DenseJacobian
@@ -23,7 +28,7 @@ class AbstractModel(eqx.Module, Generic[State]):
     `MeanFieldState`) and the solver coordinates `y` with constant `args` (`split`/`merge`),
     chosen so that implicit steps stay inside the domain (e.g. `s = sin(theta)`). Calling the
     model is its vector field in solver coordinates, `model(t, y, args) = dy/dt`, so that
-    `diffrax.ODETerm(model)` integrates it and a Rosenbrock solver can ask for `jacobian`.
+    `ModelTerm(model)` integrates it and a Rosenbrock solver can ask for `jacobian`.
 
     Concrete models implement every abstract method below; `solve`, `solve_batch`, the gradient
     functionals and the plots use nothing else.
@@ -100,7 +105,8 @@ class AbstractModel(eqx.Module, Generic[State]):
     def project(self, y: PyTree[Array], args: Any) -> PyTree[Array]:
         """The solver coordinates `y` moved back onto the model's invariant manifold, if its
         coordinates carry redundant quantities (`MeanFieldODE` carries its residuals); the
-        Rosenbrock solvers call it at the end of every step. Default: `y` unchanged."""
+        Rosenbrock solvers, and `ProjectedSolver` around any other diffrax solver, call it at the
+        end of every step. Default: `y` itself, unchanged."""
         del args
         return y
 
@@ -163,3 +169,49 @@ class WithDenseJacobian(AbstractModel[State]):
 
     def rate(self, t, state):
         return self.model.rate(t, state)
+
+
+class ModelTerm(dfx.ODETerm):
+    """The `diffrax.ODETerm` of an `sst.AbstractModel`: what solvers that need more of the model
+    than its vector field are given.
+
+    A Rosenbrock solver needs the model's `jacobian` and `project`, `sst.ProjectedSolver` its
+    `project`: they declare `ModelTerm` as their `term_structure`, so that `diffrax.diffeqsolve`
+    refuses any other term before compiling, and reach the model with `ModelTerm.unwrap`.
+    Any other diffrax ODE solver integrates a `ModelTerm` as the `ODETerm` it is.
+
+    **Fields:** `vector_field`, the model (`model(t, y, args)` is `dy/dt`).
+    """
+
+    vector_field: AbstractModel
+
+    def __check_init__(self):
+        if not isinstance(self.vector_field, AbstractModel):
+            raise ValueError(
+                "ModelTerm needs an sst.AbstractModel as its vector field, got "
+                f"{type(self.vector_field).__name__}; wrap a plain vector field in a subclass "
+                "of sst.AbstractModel, or use diffrax.ODETerm with a diffrax solver."
+            )
+
+    @staticmethod
+    def unwrap(terms: dfx.AbstractTerm) -> tuple[AbstractModel, int | Int[Array, ""]]:
+        """The model of the `ModelTerm` a solver is given, and the direction of time.
+
+        `diffrax.diffeqsolve` hands its solver every term wrapped so that the solver always
+        steps forward: solving from `t0 > t1` it integrates `dy/ds = -f(-s, y)` in `s = -t`,
+        with direction `-1`.
+
+        **Arguments:** `terms`, the terms a solver's `step` receives: a `ModelTerm`, or one
+        wrapped by `diffeqsolve`.
+
+        **Returns:** `(model, direction)`, `direction` 1 or -1 (1 for a bare `ModelTerm`).
+        """
+        direction = 1
+        if isinstance(terms, WrapTerm):
+            terms, direction = terms.term, terms.direction
+        if not isinstance(terms, ModelTerm):
+            raise ValueError(
+                f"terms must be an sst.ModelTerm(model), got {type(terms).__name__}; pass "
+                "sst.ModelTerm(model) to diffrax.diffeqsolve."
+            )
+        return terms.vector_field, direction

@@ -16,7 +16,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
-from ._multi_index import format_index
+from ._target import format_index
 from ._solution import Trajectory
 from ._timescales import _PRESENT, _check_single, fit_exponent, learning_times
 

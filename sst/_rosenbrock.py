@@ -9,9 +9,10 @@ needs no Newton iteration: each step solves `s` linear systems with one matrix
 Wanner, Solving ODEs II, section IV.7) is stiffly accurate and L-stable, its embedded error
 estimate is damped in the stiff components, and it has a third-order dense output.
 
-The Jacobian comes from the model (`AbstractModel.jacobian`), which says explicitly whether it
-is dense or structured; the linear solves go through `lineax.linear_solve`, which also
-differentiates them implicitly.
+The solvers integrate an `sst.ModelTerm` (their `term_structure`): the Jacobian comes from the
+model (`AbstractModel.jacobian`), which says explicitly whether it is dense or structured, and
+each step ends with the model's projection (`AbstractModel.project`). The linear solves go
+through `lineax.linear_solve`, which also differentiates them implicitly.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import lineax as lx
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
-from ._model import AbstractModel
+from ._model import ModelTerm
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,14 +163,15 @@ class RosenbrockInterpolation(dfx.AbstractLocalInterpolation):
 class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
     """A Rosenbrock method given by its `tableau`, as a diffrax solver.
 
-    The vector field of the `diffrax.ODETerm` must be an `sst.AbstractModel`: the model hands
-    over its Jacobian (`AbstractModel.jacobian`, dense or structured) and so the linear solver.
-    Differentiable with diffrax's `RecursiveCheckpointAdjoint` and `ForwardMode`: the linear
-    solves are differentiated implicitly by lineax.
+    It integrates an `sst.ModelTerm(model)`: the model hands over its Jacobian
+    (`AbstractModel.jacobian`, dense or structured) and so the linear solver, and moves every
+    step's end back onto its invariant manifold (`AbstractModel.project`). Differentiable with
+    diffrax's `RecursiveCheckpointAdjoint` and `ForwardMode`: the linear solves are
+    differentiated implicitly by lineax.
     """
 
     tableau: eqx.AbstractClassVar[RosenbrockTableau]
-    term_structure: ClassVar = dfx.ODETerm
+    term_structure: ClassVar = ModelTerm
     interpolation_cls: ClassVar = RosenbrockInterpolation
 
     def order(self, terms):
@@ -186,15 +188,19 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
 
     def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
         tab = self.tableau
-        model = _model_of(terms)
+        model, direction = ModelTerm.unwrap(terms)
         h = t1 - t0
         flat0, unravel = ravel_pytree(y0)
 
-        def rate(t, y_flat):
-            return ravel_pytree(model(t, unravel(y_flat), args))[0]
+        # diffeqsolve steps forward in s = direction * t: the field is g(s, y) = d f(d s, y), its
+        # Jacobian d J, and the stage matrix I / (h gamma) - d J = d (d I / (h gamma) - J) is
+        # solved with the model's `shifted` Jacobian and the right-hand sides times d (d = +-1).
+        def rate(s, y_flat):
+            return direction * ravel_pytree(model(direction * s, unravel(y_flat), args))[0]
 
-        f0, dfdt = jax.jvp(lambda t: rate(t, flat0), (t0,), (jnp.ones_like(t0),))
-        operator, linear_solver = model.jacobian(t0, y0, args).shifted(1.0 / (h * tab.gamma))
+        f0, dfdt = jax.jvp(lambda s: rate(s, flat0), (t0,), (jnp.ones_like(t0),))
+        jacobian = model.jacobian(direction * t0, y0, args)
+        operator, linear_solver = jacobian.shifted(direction / (h * tab.gamma))
         state = linear_solver.init(jax.lax.stop_gradient(operator), {})
 
         ks = []
@@ -206,7 +212,9 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
                 rhs = rhs + (tab.gammas[i] * h) * dfdt
             # A non-finite stage (a trial step far too long) must reach the error estimate, which
             # rejects the step, rather than raise.
-            solution = lx.linear_solve(operator, rhs, linear_solver, state=state, throw=False)
+            solution = lx.linear_solve(
+                operator, direction * rhs, linear_solver, state=state, throw=False
+            )
             ks.append(solution.value)
         # The error estimate is that of the step itself; the projection (if the model has one)
         # removes drift off the model's invariant manifold, which the estimate does not measure.
@@ -227,26 +235,12 @@ def _combine(coeffs: tuple[float, ...], ks: list[Array]):
     return sum(terms[1:], terms[0]) if terms else 0.0
 
 
-def _model_of(terms) -> AbstractModel:
-    # diffrax wraps ODETerms (in a WrapTerm for the progress meter or the time direction).
-    while hasattr(terms, "term"):
-        terms = terms.term
-    model = getattr(terms, "vector_field", None)
-    if not isinstance(model, AbstractModel):
-        raise ValueError(
-            "Rosenbrock solvers need diffrax.ODETerm(model) with an sst model (an "
-            "sst.AbstractModel, which provides its Jacobian); got the vector field "
-            f"{type(model).__name__}. Wrap the ODE in an AbstractModel, or use a diffrax solver."
-        )
-    return model
-
-
 class Rodas4(AbstractRosenbrock):
     """Rodas4: 4th-order stiffly accurate L-stable Rosenbrock method with a 3rd-order embedded
     error estimate and a 3rd-order dense output (`RODAS4`), as a diffrax solver.
 
     Pass it as `solver=` to `sst.solve` (it is the default) or to `diffrax.diffeqsolve` with
-    `diffrax.ODETerm(model)`.
+    `sst.ModelTerm(model)`.
     """
 
     tableau: ClassVar[RosenbrockTableau] = RODAS4

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import diffrax as dfx
 import equinox as eqx
@@ -14,8 +14,8 @@ from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._control import ModelErrorController
 from ._linear import DenseJacobian
-from ._model import AbstractModel
-from ._rosenbrock import Rodas4
+from ._model import AbstractModel, ModelTerm
+from ._rosenbrock import AbstractRosenbrock, Rodas4
 from ._solution import RESULTS, Trajectory, mask_invalid
 from ._validate import check_count, check_times, is_traced, require_x64
 
@@ -29,6 +29,71 @@ def default_solver() -> dfx.AbstractSolver:
     the residuals and cost O(m K^2) (docs: [the solver][rodas4]).
     """
     return Rodas4()
+
+
+class ProjectedSolver(dfx.AbstractWrappedSolver):
+    """A diffrax ODE solver whose every step ends with the model's projection
+    (`AbstractModel.project`), as a Rosenbrock solver's steps do: the state stays on the
+    model's invariant manifold whichever solver integrates it.
+
+    It integrates an `sst.ModelTerm(model)`. `sst.solve` wraps every solver but the Rosenbrock
+    solvers in it. The error estimate is the wrapped solver's, of the step before projection;
+    the dense output between steps is the wrapped solver's, ending at the projected state.
+
+    **Fields:** `solver`, the diffrax ODE solver that makes the steps (e.g. `diffrax.Kvaerno5()`).
+    """
+
+    solver: dfx.AbstractSolver
+    term_structure: ClassVar = ModelTerm
+
+    def __check_init__(self):
+        if not isinstance(self.solver, dfx.AbstractSolver):
+            raise ValueError(
+                "ProjectedSolver needs a diffrax solver instance such as diffrax.Kvaerno5(), got "
+                f"{self.solver!r}."
+            )
+
+    @property
+    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleVariableOverride]
+        return self.solver.interpolation_cls
+
+    @property
+    def root_finder(self):
+        # diffeqsolve gives an implicit solver (which isinstance sees through this wrapper) the
+        # step-size controller's tolerances by replacing those of `solver.root_finder`.
+        return self.solver.root_finder
+
+    def order(self, terms):
+        return self.solver.order(terms)
+
+    def strong_order(self, terms):
+        return self.solver.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.solver.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.solver.init(terms, t0, t1, y0, args)
+
+    def func(self, terms, t0, y0, args):
+        return self.solver.func(terms, t0, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        model, _ = ModelTerm.unwrap(terms)
+        # A first-same-as-last solver (Tsit5, Kvaerno5) starts a step with the rate it computed
+        # at the end of the last one, at the state before projection: a projection that moves
+        # the state (one that does not hand back `y` itself, as the default does) makes that
+        # rate stale, so the solver is told that the state jumped and evaluates it afresh.
+        moves = model.project(y0, args) is not y0
+        y1, y_error, dense_info, solver_state, result = self.solver.step(
+            terms, t0, t1, y0, args, solver_state, made_jump | moves
+        )
+        y1 = model.project(y1, args)
+        # diffrax's dense outputs hold the step's end as "y1": the saved values at the end of a
+        # step are then those of the projected state.
+        if "y1" in dense_info:
+            dense_info = {**dense_info, "y1": y1}
+        return y1, y_error, dense_info, solver_state, result
 
 
 def solve(
@@ -108,6 +173,10 @@ def solve(
         positive = ts[ts > 0] if not is_traced(ts) else ts[-1:]
         options["progress_meter"] = LogTimeProgressMeter(t0=ts[0], t_min=positive[0], t1=ts[-1])
     solver = default_solver() if solver is None else solver
+    if not isinstance(solver, AbstractRosenbrock):
+        # Rosenbrock solvers project themselves; any other solver is made to (isinstance sees
+        # through a ProjectedSolver, so one passed in is not wrapped twice).
+        solver = ProjectedSolver(solver)
     traj = _solve(
         model, y0, ts, solver, controller, dt0, max_steps, options, _tolerances(controller)
     )
@@ -125,7 +194,7 @@ def _solve(model, y0, ts, solver, controller, dt0, max_steps, options, tolerance
     each array operation on the result would be compiled on its own."""
     y, args = model.split(y0)
     sol = dfx.diffeqsolve(
-        dfx.ODETerm(model),
+        ModelTerm(model),
         solver,
         t0=ts[0],
         t1=ts[-1],
@@ -231,10 +300,11 @@ def _result(result: dfx.RESULTS, model: AbstractModel, t0, y: PyTree[Array], arg
 
 
 def _tolerances(controller: dfx.AbstractStepSizeController) -> tuple[float, float]:
-    """The `(rtol, atol)` of a controller (through a clipping wrapper), `nan` if it has none."""
-    inner = getattr(controller, "controller", controller)
-    rtol, atol = getattr(inner, "rtol", math.nan), getattr(inner, "atol", math.nan)
-    return float(rtol), float(atol)
+    """The `(rtol, atol)` of an adaptive controller (diffrax's clipping wrapper and
+    `ModelErrorController` hand on those of the controller inside), `nan` for any other."""
+    if isinstance(controller, dfx.AbstractAdaptiveStepSizeController):
+        return float(controller.rtol), float(controller.atol)
+    return math.nan, math.nan
 
 
 # Beyond this many unknowns a dense Jacobian and its LU per step (O(n^3)) are impractical.

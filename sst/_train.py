@@ -13,7 +13,7 @@ descent direction:
 - `FixedSamples(n)`: the empirical risk of `n` samples drawn once (full-batch gradient descent).
 
 `train` starts from a `RandomInit` (shared with `FiniteDimODE`), records on a time grid the
-order parameters `s = W u`, `Q = W W^T`, the second-layer weights and the exact population risk
+order parameters `s = W U`, `Q = W W^T`, the second-layer weights and the exact population risk
 (computed from the order parameters by `FiniteDimODE.risk`), and returns a `Trajectory` whose
 `training` holds the step size, the training-set risk and the final weights. Memory is
 O(m d + B d): nothing of size d x d is formed.
@@ -33,10 +33,7 @@ from tqdm.auto import tqdm
 
 from ._finite_dim import FiniteDimODE, FiniteDimState
 from ._init import RandomInit
-from ._multi_finite_dim import MultiIndexFiniteDimODE, MultiIndexFiniteDimState
-from ._multi_index import MultiIndexProblem
-from ._multi_init import MultiIndexRandomInit
-from ._problem import Problem
+from ._problem import Problem, state_overlaps
 from ._solution import RESULTS, TrainingRecord, Trajectory
 from ._validate import check_count, check_key, check_times, require_x64, show_progress
 
@@ -53,18 +50,18 @@ class AbstractEstimator(eqx.Module):
         """Whether the estimator draws samples (and so `train` needs a `key`)."""
 
     @abc.abstractmethod
-    def data(self, problem: Problem, u: Array, key: PRNGKeyArray) -> PyTree[Array] | None:
+    def data(self, problem: Problem, U: Array, key: PRNGKeyArray) -> PyTree[Array] | None:
         """Samples drawn once before training (`None` if the estimator keeps none)."""
 
     @abc.abstractmethod
     def directions(
-        self, problem: Problem, a: Array, W: Array, u: Array, data, key: PRNGKeyArray
+        self, problem: Problem, a: Array, W: Array, U: Array, data, key: PRNGKeyArray
     ) -> tuple[Float[Array, " m"], Float[Array, "m d"]]:
         """The descent directions of one step; `key` is the step's own key."""
 
 
 class PopulationGradient(AbstractEstimator):
-    """The exact gradient of the population risk `R(a, W u, W W^T)` (docs:
+    """The exact gradient of the population risk `R(a, W U, W W^T)` (docs:
     [gradient flow][gradient-flow]), by `jax.grad` of `FiniteDimODE.risk`: gradient descent
     converges to the
     flow of `FiniteDimODE` at first order in `eta`."""
@@ -73,15 +70,15 @@ class PopulationGradient(AbstractEstimator):
     def needs_key(self) -> bool:
         return False
 
-    def data(self, problem, u, key):
+    def data(self, problem, U, key):
         return None
 
-    def directions(self, problem, a, W, u, data, key):
-        return _population_directions(problem, a, W, u)
+    def directions(self, problem, a, W, U, data, key):
+        return _population_directions(problem, a, W, U)
 
 
 class OnlineSGD(AbstractEstimator):
-    """Online SGD: a fresh batch `x ~ N(0, I_d)`, `y = phi(<u, x>) + noise` at every step.
+    """Online SGD: a fresh batch `x ~ N(0, I_d)`, `y = phi(U^T x) + noise` at every step.
 
     It tracks `FiniteDimODE` when `eta * d * a^2 / batch` is small (docs: [gradient descent and
     SGD][sgd]).
@@ -98,11 +95,11 @@ class OnlineSGD(AbstractEstimator):
     def needs_key(self) -> bool:
         return True
 
-    def data(self, problem, u, key):
+    def data(self, problem, U, key):
         return None
 
-    def directions(self, problem, a, W, u, data, key):
-        return batch_directions(problem, a, W, *_sample(problem, u, key, self.batch))
+    def directions(self, problem, a, W, U, data, key):
+        return batch_directions(problem, a, W, *_sample(problem, U, key, self.batch))
 
 
 class FixedSamples(AbstractEstimator):
@@ -122,10 +119,10 @@ class FixedSamples(AbstractEstimator):
     def needs_key(self) -> bool:
         return True
 
-    def data(self, problem, u, key):
-        return _sample(problem, u, key, self.n)
+    def data(self, problem, U, key):
+        return _sample(problem, U, key, self.n)
 
-    def directions(self, problem, a, W, u, data, key):
+    def directions(self, problem, a, W, U, data, key):
         return batch_directions(problem, a, W, *data)
 
 
@@ -168,23 +165,21 @@ def _retract(W: Array, dW: Array, eta) -> Array:
     return W / jnp.linalg.norm(W, axis=1, keepdims=True)
 
 
-def _exact(problem: Problem | MultiIndexProblem, a, W, u, Q):
-    """The exact finite-d model of `problem` and its state at the weights `(a, W)`, with `u` the
-    target direction `(d,)` of a `Problem` or the directions `(d, k)` of a `MultiIndexProblem`."""
-    if isinstance(problem, MultiIndexProblem):
-        return MultiIndexFiniteDimODE(problem), MultiIndexFiniteDimState(a, W @ u, Q)
-    return FiniteDimODE(problem), FiniteDimState(a, W @ u, Q)
+def _exact(problem: Problem, a, W, U, Q):
+    """The exact finite-d model of `problem` and its state at the weights `(a, W)`, with `U` the
+    target directions `(d, k)`."""
+    return FiniteDimODE(problem), FiniteDimState(a, state_overlaps(problem, W @ U), Q)
 
 
-def _population_directions(problem: Problem, a, W, u):
-    # Exact gradients of the core's population risk R(a, W u, W W^T) (docs: [gradient
+def _population_directions(problem: Problem, a, W, U):
+    # Exact gradients of the core's population risk R(a, W U, W W^T) (docs: [gradient
     # flow][gradient-flow]).
     # FiniteDimState holds float64: the risk is evaluated in float64 whatever the simulation's
     # dtype (with the problem cast to match), and the gradients come back in the weights' dtype.
     problem64 = _cast(problem, jnp.float64)
 
     def risk(a, W):
-        model, state = _exact(problem64, a, W, u, W @ W.T)
+        model, state = _exact(problem64, a, W, U, W @ W.T)
         return model.risk(state)
 
     ga, gW = jax.grad(risk, argnums=(0, 1))(a, W)
@@ -192,15 +187,15 @@ def _population_directions(problem: Problem, a, W, u):
     return -m * ga, -m * gW
 
 
-def _labels(problem: Problem, u, x, key):
-    y = problem.target(x @ u)
+def _labels(problem: Problem, U, x, key):
+    y = problem.phi(x @ U)
     return y + problem.noise * jax.random.normal(key, y.shape, y.dtype)
 
 
-def _sample(problem: Problem, u, key, batch: int):
+def _sample(problem: Problem, U, key, batch: int):
     kx, ky = jax.random.split(key)
-    x = jax.random.normal(kx, (batch, u.shape[0]), u.dtype)
-    return x, _labels(problem, u, x, ky)
+    x = jax.random.normal(kx, (batch, U.shape[0]), U.dtype)
+    return x, _labels(problem, U, x, ky)
 
 
 def _cast(tree, dtype):
@@ -208,28 +203,28 @@ def _cast(tree, dtype):
 
 
 @eqx.filter_jit
-def _advance(estimator, problem: Problem, a, W, u, data, key, start, n_steps, eta):
+def _advance(estimator, problem: Problem, a, W, U, data, key, start, n_steps, eta):
     """`n_steps` steps from global step index `start` (compiled once per record grid)."""
 
     def body(i, carry):
         a, W = carry
         # The step's samples depend only on (key, global step index): the run is the same
         # whatever the record grid.
-        da, dW = estimator.directions(problem, a, W, u, data, jax.random.fold_in(key, i))
+        da, dW = estimator.directions(problem, a, W, U, data, jax.random.fold_in(key, i))
         return a + (eta / problem.eps) * da, _retract(W, dW, eta)
 
     return jax.lax.fori_loop(start, start + n_steps, body, (a, W))
 
 
 @eqx.filter_jit
-def _observe(problem: Problem, sim: Problem, a, W, u, data):
+def _observe(problem: Problem, sim: Problem, a, W, U, data):
     """Order parameters, population risk and residuals in float64, and the training risk in
     the simulation's precision `sim`."""
-    a64, W64, u64 = (jnp.asarray(v, jnp.float64) for v in (a, W, u))
+    a64, W64, U64 = (jnp.asarray(v, jnp.float64) for v in (a, W, U))
     Q = W64 @ W64.T
     # The rows are unit up to rounding; the exact ODE state has an exact unit diagonal.
     Q = Q.at[jnp.diag_indices(a.shape[0])].set(1.0)
-    model, state = _exact(problem, a64, W64, u64, Q)
+    model, state = _exact(problem, a64, W64, U64, Q)
     train = None
     if data is not None:
         x, y = data
@@ -267,10 +262,10 @@ def train(
 
     **Arguments:**
 
-    - `problem`: the `Problem` (target, activation, `eps`, label `noise`), or a
-      `MultiIndexProblem` (labels `phi(U^T x)`, order parameters `s = W U`).
-    - `init`: a `RandomInit` (from `sst.random_init`, or `RandomInit.from_weights(a, W, u)`);
-      for a `MultiIndexProblem` a `MultiIndexRandomInit` (`sst.random_init_multi_index`).
+    - `problem`: the `Problem` (target of `k` directions, activation, `eps`, label `noise`):
+      labels `phi(U^T x) + noise`, order parameters `s = W U`.
+    - `init`: a `RandomInit` with `k` directions (from `sst.random_init`, or
+      `RandomInit.from_weights(a, W, U)`).
     - `ts`: increasing record times; the run starts at `ts[0]` and each time is rounded to a
       whole number of steps (the rounded times are returned).
     - `eta`: the step size (time per step); keep `eta * U(1) / eps` well below 1.
@@ -281,48 +276,41 @@ def train(
     - `progress`: show a progress bar (default: when a person is watching, in a terminal or
       a notebook).
 
-    **Returns:** a `Trajectory` of `FiniteDimState`s (`MultiIndexFiniteDimState`s), with
+    **Returns:** a `Trajectory` of `FiniteDimState`s, with
     `training` a `TrainingRecord`.
     A run that diverges (a non-finite risk, or above `1e6` times its initial value) stops
     there: `result` is `RESULTS.diverged` and later rows are masked by `valid`.
     """
     require_x64("sst.train")
     estimator = PopulationGradient() if estimator is None else estimator
-    if not isinstance(problem, Problem | MultiIndexProblem):
-        raise ValueError(
-            "problem must be an sst.Problem or sst.MultiIndexProblem, got "
-            f"{type(problem).__name__}."
-        )
+    if not isinstance(problem, Problem):
+        raise ValueError(f"problem must be an sst.Problem, got {type(problem).__name__}.")
     if not isinstance(estimator, AbstractEstimator):
         raise ValueError(
             "estimator must be an sst.AbstractEstimator (sst.PopulationGradient(), "
             f"sst.OnlineSGD(batch), sst.FixedSamples(n)), got {type(estimator).__name__}."
         )
-    multi = isinstance(problem, MultiIndexProblem)
-    if not isinstance(init, MultiIndexRandomInit if multi else RandomInit):
-        wanted = (
-            "MultiIndexRandomInit (from sst.random_init_multi_index)"
-            if multi
-            else "RandomInit (from sst.random_init)"
+    if not isinstance(init, RandomInit):
+        raise ValueError(
+            f"init must be an sst.RandomInit (from sst.random_init), got {type(init).__name__}."
         )
-        raise ValueError(f"init must be an sst.{wanted}, got {type(init).__name__}.")
     if estimator.needs_key and key is None:
         raise ValueError(f"{type(estimator).__name__} draws samples: pass key=jax.random.key(0).")
     if key is not None:
         check_key(key)
-    a, W, u = _check(init, eta, problem.k if multi else None)
+    a, W, U = _check(init, eta, problem.k)
     ts_np = check_times(ts)
     steps = _record_steps(ts_np, eta)
     dtype = jnp.dtype(dtype)
     if dtype not in (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64)):
         raise ValueError(f"dtype must be float32 or float64, got {dtype}.")
     sim = _cast(problem, dtype)
-    a, W, u = (jnp.asarray(v, dtype) for v in (a, W, u))
+    a, W, U = (jnp.asarray(v, dtype) for v in (a, W, U))
     key_steps, key_data = jax.random.split(jax.random.key(0) if key is None else key)
-    data = _cast(estimator.data(sim, u, key_data), dtype)
+    data = _cast(estimator.data(sim, U, key_data), dtype)
     eta_d = jnp.asarray(eta, dtype)
 
-    records = [_observe(problem, sim, a, W, u, data)]
+    records = [_observe(problem, sim, a, W, U, data)]
     limit = DIVERGENCE_FACTOR * float(records[0][1])
     result = RESULTS.successful
     bar = tqdm(
@@ -334,14 +322,14 @@ def train(
             sim,
             a,
             W,
-            u,
+            U,
             data,
             key_steps,
             jnp.asarray(start),
             jnp.asarray(stop - start),
             eta_d,
         )
-        records.append(_observe(problem, sim, a, W, u, data))
+        records.append(_observe(problem, sim, a, W, U, data))
         bar.update(int(stop - start))
         risk = float(records[-1][1])
         if not (np.isfinite(risk) and risk <= limit):
@@ -379,35 +367,28 @@ def train(
         valid=valid,
         result=result,
         stats={"num_steps": jnp.asarray(int(steps[n - 1]))},
-        residual_labels=problem.labels if multi else problem.degrees,
+        residual_labels=problem.labels,
         training=TrainingRecord(estimator, float(eta), train_risk, W),
     )
 
 
-def _check(init, eta, k: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    # k is the number of target directions of a multi-index problem (None: single index).
-    u = init.u if k is None else init.U
-    a, W, u = (np.asarray(v, dtype=float) for v in (init.state.a, init.W, u))
-    if k is not None:
-        d = W.shape[-1]
-        if u.shape != (d, k) or np.max(np.abs(u.T @ u - np.eye(k))) > 1e-6:
-            raise ValueError(
-                f"init.U must hold the k={k} target directions as orthonormal columns of shape "
-                f"({d}, {k}); got shape {u.shape}."
-            )
-        u = u[:, 0]  # checked above; the unit-vector check below sees one column
-    if a.ndim != 1 or W.ndim != 2 or W.shape[0] != a.shape[0] or u.shape != (W.shape[1],):
+def _check(init, eta, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    a, W, U = (np.asarray(v, dtype=float) for v in (init.state.a, init.W, init.U))
+    if a.ndim != 1 or W.ndim != 2 or W.shape[0] != a.shape[0] or U.shape != (W.shape[1], k):
         raise ValueError(
-            "init needs a of shape (m,), W of shape (m, d) and u of shape (d,); got "
-            f"{a.shape}, {W.shape} and {u.shape}. sst.random_init(key, m, d) gives all three."
+            f"init needs a of shape (m,), W of shape (m, d) and U of shape (d, k={k}) for this "
+            f"problem; got {a.shape}, {W.shape} and {U.shape}. sst.random_init(key, m, d) gives "
+            "all three (with k=k for an sst.Target)."
         )
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(W)) and np.all(np.isfinite(u))):
-        raise ValueError("init.state.a, init.W and init.u must be finite.")
-    if np.max(np.abs(np.linalg.norm(W, axis=1) - 1.0)) > 1e-6 or abs(np.linalg.norm(u) - 1) > 1e-6:
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(W)) and np.all(np.isfinite(U))):
+        raise ValueError("init.state.a, init.W and init.U must be finite.")
+    if np.max(np.abs(np.linalg.norm(W, axis=1) - 1.0)) > 1e-6:
+        raise ValueError("The rows of init.W must be unit vectors; divide them by their norms.")
+    if np.max(np.abs(U.T @ U - np.eye(k))) > 1e-6:
         raise ValueError(
-            "The rows of init.W and the target direction init.u must be unit vectors; divide "
-            "them by their norms."
+            "The target directions init.U must be orthonormal columns; orthonormalise them "
+            "(e.g. numpy.linalg.qr)."
         )
     if not (isinstance(eta, int | float | np.floating) and np.isfinite(eta) and eta > 0):
         raise ValueError(f"The step size eta must be a finite positive number, got {eta!r}.")
-    return a, W, (u if k is None else np.asarray(init.U, dtype=float))
+    return a, W, U

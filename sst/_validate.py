@@ -116,3 +116,25 @@ def check_weights(w: np.ndarray) -> None:
             "Particle weights must be finite, non-negative and sum to 1 (got sum "
             f"{w.sum():.12g}, min {w.min():.3g}); normalise them with weights / weights.sum()."
         )
+
+
+def check_overlaps(problem: Any, a: np.ndarray, s: np.ndarray, name: str) -> None:
+    """Concrete `a` `(m,)` and overlaps `s` of a state of `problem`: `(m,)` for an
+    `sst.Hermite` target, `(m, k)` for an `sst.Target`; finite, rows in the closed unit ball."""
+    shape = (a.shape[0], problem.k) if problem.vector_overlaps else a.shape
+    if a.ndim != 1 or s.shape != shape:
+        expected = "(m, k)" if problem.vector_overlaps else "(m,)"
+        raise ValueError(
+            f"{name} needs a of shape (m,) and s of shape {expected} for this target "
+            f"(k={problem.k}); got {a.shape} and {s.shape}."
+        )
+    if a.shape[0] == 0:
+        raise ValueError("The state has no particles; pass at least one.")
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
+        raise ValueError("The state contains NaN or inf in a or s; pass finite values.")
+    norms = np.linalg.norm(s.reshape(a.shape[0], -1), axis=1)
+    if np.max(norms) > 1.0 + 1e-12:
+        raise ValueError(
+            "Overlaps are those of unit vectors with orthonormal target directions: each s_i "
+            f"must have norm <= 1; got max |s_i| = {np.max(norms):.6g}."
+        )

@@ -1,4 +1,4 @@
-"""Multi-index targets: `k` directions, multivariate Hermite coefficients, and their problem.
+"""Targets of `k` directions: multivariate Hermite coefficients, monomials and their indices.
 
 The target is `phi(z) = sum_alpha c_alpha h_alpha(z)` with `z = U*^T x` (`k` standard normals),
 `h_alpha(z) = prod_r h_{alpha_r}(z_r)` (docs: [multi-index targets][multi-index-setting]). A
@@ -16,22 +16,45 @@ the indices of degree `<= K` are a prefix of those of any higher degree.
 
 from __future__ import annotations
 
-import abc
 import functools
 import itertools
 import math
-from collections.abc import Callable, Hashable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._hermite import Hermite, _np_hermite_basis, hermite_basis
-from ._problem import AbstractProblemModel, _powers
-from ._validate import check_eps_and_noise, is_traced, require_x64
+from ._validate import is_traced
 
 MultiIndex = tuple[int, ...]
+
+
+# Above this many particles the powers s^k are built in a scan (see `_powers`).
+_SCAN_POWERS_ABOVE = 2048
+
+
+def _powers(s: Array, n: int) -> Array:
+    """`s^k` for `k < n`, stacked along a new leading axis: shape `(n,) + s.shape`.
+
+    Repeated products (exact-er than `pow` with an array of exponents). For many particles they
+    run in a scan, which stops XLA from fusing the (transcendental) producer of `s` into each of
+    the `n` powers and evaluating it `n` times (2x the cost of the whole vector field at
+    m = 1e4); for few particles the scan's per-iteration overhead would dominate instead.
+    """
+
+    def multiply(acc, _):
+        return acc * s, acc
+
+    if s.size > _SCAN_POWERS_ABOVE:
+        return jax.lax.scan(multiply, jnp.ones_like(s), length=n)[1]
+    out = [jnp.ones_like(s)]
+    for _ in range(n - 1):
+        out.append(out[-1] * s)
+    return jnp.stack(out)
 
 
 @functools.cache
@@ -65,14 +88,20 @@ def kernel_factors(indices: Sequence[MultiIndex]) -> np.ndarray:
 def monomials(s: Float[Array, "k ..."], indices: Sequence[MultiIndex]) -> Float[Array, "N ..."]:
     """`s^alpha` for each multi-index, with the `k` coordinates on the leading axis of `s`.
 
-    Powers by repeated products (as `MeanFieldODE`), then one product over the directions: for
-    `k = 1` these are exactly the powers of the single-index model.
+    Powers by repeated products, each selected by a product with a 0/1 matrix (a gather is slow
+    under vmap), then one product over the directions: for `k = 1` and the indices
+    `(0,), (1,), ...` these are exactly the powers.
     """
     table = np.asarray(indices, dtype=np.int64).reshape(len(indices), s.shape[0])
-    powers = _powers(s, int(table.max(initial=0)) + 1)  # (n, k, ...)
-    out = powers[table[:, 0], 0]
-    for r in range(1, s.shape[0]):
-        out = out * powers[table[:, r], r]
+    n = int(table.max(initial=0)) + 1
+    powers = _powers(s, n)  # (n, k, ...)
+    if s.shape[0] == 1 and np.array_equal(table[:, 0], np.arange(n)):
+        return powers[:, 0]
+    out = None
+    for r in range(s.shape[0]):
+        select = jnp.asarray(np.eye(n)[table[:, r]], dtype=s.dtype)
+        factor = jnp.tensordot(select, powers[:, r], axes=1)
+        out = factor if out is None else out * factor
     return out
 
 
@@ -109,7 +138,7 @@ def _is_index(alpha, k: int | None) -> bool:
     )
 
 
-class MultiIndexTarget(eqx.Module):
+class Target(eqx.Module):
     """A target of `k` directions, `phi(z) = sum_t coeffs[t] h_{indices[t]}(z)` with
     `h_alpha(z) = prod_r h_{alpha_r}(z_r)` normalised multivariate Hermite polynomials
     (orthonormal under `N(0, I_k)`; docs: [multi-index targets][multi-index-setting]).
@@ -120,7 +149,7 @@ class MultiIndexTarget(eqx.Module):
     - `coeffs`: their coefficients `c_alpha`, `(T,)`, a JAX array (batched or differentiated by
       `solve_batch` and `jax.grad` as the `"target"` parameter).
 
-    Build one with `MultiIndexTarget(indices, coeffs)`, `from_terms({alpha: c})`, `committee`,
+    Build one with `Target(indices, coeffs)`, `from_terms({alpha: c})`, `committee`,
     `from_monomials` (sums of products of powers such as `z_1 z_2`), `from_callable` (tensor
     Gauss quadrature of any function of `k` variables) or `from_hermite` (`k = 1`).
     """
@@ -132,7 +161,7 @@ class MultiIndexTarget(eqx.Module):
         indices = list(indices)
         if not indices or not all(_is_index(a, None) for a in indices):
             raise ValueError(
-                "MultiIndexTarget needs a non-empty list of multi-indices, each a non-empty "
+                "Target needs a non-empty list of multi-indices, each a non-empty "
                 f"tuple of non-negative integers such as (1, 0, 2); got {indices!r}."
             )
         k = len(indices[0])
@@ -145,14 +174,14 @@ class MultiIndexTarget(eqx.Module):
         if len(set(self.indices)) != len(self.indices):
             raise ValueError(
                 "A multi-index appears twice in the target; add the coefficients of repeated "
-                "terms together (MultiIndexTarget.from_terms does)."
+                "terms together (Target.from_terms does)."
             )
         self.coeffs = jnp.asarray(coeffs, dtype=float)
 
     def __check_init__(self):
         if jnp.shape(self.coeffs) != (len(self.indices),):
             raise ValueError(
-                f"MultiIndexTarget needs one coefficient per multi-index: {len(self.indices)} "
+                f"Target needs one coefficient per multi-index: {len(self.indices)} "
                 f"indices, coefficients of shape {jnp.shape(self.coeffs)}."
             )
         if not is_traced(self.coeffs) and not np.all(np.isfinite(np.asarray(self.coeffs))):
@@ -166,7 +195,7 @@ class MultiIndexTarget(eqx.Module):
     def __str__(self) -> str:
         """The target in words, e.g. `z1 + z1 z2 - 0.5 h2(z1) z3` (see `format_index`)."""
         if is_traced(self.coeffs):
-            return "MultiIndexTarget(traced)"
+            return "Target(traced)"
         terms = []
         for alpha, c in zip(self.indices, np.asarray(self.coeffs), strict=True):
             if c != 0:
@@ -222,7 +251,7 @@ class MultiIndexTarget(eqx.Module):
     @classmethod
     def from_terms(
         cls, terms: Mapping[Sequence[int], float] | Sequence[tuple[Sequence[int], float]]
-    ) -> MultiIndexTarget:
+    ) -> Target:
         """From `{alpha: c_alpha}` or a list of `(alpha, c_alpha)` pairs (repeats are added)."""
         pairs = list(terms.items()) if isinstance(terms, Mapping) else list(terms)
         if not pairs or not all(isinstance(p, tuple | list) and len(p) == 2 for p in pairs):
@@ -241,7 +270,7 @@ class MultiIndexTarget(eqx.Module):
         return cls(list(summed), list(summed.values()))
 
     @classmethod
-    def from_hermite(cls, target: Hermite) -> MultiIndexTarget:
+    def from_hermite(cls, target: Hermite) -> Target:
         """The single-index polynomial target `sum_j phi_j h_j` as a target with `k = 1`."""
         if not isinstance(target, Hermite) or not target.is_polynomial:
             raise ValueError(
@@ -255,7 +284,7 @@ class MultiIndexTarget(eqx.Module):
         cls,
         g: Hermite | Sequence[float] | Sequence[Hermite | Sequence[float]],
         k: int | None = None,
-    ) -> MultiIndexTarget:
+    ) -> Target:
         """The committee `sum_r g_r(z_r)`: one function `g` for all `k` directions (pass `k`),
         or a list of `k` functions. Each `g_r` is an `sst.Hermite` polynomial or a sequence of
         its Hermite coefficients; the constant parts add up in `c_0`."""
@@ -271,7 +300,7 @@ class MultiIndexTarget(eqx.Module):
     @classmethod
     def from_monomials(
         cls, terms: Mapping[Sequence[int], float] | Sequence[tuple[Sequence[int], float]]
-    ) -> MultiIndexTarget:
+    ) -> Target:
         """The polynomial `sum_beta c_beta z^beta` (`z^beta = prod_r z_r^beta_r`), converted
         exactly: e.g. `{(1, 0, 0): 1, (1, 1, 0): 1, (1, 1, 1): 1}` is the staircase
         `z_1 + z_1 z_2 + z_1 z_2 z_3`, `{(2, 0): 1}` is `z_1^2 = h_0 + sqrt(2) h_2(z_1)`."""
@@ -297,7 +326,7 @@ class MultiIndexTarget(eqx.Module):
         degree: int,
         nodes: int = 40,
         drop: float = 1e-12,
-    ) -> MultiIndexTarget:
+    ) -> Target:
         """`c_alpha = E[fn(z) h_alpha(z)]` for `|alpha| <= degree`, by tensor Gauss-Hermite
         quadrature with `nodes` points per direction (`nodes^k` evaluations; exact for a
         polynomial `fn` of degree `< 2 nodes - degree`).
@@ -357,144 +386,6 @@ def _committee_functions(g, k) -> list[np.ndarray]:
     if any(f.ndim != 1 or f.size == 0 for f in funcs):
         raise ValueError("Each committee function needs a non-empty 1-d list of coefficients.")
     return funcs
-
-
-class MultiIndexProblem(eqx.Module):
-    """A learning problem with a multi-index target (docs: [the kernel][multi-index-kernel]).
-
-    **Fields:** `target` (a `MultiIndexTarget`), `activation` (an `sst.Hermite`), `eps` the
-    relative learning rate of the first layer, `noise` the label noise's standard deviation
-    (shifts the risk by `noise^2 / 2`). As for `sst.Problem`, `eps` and the coefficients are
-    JAX arrays that `solve_batch` may vary and `jax.grad` may differentiate.
-    """
-
-    target: MultiIndexTarget
-    activation: Hermite
-    eps: Float[Array, ""]
-    noise: Float[Array, ""]
-
-    def __init__(
-        self,
-        target: MultiIndexTarget,
-        activation: Hermite,
-        eps: float | Float[ArrayLike, ""],
-        noise: float | Float[ArrayLike, ""] = 0.0,
-    ):
-        require_x64("sst.MultiIndexProblem")
-        self.target = target
-        self.activation = activation
-        self.eps = jnp.asarray(eps, dtype=float)
-        self.noise = jnp.asarray(noise, dtype=float)
-
-    def __check_init__(self):
-        if not isinstance(self.target, MultiIndexTarget):
-            raise ValueError(
-                "MultiIndexProblem needs `target` as an sst.MultiIndexTarget, e.g. "
-                "sst.MultiIndexTarget.from_monomials({(1, 0): 1.0, (1, 1): 1.0}); got "
-                f"{type(self.target).__name__}."
-            )
-        if not isinstance(self.activation, Hermite):
-            raise ValueError(
-                "MultiIndexProblem needs `activation` as an sst.Hermite, e.g. "
-                "sst.Hermite([0.5, 1, 1, 1]) or sst.relu()."
-            )
-        check_eps_and_noise(self.eps, self.noise)
-
-    @property
-    def k(self) -> int:
-        """The number of target directions."""
-        return self.target.k
-
-    def __str__(self) -> str:
-        """The problem in words, e.g. `phi = z1 + z1 z2, sigma = h1 + h2, eps = 0.001`."""
-        eps = "traced" if is_traced(self.eps) else f"{float(self.eps):.3g}"
-        return f"phi = {self.target}, sigma = {self.activation}, eps = {eps}"
-
-    @property
-    def baseline_risk(self) -> Float[Array, ""]:
-        """Risk of the zero network: `(|phi|^2 + noise^2) / 2`."""
-        return 0.5 * (self.target.norm2 + self.noise**2)
-
-    @property
-    def labels(self) -> tuple[MultiIndex, ...]:
-        """The multi-indices whose residuals are reported: all of degree up to the target's."""
-        return graded_indices(self.k, self.target.degree)
-
-    def factors(self, indices: Sequence[MultiIndex]) -> Float[Array, " N"]:
-        """`b_alpha = sigma_|alpha| sqrt(|alpha|!/alpha!)` (zero beyond the activation's
-        coefficients): the network's projection on `h_alpha(z)` is `b_alpha mu_alpha`."""
-        sigma = self.activation.coeffs
-        degrees = np.array([sum(a) for a in indices])
-        inside = degrees <= self.activation.degree
-        per_degree = jnp.where(inside, sigma[np.minimum(degrees, sigma.shape[0] - 1)], 0.0)
-        return per_degree * kernel_factors(indices)
-
-    def residuals(
-        self, moments: Float[Array, "... N"], indices: Sequence[MultiIndex]
-    ) -> Float[Array, "... N"]:
-        """`r_alpha = c_alpha - b_alpha mu_alpha` on `indices`, given `moments[..., j] =
-        mu_{indices[j]} = sum_i p_i a_i s_i^alpha` (exact for any activation)."""
-        return self.target.dense_coeffs(indices) - self.factors(indices) * moments
-
-    def V(self, s: Float[ArrayLike, "... k"]) -> Float[Array, ...]:
-        """`V(s) = sum_alpha c_alpha b_alpha s^alpha` for overlaps `s` on the last axis."""
-        s = jnp.asarray(s)
-        P = monomials(jnp.moveaxis(s, -1, 0), self.target.indices)
-        weights = self.target.coeffs * self.factors(self.target.indices)
-        return jnp.tensordot(weights, P, axes=1)
-
-    def dV(self, s: Float[ArrayLike, "... k"]) -> Float[Array, "... k"]:
-        """`grad V(s)`, on the last axis."""
-        s = jnp.asarray(s)
-        indices = self.target.indices
-        lower = graded_indices(self.k, max(self.target.degree - 1, 0))
-        source, factor = derivative_indices(indices, lower)
-        weights = self.target.coeffs * self.factors(indices)
-        d = jnp.where(source >= 0, factor * weights[np.maximum(source, 0)], 0.0)  # (k, N')
-        P = monomials(jnp.moveaxis(s, -1, 0), lower)
-        return jnp.moveaxis(jnp.tensordot(d, P, axes=1), 0, -1)
-
-    def U(self, q: Float[ArrayLike, ...]) -> Float[Array, ...]:
-        """`U(q) = sum_n sigma_n^2 q^n`, the activation's kernel (closed form for relu/erf)."""
-        return self.activation.kernel(q)
-
-    def dU(self, q: Float[ArrayLike, ...]) -> Float[Array, ...]:
-        """`U'(q)`."""
-        return self.activation.kernel_grad(q)
-
-    def with_parameters(self, **values: Array) -> MultiIndexProblem:
-        """This problem with `eps`, the target's coefficients (same multi-indices) or the
-        activation's coefficients replaced (closed-form kernels of relu/erf stay)."""
-        unknown = sorted(set(values) - {"eps", "target", "activation"})
-        if unknown:
-            raise ValueError(
-                f"Unknown parameter {unknown[0]!r}; a MultiIndexProblem's parameters are eps, "
-                "target and activation."
-            )
-        target, activation = self.target, self.activation
-        if "target" in values:
-            target = MultiIndexTarget(target.indices, values["target"])
-        if "activation" in values:
-            activation = Hermite(values["activation"], activation.closed_form)
-        return MultiIndexProblem(target, activation, values.get("eps", self.eps), self.noise)
-
-
-class AbstractMultiIndexModel(AbstractProblemModel):
-    """A model of a `MultiIndexProblem`: its parameters are the problem's, its residuals
-    `r_alpha` labelled by the multi-indices of degree up to the target's."""
-
-    problem: eqx.AbstractVar[MultiIndexProblem]
-
-    @property
-    def residual_labels(self) -> tuple[Hashable, ...]:
-        return self.problem.labels
-
-    @abc.abstractmethod
-    def moments(self, state) -> Float[Array, " N"]:
-        """`mu_alpha = sum_i p_i a_i s_i^alpha` for the multi-indices of `residual_labels`."""
-
-    def residuals(self, state):
-        return self.problem.residuals(self.moments(state), self.problem.labels)
 
 
 def format_index(alpha: Sequence[int]) -> str:
