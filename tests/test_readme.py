@@ -1,5 +1,5 @@
 """Every ```python block of the README runs as pasted: all of them, in order, in one fresh
-interpreter, as a reader copying them one after another would (issue: README examples)."""
+interpreter, as a reader copying them one after another would."""
 
 import os
 import pathlib
