@@ -1,6 +1,6 @@
 """Throughput of batched solves against a Python loop, on 1, 2 and 4 host devices; gradient cost.
 
-Setup (the issue's): `n` initialisations of 64 sampled particles (a ~ N(0, 1), overlaps of
+Setup: `n` initialisations of 64 sampled particles (a ~ N(0, 1), overlaps of
 random unit vectors in d = 1000), eps = 1e-3, target h0/2 + h1 + h2 + h3, activation
 h0 + h1 + h2 + h3, saves at 0 and 40 log-spaced times in [1e-4, 10], default solver, rtol 1e-8.
 
@@ -157,7 +157,7 @@ def main() -> None:
     rows.append(("mixed eps, one plain vmap", n_mixed, n_mixed / plain))
     rows.append(("mixed eps, grouped by decade of eps", n_mixed, n_mixed / grouped))
 
-    # The gradient's cost relative to the forward solve, at the issue's m = 64 and for more
+    # The gradient's cost relative to the forward solve, at the setup's m = 64 and for more
     # particles. At m = 64 a Rodas4 step is ~300 tiny XLA operations and its reverse ~940
     # (profiled), so on a CPU the ratio measures per-operation overhead more than arithmetic;
     # with more particles the arithmetic dominates.

@@ -1,6 +1,6 @@
 """The staircase of the reference problem: every degree's learning time, eps from 1e-8 down.
 
-Reference problem (issue 12): target `phi = h1 + h2 + h3 + h4`, activation
+Reference problem: target `phi = h1 + h2 + h3 + h4`, activation
 `sigma = h0/2 + h1 + h2 + h3 + h4`, mean-field ODE with 32 Gauss-Legendre particles (`a(0)`
 uniform on [-1, 1]), `s(0) = 0`, 2001 save times log-spaced from eps/100 to 100, default solver
 and settings. For eps = 1e-8, 1e-9, ..., `sst.EPS_MIN` (`--quick`: every fourth decade and
@@ -39,7 +39,7 @@ BELOW_RANGE = 1e-32
 
 
 def reference(eps: float) -> tuple[sst.MeanFieldODE, sst.MeanFieldState, np.ndarray]:
-    """The reference problem of issue 12 at `eps`: model, initial particles, save times."""
+    """The reference problem at `eps`: model, initial particles, save times."""
     problem = sst.Problem(sst.Hermite([0, 1, 1, 1, 1]), sst.Hermite([0.5, 1, 1, 1, 1]), eps)
     ts = np.concatenate([[0.0], np.logspace(np.log10(eps / 100), 2, 2001)])
     return sst.MeanFieldODE(problem), sst.quadrature_particles(32, law="uniform"), ts

@@ -3,7 +3,7 @@
 Problem: cubic target phi = h0/2 + h1 + h2 + h3, activation sigma = h0 + h1 + h2 + h3, reduced
 ODE with 16 normal quadrature particles, t in [0, 100], 161 save times (0 and a log grid from
 1e-14), rtol 1e-8, atol 1e-10. Every method integrates the same dynamics (sst's solver
-coordinates (a, theta, r), s = sin theta, r the Hermite residuals; SciPy also in (a, s)).
+coordinates (a, x, r), s = sin x, r the Hermite residuals; SciPy also in (a, s)).
 Errors are measured against a reference solve with 1000x tighter tolerances (rtol 1e-11,
 atol 1e-13) and dense LU linear algebra.
 
@@ -78,7 +78,7 @@ def run_scipy(
     """SciPy solve_ivp on jitted JAX callables, with the exact Jacobian or SciPy's finite
     differences (`exact_jac=False`, what an off-the-shelf call does).
 
-    `coords="theta"`: sst's solver coordinates (a, theta, r). `coords="s"`: the equations as
+    `coords="x"`: sst's solver coordinates (a, x, r). `coords="s"`: the equations as
     the docs' model page writes them, in (a, s).
     """
     model = sst.MeanFieldODE(problem(eps))
@@ -271,7 +271,7 @@ def main() -> None:
         ("BDF", "s", True),
         ("Radau", "s", True),
         ("LSODA", "s", True),
-        ("BDF", "theta", True),
+        ("BDF", "x", True),
     ]
     for method, coords, exact_jac in configs:
         for eps in scipy_eps:
