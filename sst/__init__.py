@@ -38,12 +38,6 @@ from ._linear import (
 )
 from ._mean_field import MeanFieldODE as MeanFieldODE, MeanFieldState as MeanFieldState
 from ._model import AbstractModel as AbstractModel, WithDenseJacobian as WithDenseJacobian
-from ._multi_plot import (
-    learning_times_by_label as learning_times_by_label,
-    plot_learning_times as plot_learning_times,
-    plot_monomials as plot_monomials,
-    plot_overlaps as plot_overlaps,
-)
 from ._optimize import OptimizeResult as OptimizeResult, optimize_activation as optimize_activation
 from ._plot import (
     plot_ode_vs_network as plot_ode_vs_network,
@@ -77,6 +71,7 @@ from ._timescales import (
     fit_exponent as fit_exponent,
     fit_scalings as fit_scalings,
     heuristic_exponent as heuristic_exponent,
+    label_name as label_name,
     learning_times as learning_times,
     local_exponents as local_exponents,
 )

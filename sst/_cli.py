@@ -40,20 +40,19 @@ from typing import Any
 import jax
 import matplotlib.pyplot as plt
 import numpy as np
-from jaxtyping import ArrayLike, Float
 from tqdm.auto import tqdm
 
 from ._config import RunConfig, read_toml
 from ._io import save_trajectory
-from ._multi_plot import learning_times_by_label, plot_learning_times, plot_monomials, plot_overlaps
 from ._plot import plot_particles, plot_risk, plot_scaling
 from ._solution import Trajectory
 from ._solve import solve
 from ._timescales import (
     MIN_FIT_POINTS,
+    _carried,
     detect_phases,
-    fit_exponent,
     fit_scalings,
+    label_name,
     learning_times,
     local_exponents,
 )
@@ -88,24 +87,20 @@ def versions() -> dict[str, str]:
     return out
 
 
-def learning_time_table(
-    traj: Trajectory, target_coeffs: Float[ArrayLike, " K"]
-) -> dict[str, dict[str, float]]:
-    """`{degree: {"half": t, "ninety": t}}` for the degrees of the target, and any other
-    degree that was learned (`nan` where not learned by the last time). For a multi-index
-    target the keys are the multi-indices carried or learned, written `"1,1,0"`."""
+def learning_time_table(traj: Trajectory) -> dict[str, dict[str, Any]]:
+    """`{name: {"label": alpha, "half": t, "ninety": t}}` for each residual label carried at the
+    start or learned later, keyed by `sst.label_name` (`"degree 2"`, `"z1 z2"`): the label as a
+    list (`[2]`, `[1, 1, 0]`) and the times at which half and 90% of `r_alpha^2` is learned
+    (`nan` where not learned by the last time)."""
     times = {name: learning_times(traj, f) for name, f in _FRACTIONS.items()}
-    if _is_multi_index(traj):
-        labels = list(traj.residual_labels)
-        return {
-            _label_key(label): {name: float(t[labels.index(label)]) for name, t in times.items()}
-            for label in learning_times_by_label(traj)
-        }
-    phi = np.asarray(target_coeffs)
+    keep = _carried(traj) | np.isfinite(times["half"])
     return {
-        str(k): {name: float(t[k]) for name, t in times.items()}
-        for k in range(phi.shape[0])
-        if phi[k] != 0 or np.isfinite(times["half"][k])
+        label_name(label): {
+            "label": list(label),
+            **{name: float(t[j]) for name, t in times.items()},
+        }
+        for j, label in enumerate(traj.residual_labels)
+        if keep[j]
     }
 
 
@@ -137,7 +132,7 @@ def run_member(config: RunConfig, eps: float, out: pathlib.Path, progress: bool)
         "eps": eps,
         "model": config.model,
         "final_risk": float(risk[-1]),
-        "learning_times": learning_time_table(traj, model.problem.target.coeffs),
+        "learning_times": learning_time_table(traj),
         "phases": [vars(p) for p in detect_phases(traj)],
         "solver": {
             "success": bool(traj.success),
@@ -153,12 +148,7 @@ def run_member(config: RunConfig, eps: float, out: pathlib.Path, progress: bool)
     }
     _write_json(out / "summary.json", summary)
     name = f"{config.model}: {model.problem}\nrtol={traj.rtol:g}, atol={traj.atol:g}"
-    figures = (
-        (("risk.png", plot_monomials), ("overlaps.png", plot_overlaps))
-        if _is_multi_index(traj)
-        else (("risk.png", plot_risk), ("particles.png", plot_particles))
-    )
-    for filename, plot in figures:
+    for filename, plot in (("risk.png", plot_risk), ("particles.png", plot_particles)):
         fig = plot(traj, title=name)
         fig.savefig(out / filename, dpi=150)
         plt.close(fig)
@@ -299,47 +289,50 @@ def collect_members(out: pathlib.Path) -> tuple[list[dict], list[str]]:
 
 def sweep_analysis(summaries: list[dict], out: pathlib.Path) -> dict:
     """Fit the exponents of the half-learning times over the members whose solve succeeded
-    (members that failed are listed in `excluded`, degrees with fewer than three learned points
-    in `not_fitted`); write `sweep.json` and the scaling plot."""
+    (members that failed are listed in `excluded`, labels with fewer than three learned points
+    in `not_fitted`); write `sweep.json` and the scaling plot.
+
+    The columns of `half` and `ninety` are the residual labels of any member, in the order of
+    `labels` (their names, as keys of the members' `learning_times`); `exponents` and
+    `local_exponents` are keyed by those names."""
     excluded = [s["eps"] for s in summaries if not s["solver"]["success"]]
     summaries = [s for s in summaries if s["solver"]["success"]]
     eps = np.array([s["eps"] for s in summaries])
-    keys = list(dict.fromkeys(k for s in summaries for k in s["learning_times"]))
-    if not all(k.isdigit() for k in keys):
-        return _multi_index_sweep(summaries, keys, eps, out, excluded)
-    degrees = sorted({int(k) for s in summaries for k in s["learning_times"]})
-    width = max(degrees) + 1 if degrees else 0
+    entries = {name: e for s in summaries for name, e in s["learning_times"].items()}
+    names = list(entries)
+    labels = [tuple(entries[name]["label"]) for name in names]
     times = {
-        name: np.array(
+        fraction: np.array(
             [
-                [_nan_if_none(s["learning_times"].get(str(k), {}).get(name)) for k in range(width)]
+                [_nan_if_none(s["learning_times"].get(name, {}).get(fraction)) for name in names]
                 for s in summaries
             ]
-        ).reshape(len(summaries), width)
-        for name in _FRACTIONS
+        ).reshape(len(summaries), len(names))
+        for fraction in _FRACTIONS
     }
-    fits = fit_scalings(eps, times["half"]) if len(summaries) >= 2 else {}
-    present = [k for k in degrees if np.any(np.isfinite(times["half"][:, k]))]
+    fits = fit_scalings(eps, times["half"], labels) if len(summaries) >= 2 else {}
+    present = [j for j in range(len(names)) if np.any(np.isfinite(times["half"][:, j]))]
     result = {
+        "labels": names,
         "eps": eps.tolist(),
         "excluded": excluded,
-        "not_fitted": [k for k in present if k not in fits],
+        "not_fitted": [names[j] for j in present if j not in fits],
         "half": times["half"].tolist(),
         "ninety": times["ninety"].tolist(),
-        "exponents": {str(k): vars(f) for k, f in fits.items()},
+        "exponents": {names[j]: vars(f) for j, f in fits.items()},
         "local_exponents": {
-            str(k): local_exponents(eps, times["half"][:, k], log_factor=f.log_factor).tolist()
-            for k, f in fits.items()
+            names[j]: local_exponents(eps, times["half"][:, j], log_factor=f.log_factor).tolist()
+            for j, f in fits.items()
         },
     }
     _write_json(out / "sweep.json", result)
-    if len(summaries) >= 1 and width:
+    if summaries and names:
         solver = summaries[0]["solver"]
         title = (
             f"half-learning times ({summaries[0]['model']}, rtol={solver['rtol']:g}, "
             f"atol={solver['atol']:g})"
         )
-        fig = plot_scaling(eps, times["half"], fits, title=title)
+        fig = plot_scaling(eps, times["half"], fits, title=title, labels=labels)
         fig.savefig(out / "scaling.png", dpi=150)
         plt.close(fig)
     return result
@@ -455,24 +448,24 @@ def _report(summaries: list[dict], failures: list[str], out: pathlib.Path, fit: 
     """Print the members (and, with `fit`, write and print the fits); return the exit status."""
     for s in summaries:
         learned = {k: _nan_if_none(v["half"]) for k, v in s["learning_times"].items()}
-        lt = ", ".join(f"t_{k}={t:.3g}" for k, t in learned.items() if math.isfinite(t))
+        lt = ", ".join(f"{k} at t={t:.3g}" for k, t in learned.items() if math.isfinite(t))
         missing = [k for k, t in learned.items() if not math.isfinite(t)]
-        not_learned = f"; not half learned: degrees {', '.join(missing)}" if missing else ""
+        not_learned = f"; not half learned: {', '.join(missing)}" if missing else ""
         risk = _nan_if_none(s["final_risk"])
         print(f"eps={s['eps']:g}: final risk {risk:.3e}; half-learned {lt}{not_learned}")
     if fit and summaries:
         result = sweep_analysis(summaries, out)
-        for k, f in result["exponents"].items():
+        for name, f in result["exponents"].items():
             log = " (t/log(1/eps))" if f["log_factor"] else ""
-            local = result["local_exponents"][k][-1]
-            what = "degree" if k.isdigit() else "multi-index"
+            local = result["local_exponents"][name][-1]
+            heuristic = _nan_if_none(f["heuristic"])
+            stated = f", heuristic {heuristic:g}" if math.isfinite(heuristic) else ""
             print(
-                f"{what} {k}: exponent{log} {f['exponent']:.3f} +- {f['stderr']:.3f} "
-                f"(local slope at the smallest eps {local:.3f}), heuristic {f['heuristic']:g}"
+                f"{name}: exponent{log} {f['exponent']:.3f} +- {f['stderr']:.3f} "
+                f"(local slope at the smallest eps {local:.3f}){stated}"
             )
-        for k in result["not_fitted"]:
-            what = "degree" if str(k).isdigit() else "multi-index"
-            print(f"{what} {k}: not fitted (learned at fewer than {MIN_FIT_POINTS} eps)")
+        for name in result["not_fitted"]:
+            print(f"{name}: not fitted (learned at fewer than {MIN_FIT_POINTS} eps)")
         if result["excluded"]:
             listed = ", ".join(f"{e:g}" for e in result["excluded"])
             print(f"excluded from the fits (solve failed): eps = {listed}")
@@ -480,60 +473,6 @@ def _report(summaries: list[dict], failures: list[str], out: pathlib.Path, fit: 
     for f in failures:
         print(f"sst: member failed: {f}", file=sys.stderr)
     return 1 if failures else 0
-
-
-# Multi-index targets: residuals labelled by multi-indices, written "1,1,0" in the summaries.
-
-
-def _is_multi_index(traj: Trajectory) -> bool:
-    return any(isinstance(label, tuple) for label in traj.residual_labels)
-
-
-def _label_key(label: tuple[int, ...]) -> str:
-    return ",".join(str(j) for j in label)
-
-
-def _multi_index_sweep(
-    summaries: list[dict], keys: list[str], eps: np.ndarray, out: pathlib.Path, excluded: list
-) -> dict:
-    """`sweep_analysis` for multi-index labels (of the successful members): one fitted slope per
-    multi-index learned at `MIN_FIT_POINTS` or more eps (no heuristic exponent is stated for
-    them)."""
-    times = {
-        name: np.array(
-            [
-                [_nan_if_none(s["learning_times"].get(k, {}).get(name)) for k in keys]
-                for s in summaries
-            ]
-        ).reshape(len(summaries), len(keys))
-        for name in _FRACTIONS
-    }
-    fits = {}
-    for j, k in enumerate(keys):
-        ok = np.isfinite(times["half"][:, j]) & (times["half"][:, j] > 0)
-        if np.unique(eps[ok]).size >= MIN_FIT_POINTS:
-            fits[k] = fit_exponent(eps, times["half"][:, j])
-    present = [k for j, k in enumerate(keys) if np.any(np.isfinite(times["half"][:, j]))]
-    result = {
-        "labels": keys,
-        "eps": eps.tolist(),
-        "excluded": excluded,
-        "not_fitted": [k for k in present if k not in fits],
-        "half": times["half"].tolist(),
-        "ninety": times["ninety"].tolist(),
-        "exponents": {k: vars(f) for k, f in fits.items()},
-        "local_exponents": {
-            k: local_exponents(eps, times["half"][:, keys.index(k)]).tolist() for k in fits
-        },
-    }
-    _write_json(out / "sweep.json", result)
-    labelled = {
-        tuple(int(j) for j in k.split(",")): times["half"][:, n] for n, k in enumerate(keys)
-    }
-    fig = plot_learning_times(eps, labelled, title=f"half-learning times ({summaries[0]['model']})")
-    fig.savefig(out / "scaling.png", dpi=150)
-    plt.close(fig)
-    return result
 
 
 if __name__ == "__main__":

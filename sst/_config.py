@@ -119,7 +119,7 @@ _REQUIRED = object()
 # Per table: key -> (validator, default). `None` defaults are filled from other keys.
 _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
     "problem": {
-        # `_target` is defined with the multi-index block at the end of this module.
+        # `_target` is defined with the target table's keys at the end of this module.
         "target": (lambda key, value: _target(key, value), _REQUIRED),
         "activation": (_function, _REQUIRED),
         "eps": (_eps, _REQUIRED),
@@ -228,7 +228,7 @@ class RunConfig:
         """The `Problem` at one value of eps."""
         p = self.problem
         spec = p["target"]
-        target = _multi_index_target(spec) if isinstance(spec, dict) else _hermite(spec)
+        target = _target_table(spec) if isinstance(spec, dict) else _hermite(spec)
         return Problem(target, _hermite(p["activation"]), eps, p["noise"])
 
     def build(self, eps: float) -> tuple[Any, Any, jax.Array]:
@@ -265,7 +265,7 @@ def _hermite(spec: str | list[float]) -> Hermite:
     return _FUNCTIONS[spec]() if isinstance(spec, str) else Hermite(spec)
 
 
-# Multi-index targets: `[problem.target]` as a table (see the module docstring).
+# A target of `k` directions: `[problem.target]` as a table (see the module docstring).
 _TARGET_KEYS = ("basis", "terms")
 _BASES = ("hermite", "monomial")
 
@@ -311,7 +311,7 @@ def _target(key: str, value: Any) -> Any:
     return {"terms": out, "basis": basis}
 
 
-def _multi_index_target(spec: dict[str, Any]) -> Target:
+def _target_table(spec: dict[str, Any]) -> Target:
     pairs = [(tuple(a), c) for a, c in spec["terms"]]
     if spec["basis"] == "monomial":
         return Target.from_monomials(pairs)

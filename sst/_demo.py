@@ -43,9 +43,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{int(traj.stats['num_steps'])} steps ({int(traj.stats['num_rejected_steps'])} rejected), "
         f"{elapsed:.2f} s including compilation"
     )
-    print(f"{'degree':>6} {'phi_k':>8} {'t_half':>12} {'t_90%':>12}")
-    for k, (th, t9) in enumerate(zip(t_half, t_90, strict=True)):
-        print(f"{k:>6} {float(problem.target.coeffs[k]):>8.3f} {th:>12.4g} {t9:>12.4g}")
+    labels = traj.residual_labels
+    phi = problem.target_coeffs(labels)
+    print(f"{'label':>10} {'phi':>8} {'t_half':>12} {'t_90%':>12}")
+    for label, c, th, t9 in zip(labels, phi, t_half, t_90, strict=True):
+        print(f"{sst.label_name(label):>10} {float(c):>8.3f} {th:>12.4g} {t9:>12.4g}")
     print(f"final risk R(t={float(ts[-1]):g}) = {float(traj.risk[-1]):.3e}")
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.savefig(out / "risk.png", dpi=150)
     print(f"wrote {out / 'risk.png'}")
     if not np.all(np.isfinite(t_half)):
-        raise SystemExit("some Hermite component was never half learned: see the plot")
+        raise SystemExit("some degree of the target was never half learned: see the plot")
 
 
 if __name__ == "__main__":

@@ -14,12 +14,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, ArrayLike, Float
+from jaxtyping import Array, ArrayLike, Float, PyTree
 
 from ._functionals import hitting_time, log_time_area, risk_at
 from ._hermite import Hermite
-from ._mean_field import MeanFieldODE, MeanFieldState
-from ._problem import Problem
+from ._problem import AbstractProblemModel
 from ._solution import Trajectory
 from ._solve import solve
 
@@ -41,7 +40,7 @@ class OptimizeResult(eqx.Module):
     after: Trajectory
 
 
-def _objective(kind: str, traj: Trajectory, model: MeanFieldODE, t: float, level: float):
+def _objective(kind: str, traj: Trajectory, model: AbstractProblemModel, t: float, level: float):
     if kind == "risk":
         return risk_at(traj, t)
     if kind == "area":
@@ -50,8 +49,8 @@ def _objective(kind: str, traj: Trajectory, model: MeanFieldODE, t: float, level
 
 
 def optimize_activation(
-    problem: Problem,
-    y0: MeanFieldState,
+    model: AbstractProblemModel,
+    y0: PyTree,
     ts: Float[ArrayLike, " T"],
     *,
     objective: str = "risk",
@@ -65,8 +64,10 @@ def optimize_activation(
 
     **Arguments:**
 
-    - `problem`: target, initial activation (a finite Hermite series) and `eps`.
-    - `y0`, `ts`: initial particles and save times of the mean-field solve.
+    - `model`: a model of a `Problem` (`sst.MeanFieldODE`, `sst.FiniteDimODE`, for a target of
+      one direction or of `k`) with the initial activation (a finite Hermite series); each step
+      solves `model.with_parameters(activation=sigma)`.
+    - `y0`, `ts`: initial state (particles or network) and save times of the solve.
     - `objective`: `"risk"` (risk at time `t`, default `ts[-1]`), `"area"` (area under the risk
       against `log t`) or `"time"` (log of the first time the risk reaches `level`; use a save
       grid dense in `log t`).
@@ -78,7 +79,13 @@ def optimize_activation(
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
-    if not problem.activation.is_polynomial:
+    if not isinstance(model, AbstractProblemModel):
+        raise ValueError(
+            "model must be a model of a Problem (e.g. sst.MeanFieldODE(problem)), got "
+            f"{type(model).__name__}."
+        )
+    activation = model.problem.activation
+    if not activation.is_polynomial:
         raise ValueError(
             "optimize_activation changes the activation's Hermite coefficients, so the activation "
             "must be a finite series: use sst.Hermite(coeffs), e.g. relu's truncated coeffs."
@@ -87,17 +94,17 @@ def optimize_activation(
         raise ValueError("objective='time' needs the risk level to reach, e.g. level=0.1.")
     ts = jnp.asarray(ts, dtype=float)
     t = float(ts[-1]) if t is None else t
-    sigma0 = problem.activation.coeffs
+    sigma0 = activation.coeffs
     norm = jnp.linalg.norm(sigma0)
     solve_options = {**solve_options, "throw": False}
 
     def trajectory(v):
-        model = MeanFieldODE(problem.with_parameters(activation=norm * v / jnp.linalg.norm(v)))
-        return model, solve(model, y0, ts, **solve_options)
+        changed = model.with_parameters(activation=norm * v / jnp.linalg.norm(v))
+        return changed, solve(changed, y0, ts, **solve_options)
 
     def loss(v):
-        model, traj = trajectory(v)
-        return _objective(objective, traj, model, t, level)
+        changed, traj = trajectory(v)
+        return _objective(objective, traj, changed, t, level)
 
     optimiser = optax.apply_if_finite(optax.adam(learning_rate), max_consecutive_errors=5)
     value_and_grad = eqx.filter_jit(jax.value_and_grad(loss))
@@ -112,7 +119,7 @@ def optimize_activation(
     losses.append(float(eqx.filter_jit(loss)(v)))
     final = Hermite(norm * v / jnp.linalg.norm(v))
     return OptimizeResult(
-        initial=problem.activation,
+        initial=activation,
         final=final,
         losses=jnp.asarray(np.where(np.isfinite(losses), losses, np.nan)),
         before=eqx.filter_jit(lambda: trajectory(sigma0)[1])(),

@@ -1,11 +1,19 @@
-"""Matplotlib figures of trajectories and eps sweeps. Every function returns the figure.
+"""Matplotlib figures of trajectories and eps sweeps, for every model of the family (a target of
+one direction or of `k`). Every function returns the figure.
 
-- `plot_risk`: risk and Hermite residuals against log time, learning phases marked.
-- `plot_particles`: the particle phase portrait `(a, s)` over time, coloured by `a(0)`.
+- `plot_risk`: risk and squared residuals `r_alpha^2 / 2` against log time, learning phases
+  marked.
+- `plot_particles`: the particles (or neurons) over time: the path in the `(a, s_1)` plane, the
+  overlaps `s_ir(t)` with each direction, and for two or more directions the `(s_1, s_2)` plane.
 - `plot_scaling`: learning times of an eps sweep against eps, with fitted power laws.
+- `plot_ode_vs_network`: training runs of the network against the ODE they converge to.
+
+Residual labels are named by `sst.label_name` (`degree 2`, `z1 z2`).
 """
 
 from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
 
 # No backend is forced here: notebooks keep their inline backend, and headless runs fall back
 # to Agg by themselves.
@@ -13,18 +21,26 @@ import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
 
+from ._problem import AbstractProblemModel
 from ._solution import RESULTS, Trajectory
-from ._timescales import ScalingFit, _check_single, detect_phases, learning_times
+from ._timescales import (
+    ScalingFit,
+    _carried,
+    _check_single,
+    detect_phases,
+    label_name,
+    learning_times,
+)
 
-# Colour of degree k in every figure, so that a degree looks the same across panels.
-_DEGREE_COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+# Colour of residual label j in every figure, so that a label looks the same across panels.
+_COLOURS = plt.rcParams["axes.prop_cycle"].by_key()["color"]
 
 
 _NEGLIGIBLE = 1e-20
 
 
-def _degree_colour(k: int) -> str:
-    return _DEGREE_COLOURS[k % len(_DEGREE_COLOURS)]
+def _colour(j: int) -> str:
+    return _COLOURS[j % len(_COLOURS)]
 
 
 def _tolerances(traj: Trajectory) -> str:
@@ -44,50 +60,72 @@ def _valid_positive(traj: Trajectory) -> np.ndarray:
     return keep
 
 
+def _degree(label: Hashable) -> int:
+    # The degree |alpha| of h_alpha; a label that is not a multi-index counts as degree 0.
+    return int(sum(label)) if isinstance(label, tuple) else 0
+
+
 def plot_risk(
     traj: Trajectory,
     title: str | None = None,
     ax=None,
     phases: bool = True,
     max_degree: int = 6,
-    model=None,
+    model: AbstractProblemModel | None = None,
+    labels: Sequence[Hashable] | None = None,
 ):
-    """Risk and squared Hermite residuals `r_k^2 / 2` against log time (docs: [time
+    """Risk and squared residuals `r_alpha^2 / 2` against log time (docs: [time
     scales][time-scales]).
 
-    One line per degree `k <= max_degree` (degrees that are zero up to rounding are left out),
-    and one line for the sum over the higher degrees, if any (a ReLU target has 33).
-    Half-learning times are dotted vertical lines in each degree's colour (in the legend); with
+    One line per residual label (a degree `(l,)`, or a multi-index of a target of `k`
+    directions), named by `sst.label_name`: by default every label of degree `|alpha| <=
+    max_degree` carried at the start or learned later, and one line for the sum over the labels
+    of higher degree, if any (a ReLU target has 33 degrees); with `labels`, exactly those (each
+    must be in `traj.residual_labels`). Labels that are zero up to rounding are left out.
+    Half-learning times are dotted vertical lines in each label's colour (in the legend); with
     `phases=True` the drops found by `detect_phases` are shaded grey (the plateaus are the
     unshaded rest). The vertical range shows every valid point of every drawn curve. The title
-    states the target, activation and eps when the `model` (of a `Problem`) is given, and the
-    solver tolerances, unless `title` is given.
+    states the problem (target, activation, eps) when its `model` is given, and the solver
+    tolerances, unless `title` is given.
 
     **Returns:** the matplotlib figure.
     """
     _check_single(traj, "plot_risk")
+    all_labels = list(traj.residual_labels)
+    if labels is not None:
+        unknown = [label for label in labels if label not in all_labels]
+        if unknown:
+            raise ValueError(
+                f"labels: {unknown[0]!r} is not a residual label of the trajectory; pick from "
+                "traj.residual_labels."
+            )
     fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.2))
     valid = _valid_positive(traj)
     ts = np.asarray(traj.ts)[valid]
     risk = np.asarray(traj.risk)[valid]
     ax.loglog(ts, risk, color="k", lw=2, label="risk")
-    r2 = np.asarray(traj.residuals)[valid] ** 2
+    r2 = 0.5 * np.asarray(traj.residuals)[valid] ** 2
     t_half = learning_times(traj, 0.5)
-    curves = [
-        (k, f"$r_{{{k}}}^2/2$", 0.5 * r2[:, k]) for k in range(min(r2.shape[1], max_degree + 1))
-    ]
-    if r2.shape[1] > max_degree + 1:
-        tail = 0.5 * np.sum(r2[:, max_degree + 1 :], axis=1)
-        curves.append((max_degree + 1, f"$\\sum_{{k>{max_degree}}} r_k^2/2$", tail))
+    if labels is None:
+        shown = _carried(traj) | np.isfinite(t_half)
+        columns = [j for j, label in enumerate(all_labels) if _degree(label) <= max_degree]
+        high = [j for j, label in enumerate(all_labels) if _degree(label) > max_degree]
+        columns = [j for j in columns if shown[j]]
+    else:
+        columns, high = [all_labels.index(label) for label in labels], []
+    curves = [(j, f"$r^2/2$, {label_name(all_labels[j])}", r2[:, j]) for j in columns]
+    if high:
+        curves.append((len(all_labels), f"$r^2/2$, degree > {max_degree}", r2[:, high].sum(1)))
     drawn = [risk]
-    for k, label, y in curves:
+    for j, name, y in curves:
         if np.max(y) <= _NEGLIGIBLE * np.max(risk):
             continue  # zero up to rounding: a log axis would show only rounding noise
         drawn.append(y)
-        colour = _degree_colour(k)
-        ax.loglog(ts, y, lw=1.2, color=colour, label=label)
-        if k <= max_degree and np.isfinite(t_half[k]):
-            ax.axvline(t_half[k], color=colour, ls=":", lw=1, label=f"$t_{{{k}}}$ half learned")
+        colour = _colour(j)
+        ax.loglog(ts, y, lw=1.2, color=colour, label=name)
+        if j < len(all_labels) and np.isfinite(t_half[j]):
+            name = f"{label_name(all_labels[j])} half learned"
+            ax.axvline(t_half[j], color=colour, ls=":", lw=1, label=name)
     if phases:
         for p in detect_phases(traj):
             if p.kind == "drop":
@@ -98,48 +136,69 @@ def plot_risk(
     ax.set_xlabel("time $t$")
     ax.set_ylabel("risk")
     if title is None:
-        problem = getattr(model, "problem", None)
-        title = _tolerances(traj) if problem is None else f"{problem}\n{_tolerances(traj)}"
+        title = _tolerances(traj) if model is None else f"{model.problem}\n{_tolerances(traj)}"
     ax.set_title(title, fontsize=9)
-    handles, labels = ax.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
+    handles, names = ax.get_legend_handles_labels()
+    unique = dict(zip(names, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
     fig.tight_layout()
     return fig
 
 
+def _overlaps(traj: Trajectory, valid: np.ndarray) -> np.ndarray:
+    # Overlaps with the directions on the last axis, (T, m, k): a single-index state stores
+    # s of shape (T, m), a state of k directions (T, m, k).
+    s = np.asarray(traj.ys.s)[valid]
+    return s.reshape(s.shape[:2] + (-1,))
+
+
 def plot_particles(traj: Trajectory, title: str | None = None, cmap: str = "coolwarm"):
-    """Particle phase portrait: each particle's path in the `(a, s)` plane, and `s_i(t)`.
+    """The particles (or neurons) over time, coloured by `a_i(0)` (colour bar), which is what
+    determines a particle's fate when `s(0) = 0` (docs: [the mean-field ODE][mean-field-ode]).
 
-    Left panel: `(a_i(t), s_i(t))`, one line per particle, starting at `s = 0` (docs:
-    [the mean-field ODE][mean-field-ode]). Right panel: the overlaps `s_i(t)` against log time.
-    Lines are coloured by
-    `a_i(0)` (colour bar), which is what determines a particle's fate when `s(0) = 0`.
+    Panels, left to right: each path in the `(a, s_1)` plane (`s_1` the overlap with the first
+    target direction; the final points black); the overlaps `s_ir(t)` with each direction `r`
+    against log time, one panel per direction (`s` of shape `(m,)` is one direction); for two or
+    more directions, each path in the plane `(s_i1, s_i2)` with the diagonal `s_1 = s_2` dashed
+    (the symmetric line of an equal committee).
 
-    **Returns:** the matplotlib figure (axes: plane, time, colour bar).
+    **Returns:** the matplotlib figure (axes: the panels, then the colour bar).
     """
     _check_single(traj, "plot_particles")
     valid = np.asarray(traj.valid)
     ts = np.asarray(traj.ts)[valid]
     a = np.asarray(traj.ys.a)[valid]
-    s = np.asarray(traj.ys.s)[valid]
+    s = _overlaps(traj, valid)
+    m, k = s.shape[1:]
     a0 = a[0]
     norm = plt.Normalize(a0.min(), a0.max() if a0.max() > a0.min() else a0.min() + 1.0)
     colours = plt.get_cmap(cmap)(norm(a0))
-    fig, (ax_plane, ax_time) = plt.subplots(1, 2, figsize=(10.0, 4.0))
+    panels = 1 + k + (1 if k >= 2 else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(3.8 * panels, 3.6), squeeze=False)
+    ax_plane, ax_times, axes = axes[0][0], axes[0][1 : 1 + k], axes[0]
     positive = ts > 0
-    for i in range(a.shape[1]):
-        ax_plane.plot(a[:, i], s[:, i], color=colours[i], lw=1)
-        ax_time.semilogx(ts[positive], s[positive, i], color=colours[i], lw=1)
-    ax_plane.plot(a[-1], s[-1], "k.", ms=4, label="final")
+    for i in range(m):
+        ax_plane.plot(a[:, i], s[:, i, 0], color=colours[i], lw=1)
+        for r in range(k):
+            ax_times[r].semilogx(ts[positive], s[positive, i, r], color=colours[i], lw=1)
+    ax_plane.plot(a[-1], s[-1, :, 0], "k.", ms=4, label="final")
     ax_plane.set_xlabel("second-layer weight $a$")
-    ax_plane.set_ylabel("overlap $s$")
+    ax_plane.set_ylabel("overlap $s$" if k == 1 else "overlap $s_1$")
     ax_plane.legend(fontsize=8)
-    ax_time.set_xlabel("time $t$")
-    ax_time.set_ylabel("overlap $s$")
-    sm = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-    fig.colorbar(sm, ax=ax_time, label="$a(0)$")
-    fig.suptitle(title or f"{a.shape[1]} particles, {_tolerances(traj)}")
+    for r, ax in enumerate(ax_times):
+        ax.set_xlabel("time $t$")
+        ax.set_ylabel("overlap $s$" if k == 1 else f"overlap $s_{{i{r + 1}}}$ with $u_{r + 1}$")
+    if k >= 2:
+        plane = axes[-1]
+        for i in range(m):
+            plane.plot(s[:, i, 0], s[:, i, 1], color=colours[i], lw=1)
+        plane.plot(s[-1, :, 0], s[-1, :, 1], "k.", ms=4)
+        plane.plot([-1, 1], [-1, 1], color="0.6", ls="--", lw=1)
+        plane.set_xlabel("$s_{i1}$")
+        plane.set_ylabel("$s_{i2}$")
+        plane.set_aspect("equal")
+    fig.colorbar(plt.cm.ScalarMappable(norm=norm, cmap=cmap), ax=axes[-1], label="$a(0)$")
+    fig.suptitle(title or f"{m} particles, {_tolerances(traj)}")
     fig.tight_layout()
     return fig
 
@@ -149,39 +208,51 @@ def plot_scaling(
     times: Float[ArrayLike, "N R"],
     fits: dict[int, ScalingFit] | None = None,
     title: str | None = None,
+    labels: Sequence[Hashable] | None = None,
 ):
-    """Learning times `t_k(eps)` of an eps sweep on log-log axes, with fitted power laws.
+    """Learning times of an eps sweep on log-log axes, with fitted power laws.
 
-    One marker series per degree with a finite time; each fit in `fits` (from
-    `timescales.fit_scalings`) is drawn as a dashed line labelled with its exponent, its
-    uncertainty and the heuristic `1/(2l)` of the docs' [model page][setting].
+    `times[i, j]` is the learning time of residual label `labels[j]` at `eps[i]` (default: the
+    degrees `(0,), (1,), ...`, column `l` degree `l`), as `sst.fit_scalings` takes them. One
+    marker series per column with a finite time, named by `sst.label_name`; each fit in `fits`
+    (from `sst.fit_scalings`, keyed by column) is drawn as a dashed line labelled with its
+    exponent, its uncertainty and, where stated, the heuristic `1/(2l)` of the docs' [time
+    scales][time-scales].
 
     **Returns:** the matplotlib figure.
     """
     eps = np.asarray(eps, dtype=float)
     times = np.asarray(times, dtype=float)
+    labels = [(j,) for j in range(times.shape[1])] if labels is None else list(labels)
+    if len(labels) != times.shape[1]:
+        raise ValueError(
+            f"labels must name each of the {times.shape[1]} columns of times; got {len(labels)} "
+            "labels."
+        )
     fig, ax = plt.subplots(figsize=(6.0, 4.5))
     grid = np.geomspace(eps.min(), eps.max(), 100)
-    for k in range(times.shape[1]):
-        ok = np.isfinite(times[:, k])
+    for j, label in enumerate(labels):
+        ok = np.isfinite(times[:, j])
         if not ok.any():
             continue
-        colour = _degree_colour(k)
-        ax.loglog(eps[ok], times[ok, k], "o", color=colour, label=f"degree {k}")
-        if fits and k in fits:
-            f = fits[k]
+        colour = _colour(j)
+        ax.loglog(eps[ok], times[ok, j], "o", color=colour, label=label_name(label))
+        if fits and j in fits:
+            f = fits[j]
             log = r" of $t/\log(1/\varepsilon)$" if f.log_factor else ""
+            heuristic = (
+                f" (heuristic {_as_fraction(f.heuristic)})" if np.isfinite(f.heuristic) else ""
+            )
             ax.loglog(
                 grid,
                 f.predict(grid),
                 "--",
                 color=colour,
                 lw=1,
-                label=f"slope{log} {f.exponent:.3f} ± {f.stderr:.3f} (heuristic "
-                f"{_as_fraction(f.heuristic)})",
+                label=f"slope{log} {f.exponent:.3f} ± {f.stderr:.3f}{heuristic}",
             )
     ax.set_xlabel(r"$\varepsilon$")
-    ax.set_ylabel("half-learning time $t_k$")
+    ax.set_ylabel("half-learning time")
     ax.set_title(title or "learning time-scales")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -202,8 +273,8 @@ def plot_ode_vs_network(ode: Trajectory, runs, mean_field=None, title=None, neur
     Left: population risk against time of `ode` (a `FiniteDimODE` trajectory), of the optional
     `mean_field` trajectory and of each training run in `runs` (trajectories from `sst.train`,
     labelled by estimator and step).
-    Right: the overlaps `s_i(t)` of the first `neurons` neurons, ODE solid, the run with the
-    smallest step dotted.
+    Right: the overlaps `s_i1(t)` with the first target direction of the first `neurons`
+    neurons, ODE solid, the run with the smallest step dotted.
 
     **Returns:** the matplotlib figure.
     """
@@ -221,11 +292,13 @@ def plot_ode_vs_network(ode: Trajectory, runs, mean_field=None, title=None, neur
     ax_r.set_ylabel("population risk")
     ax_r.legend(fontsize=8)
     finest = min(runs, key=lambda r: r.training.eta)
-    for i in range(min(neurons, ode.ys.s.shape[1])):
-        (line,) = ax_s.plot(ode.ts, ode.ys.s[:, i], lw=2)
-        ax_s.plot(finest.ts, finest.ys.s[:, i], ls=":", lw=2, color=line.get_color())
+    s_ode = _overlaps(ode, np.ones(ode.ts.shape, bool))
+    s_run = _overlaps(finest, np.ones(finest.ts.shape, bool))
+    for i in range(min(neurons, s_ode.shape[1])):
+        (line,) = ax_s.plot(ode.ts, s_ode[:, i, 0], lw=2)
+        ax_s.plot(finest.ts, s_run[:, i, 0], ls=":", lw=2, color=line.get_color())
     ax_s.set_xlabel("time $t$")
-    ax_s.set_ylabel(f"$s_i$ (solid: ODE, dotted: eta={finest.training.eta:g})")
+    ax_s.set_ylabel(f"$s_{{i1}}$ (solid: ODE, dotted: eta={finest.training.eta:g})")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

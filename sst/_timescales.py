@@ -1,28 +1,32 @@
 """Time-scale analysis of trajectories (docs: [time scales][time-scales]).
 
-- `crossing_time`, `learning_times`: when each Hermite component of the target is learned.
+- `learning_times`: when each residual `r_alpha` (each Hermite degree, or each multi-index of a
+  target of `k` directions) is learned; `label_name` names a residual label.
 - `detect_phases`: the plateaus and drops of the risk on log time.
-- `fit_exponent`, `fit_scalings`, `local_exponents`: fitted exponents `d log t_k / d log eps`
+- `fit_exponent`, `fit_scalings`, `local_exponents`: fitted exponents `d log t_alpha / d log eps`
   of an eps sweep, with their uncertainty, compared with the heuristic scalings `t_l ~ eps^(1/(2l))`
   (docs: [time scales][time-scales]).
 
-The residuals `r_k` these functions read are the projections of the target minus the network
-function on `h_k(<u*, x>)`; `sst.solve` computes them exactly for any activation, closed-form
-kernels included (`r_k = phi_k - sigma_k m_k`, docs: [the mean-field ODE][mean-field-ode]).
+The residuals `r_alpha` these functions read are the projections of the target minus the network
+function on `h_alpha(U*^T x)`, labelled by `Trajectory.residual_labels` (multi-indices; `(l,)` is
+degree `l` of a single-index target); `sst.solve` computes them exactly for any activation,
+closed-form kernels included (docs: [the mean-field ODE][mean-field-ode]).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable, Sequence
 
 import numpy as np
-from jaxtyping import ArrayLike, Float
+from jaxtyping import ArrayLike, Bool, Float
 
 from ._functionals import crossing_time
 from ._solution import Trajectory
+from ._target import format_index
 
-# A degree counts as carried by the residuals when |r_k(0)| exceeds this fraction of |r(0)|:
-# degrees absent from the target start at zero up to rounding, and have no learning time.
+# A label counts as carried by the residuals when |r_alpha(0)| exceeds this fraction of |r(0)|:
+# labels absent from the target start at zero up to rounding, and have no learning time.
 _PRESENT = 1e-10
 
 #: Degrees whose heuristic scaling carries a factor `log(1/eps)`.
@@ -36,13 +40,24 @@ def heuristic_exponent(degree: int) -> float:
     return 1.0 if degree == 0 else 1.0 / (2 * degree)
 
 
+def label_name(label: Hashable) -> str:
+    """The name of a residual label in figures, summaries and messages: `"degree l"` for the
+    degree `(l,)` of a single direction, `sst.format_index` otherwise (`"z1 z2"` for
+    `(1, 1, 0)`); a label that is not a multi-index (a model's own) as `str`."""
+    if isinstance(label, tuple) and len(label) == 1:
+        return f"degree {label[0]}"
+    return format_index(label) if isinstance(label, tuple) else str(label)
+
+
 def learning_times(traj: Trajectory, fraction: float = 0.5) -> Float[np.ndarray, " R"]:
-    """For each residual `k` of `traj` (each Hermite degree, labelled by
-    `traj.residual_labels`), the time when `r_k^2` has lost `fraction` of its initial value.
+    """For each residual `r_alpha` of `traj` (column `j` is labelled `traj.residual_labels[j]`:
+    the degrees `(0,), (1,), ...` of a single-index target, the multi-indices of a target of `k`
+    directions), the time when `r_alpha^2` has lost `fraction` of its initial value.
 
     `fraction=0.5` is "half learned", `0.9` is "90% learned" (docs: [time scales][time-scales]).
     Residuals whose initial value is zero up to rounding (absent from the target, or fitted by
-    the initial network) get `nan`, and so do those not learned by the last valid save.
+    the initial network) get `nan`, and so do those not learned by the last valid save. Pair the
+    times with their labels by `dict(zip(traj.residual_labels, times))`.
     """
     if not 0.0 < fraction < 1.0:
         raise ValueError(f"fraction must lie strictly between 0 and 1, got {fraction}.")
@@ -53,10 +68,18 @@ def learning_times(traj: Trajectory, fraction: float = 0.5) -> Float[np.ndarray,
     out = np.full(r2.shape[1], np.nan)
     if ts.size == 0:
         return out
-    present = r2[0] > _PRESENT**2 * np.sum(r2[0])
-    for k in np.nonzero(present)[0]:
-        out[k] = float(crossing_time(ts, r2[:, k], (1.0 - fraction) * r2[0, k]))
+    for j in np.nonzero(_carried(traj))[0]:
+        out[j] = float(crossing_time(ts, r2[:, j], (1.0 - fraction) * r2[0, j]))
     return out
+
+
+def _carried(traj: Trajectory) -> Bool[np.ndarray, " R"]:
+    """Which residuals are carried at the first valid save: `|r_alpha(0)|` above `1e-10` of
+    `|r(0)|` (the others are absent from the target, or fitted by the initial network)."""
+    r2 = np.asarray(traj.residuals, dtype=float)[np.asarray(traj.valid)] ** 2
+    if r2.shape[0] == 0:
+        return np.zeros(r2.shape[1], bool)
+    return r2[0] > _PRESENT**2 * np.sum(r2[0])
 
 
 def _check_single(traj: Trajectory, name: str) -> None:
@@ -239,24 +262,27 @@ def local_exponents(
     return np.diff(y) / np.diff(np.log(eps))
 
 
-#: The fewest learned points (distinct eps) from which `fit_scalings` fits a degree.
+#: The fewest learned points (distinct eps) from which `fit_scalings` fits a label.
 MIN_FIT_POINTS = 3
 
 
 def fit_scalings(
-    eps: Float[ArrayLike, " N"], times: Float[ArrayLike, "N R"]
+    eps: Float[ArrayLike, " N"],
+    times: Float[ArrayLike, "N R"],
+    labels: Sequence[Hashable] | None = None,
 ) -> dict[int, ScalingFit]:
-    """Fit `d log t_k / d log eps` for every degree `k` learned at three or more distinct eps.
+    """Fit `d log t / d log eps` for every column of `times` learned at three or more distinct
+    eps.
 
-    Two points give a slope without a standard error, so a degree with fewer than three is
-    not fitted (absent from the result).
+    `times[i, j]` is the learning time of residual label `labels[j]` at `eps[i]` (from
+    `learning_times`); `labels` defaults to the degrees `(0,), (1,), ...` of a single-index
+    target, so that column `l` is degree `l`. Two points give a slope without a standard error,
+    so a column with fewer than three is not fitted (absent from the result). A degree `(l,)`
+    carries the heuristic exponent `1/(2l)` of the docs' [time scales][time-scales], degree 1
+    fitted with the `log(1/eps)` factor removed; other labels (multi-indices of several
+    directions) carry no heuristic (`nan`) and are fitted without a log factor.
 
-    `times[i, k]` is the learning time of degree `k` at `eps[i]` (from `learning_times`).
-    Degree 1 is fitted with the `log(1/eps)` factor removed (docs: [time scales][time-scales]);
-    each fit
-    carries the heuristic exponent of its degree for comparison.
-
-    **Returns:** `{degree: ScalingFit}` for the degrees that could be fitted.
+    **Returns:** `{j: ScalingFit}` for the columns `j` that could be fitted.
     """
     times = np.asarray(times, dtype=float)
     eps = np.asarray(eps, dtype=float)
@@ -264,11 +290,20 @@ def fit_scalings(
         raise ValueError(
             f"times must have shape (len(eps), R) = ({eps.shape[0]}, R), got {times.shape}."
         )
+    labels = [(j,) for j in range(times.shape[1])] if labels is None else list(labels)
+    if len(labels) != times.shape[1]:
+        raise ValueError(
+            f"labels must name each of the {times.shape[1]} columns of times; got {len(labels)} "
+            "labels."
+        )
     fits = {}
-    for k in range(times.shape[1]):
-        ok = np.isfinite(times[:, k]) & (times[:, k] > 0)
+    for j, label in enumerate(labels):
+        ok = np.isfinite(times[:, j]) & (times[:, j] > 0)
         if np.unique(eps[ok]).size < MIN_FIT_POINTS:
             continue
-        fit = fit_exponent(eps, times[:, k], log_factor=k in LOG_FACTOR_DEGREES)
-        fits[k] = dataclasses.replace(fit, heuristic=heuristic_exponent(k))
+        # The heuristic of the docs is stated for the degrees of a single direction.
+        degree = label[0] if isinstance(label, tuple) and len(label) == 1 else None
+        fit = fit_exponent(eps, times[:, j], log_factor=degree in LOG_FACTOR_DEGREES)
+        heuristic = float("nan") if degree is None else heuristic_exponent(degree)
+        fits[j] = dataclasses.replace(fit, heuristic=heuristic)
     return fits
