@@ -21,6 +21,7 @@ import time
 
 from _common import Record, device_header, print_result
 
+from sst import label_name
 from sst._cli import run, sweep_analysis
 from sst._config import RunConfig, read_toml
 
@@ -63,7 +64,7 @@ def main() -> None:
     )
     print(f"{'eps':>8} {'steps':>7} {'ok':>3} {'wall s':>7} {'t_0':>10} {'t_1':>10} {'t_2':>10}")
     for s in summaries:
-        t = [s["learning_times"].get(str(k), {}).get("half") for k in range(3)]
+        t = [s["learning_times"].get(label_name((k,)), {}).get("half") for k in range(3)]
         cells = " ".join(f"{x:>10.4g}" if x is not None else f"{'-':>10}" for x in t)
         solver = s["solver"]
         print(
@@ -76,9 +77,12 @@ def main() -> None:
         f"{'degree':>6} {'exponent':>9} {'stderr':>7} {'local':>7} {'heuristic':>9} {'points':>6}"
     )
     fields = {}
-    for k, f in result["exponents"].items():
+    # The summaries are keyed by label name ("degree 1"); the RESULT fields by the degree.
+    degree = {name: e["label"][0] for s in summaries for name, e in s["learning_times"].items()}
+    for name, f in result["exponents"].items():
         how = " (of t/log(1/eps))" if f["log_factor"] else ""
-        local = result["local_exponents"][k][-1]
+        local = result["local_exponents"][name][-1]
+        k = degree[name]
         print(
             f"{k:>6} {f['exponent']:>9.3f} {f['stderr']:>7.1e} {local:>7.3f} "
             f"{f['heuristic']:>9.3g} {f['n']:>6}{how}"
@@ -87,8 +91,8 @@ def main() -> None:
         fields[f"stderr_{k}"] = f"{f['stderr']:.1e}"
         fields[f"local_{k}"] = f"{local:.3f}"
     smallest = min(summaries, key=lambda s: s["eps"])
-    t1 = smallest["learning_times"]["1"]["half"]
-    t2 = smallest["learning_times"]["2"]["half"]
+    t1 = smallest["learning_times"][label_name((1,))]["half"]
+    t2 = smallest["learning_times"][label_name((2,))]["half"]
     separation = t2 / t1 if t1 and t2 else math.nan
     print("local: slope between the two smallest eps (drift = corrections to scaling)")
     print(f"t_2 / t_1 at eps = {smallest['eps']:g}: {separation:.1f}")
