@@ -1,6 +1,8 @@
 """Saving and loading trajectories: every kind of Trajectory round-trips leaf by leaf, with its
 result code, statistics, tolerances, labels and training record."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +46,17 @@ def test_mean_field_round_trip(tmp_path, cubic_trajectory):
 def test_finite_dim_round_trip(tmp_path, finite_dim_trajectory):
     loaded = _assert_round_trip(finite_dim_trajectory, tmp_path / "finite_dim.npz")
     assert isinstance(loaded.ys, sst.FiniteDimState) and loaded.ys.Q.ndim == 3
+
+
+def test_round_trip_of_k_directions(tmp_path):
+    # Overlaps of shape (T, m, k) and multi-index labels come back as they were.
+    ts = np.array([0.0, 0.5, 1.0])
+    s = np.arange(3 * 4 * 2, dtype=float).reshape(3, 4, 2) / 30
+    ys = sst.MeanFieldState(np.ones((3, 4)), s, np.full((3, 4), 0.25))
+    traj = synthetic_trajectory(ts, np.ones((3, 3)), ys=ys)
+    traj = dataclasses.replace(traj, residual_labels=((0, 0), (1, 0), (1, 1)))
+    loaded = _assert_round_trip(traj, tmp_path / "k2.npz")
+    assert loaded.residual_labels == ((0, 0), (1, 0), (1, 1)) and loaded.ys.s.shape == (3, 4, 2)
 
 
 def test_training_round_trip(tmp_path):

@@ -1,9 +1,12 @@
-"""Figures build, carry the expected artists, and show exactly the data they were given."""
+"""Figures build, carry the expected artists, and show exactly the data they were given, for
+residuals labelled by degrees (a target of one direction, overlaps s of shape (m,)) and by
+multi-indices (k = 2 directions, s of shape (m, k))."""
+
+import dataclasses
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
@@ -20,10 +23,14 @@ from sst import (
     plot_scaling,
 )
 
+DEGREES = ((0,), (1,), (2,))
+# Labels of a target of k = 2 directions: the constant, z1 and z1 z2.
+MULTI = ((0, 0), (1, 0), (1, 1))
 
-@pytest.fixture(scope="module")
-def synthetic() -> sst.Trajectory:
-    """A hand-made trajectory: residuals with known learning times, one row masked invalid."""
+
+def _synthetic(k: int) -> sst.Trajectory:
+    """A hand-made trajectory: residuals with known learning times, one row masked invalid;
+    overlaps of shape (m,) for k = 1 (labels DEGREES), (m, k) otherwise (labels MULTI)."""
     ts = np.concatenate([[0.0], np.geomspace(1e-6, 10, 200)])
     t_k = np.array([1e-5, 1e-2, 0.3])
     r0 = np.array([0.5, 1.0, 1.0])
@@ -33,15 +40,29 @@ def synthetic() -> sst.Trajectory:
     a0 = np.linspace(-1, 1, m)
     a = a0[None, :] * (1 + ts[:, None])
     s = np.tanh(ts[:, None] * a0[None, :])
+    if k > 1:
+        s = np.stack([s * (r + 1) / k for r in range(k)], axis=-1)
     valid = np.ones(ts.size, bool)
     valid[-1] = False
     ys = sst.MeanFieldState(a, s, np.full(a.shape, 1 / m))
-    return synthetic_trajectory(
+    traj = synthetic_trajectory(
         ts, r, risk, ys=ys, valid=valid, result=sst.RESULTS.max_steps_reached
     )
+    return dataclasses.replace(traj, residual_labels=DEGREES if k == 1 else MULTI)
 
 
-def test_plot_risk_shows_the_inputs(synthetic):
+@pytest.fixture(scope="module")
+def synthetic() -> sst.Trajectory:
+    return _synthetic(1)
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["k=1", "k=2"])
+def either(request) -> sst.Trajectory:
+    return _synthetic(request.param)
+
+
+def test_plot_risk_shows_the_inputs(either):
+    synthetic = either
     fig = plot_risk(synthetic)
     (ax,) = fig.axes
     keep = np.asarray(synthetic.valid) & (np.asarray(synthetic.ts) > 0)
@@ -50,14 +71,15 @@ def test_plot_risk_shows_the_inputs(synthetic):
     np.testing.assert_array_equal(lines["risk"].get_xdata(), ts)
     np.testing.assert_array_equal(lines["risk"].get_ydata(), np.asarray(synthetic.risk)[keep])
     r = np.asarray(synthetic.residuals)[keep]
-    for k in range(3):
-        np.testing.assert_array_equal(lines[f"$r_{{{k}}}^2/2$"].get_ydata(), 0.5 * r[:, k] ** 2)
+    names = [sst.label_name(label) for label in synthetic.residual_labels]
+    for j, name in enumerate(names):
+        np.testing.assert_array_equal(lines[f"$r^2/2$, {name}"].get_ydata(), 0.5 * r[:, j] ** 2)
     # One dotted vertical line per half-learning time, at the known times.
     vlines = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
     np.testing.assert_allclose(vlines, learning_times(synthetic, 0.5), rtol=1e-12)
     np.testing.assert_allclose(vlines, [1e-5, 1e-2, 0.3], rtol=1e-3)
-    for k in range(3):
-        assert f"$t_{{{k}}}$ half learned" in lines
+    for name in names:
+        assert f"{name} half learned" in lines
     spans = ax.patches  # axvspan of each drop
     drops = [p for p in detect_phases(synthetic) if p.kind == "drop"]
     assert len(spans) == len(drops) == 3
@@ -78,17 +100,34 @@ def test_plot_risk_draws_on_a_given_axis(synthetic):
     plt.close(fig)
 
 
-def test_plot_particles_one_line_per_particle(synthetic):
+def test_plot_particles_one_line_per_particle(either):
+    synthetic = either
     fig = plot_particles(synthetic)
-    plane, time_ax, colourbar = fig.axes
     valid = np.asarray(synthetic.valid)
+    ts = np.asarray(synthetic.ts)[valid]
     a = np.asarray(synthetic.ys.a)[valid]
     s = np.asarray(synthetic.ys.s)[valid]
+    k = 1 if s.ndim == 2 else s.shape[2]
+    s = s.reshape(s.shape[0], s.shape[1], k)
+    # The (a, s_1) plane, one panel of s_ir(t) per direction, for k >= 2 the (s_1, s_2) plane,
+    # and the colour bar.
+    assert len(fig.axes) == 1 + k + (k >= 2) + 1
+    plane, time_axes, colourbar = fig.axes[0], fig.axes[1 : 1 + k], fig.axes[-1]
     paths = [line for line in plane.get_lines() if line.get_label() != "final"]
-    assert len(paths) == a.shape[1] and len(time_ax.get_lines()) == a.shape[1]
+    assert len(paths) == a.shape[1]
     for i, line in enumerate(paths):
         np.testing.assert_array_equal(line.get_xdata(), a[:, i])
-        np.testing.assert_array_equal(line.get_ydata(), s[:, i])
+        np.testing.assert_array_equal(line.get_ydata(), s[:, i, 0])
+    for r, ax in enumerate(time_axes):
+        assert len(ax.get_lines()) == a.shape[1]
+        for i, line in enumerate(ax.get_lines()):
+            np.testing.assert_array_equal(line.get_xdata(), ts[ts > 0])
+            np.testing.assert_array_equal(line.get_ydata(), s[ts > 0, i, r])
+    if k >= 2:
+        paths = fig.axes[1 + k].get_lines()[: a.shape[1]]
+        for i, line in enumerate(paths):
+            np.testing.assert_array_equal(line.get_xdata(), s[:, i, 0])
+            np.testing.assert_array_equal(line.get_ydata(), s[:, i, 1])
     (final,) = [line for line in plane.get_lines() if line.get_label() == "final"]
     np.testing.assert_array_equal(final.get_xdata(), a[-1])
     # Colours follow a(0): the lowest and highest a(0) sit at the two ends of the colour map.
@@ -119,22 +158,64 @@ def test_plot_scaling_shows_times_and_fits():
         truth = [0.3 * x, x**0.5 * np.log(1 / x), 2 * x**0.25][k]
         np.testing.assert_allclose(line.get_ydata(), truth, rtol=1e-9)
         assert "heuristic" in line.get_label()
+    assert [line.get_label() for line in markers] == ["degree 0", "degree 1", "degree 2"]
     plt.close(fig)
 
 
-def test_plot_risk_sums_high_degrees(synthetic):
-    # Six residual columns, shown as degrees 0..2 and one line for the sum over degrees 3..5.
-    r = np.asarray(synthetic.residuals)
+def test_plot_scaling_of_multi_indices():
+    # Columns labelled by multi-indices: named by format_index, fitted without a log factor,
+    # and with no heuristic stated.
+    eps = np.logspace(-2, -6, 4)
+    times = np.stack([2 * eps, eps**0.5, 3 * eps**0.25], axis=1)
+    fits = fit_scalings(eps, times, MULTI)
+    assert sorted(fits) == [0, 1, 2]
+    for j, exponent in enumerate((1.0, 0.5, 0.25)):
+        assert fits[j].exponent == pytest.approx(exponent, abs=1e-12)
+        assert not fits[j].log_factor and np.isnan(fits[j].heuristic)
+    fig = plot_scaling(eps, times, fits, labels=MULTI)
+    (ax,) = fig.axes
+    markers = [line for line in ax.get_lines() if line.get_linestyle() == "None"]
+    assert [line.get_label() for line in markers] == ["1", "z1", "z1 z2"]
+    for j, line in enumerate(markers):
+        np.testing.assert_array_equal(line.get_ydata(), times[:, j])
+    fitted = [line for line in ax.get_lines() if line.get_linestyle() == "--"]
+    assert len(fitted) == 3
+    for line, law in zip(fitted, (lambda x: 2 * x, np.sqrt, lambda x: 3 * x**0.25), strict=True):
+        # Through the exact power laws used to make the data.
+        np.testing.assert_allclose(line.get_ydata(), law(np.asarray(line.get_xdata())), rtol=1e-9)
+        assert "heuristic" not in line.get_label()
+    plt.close(fig)
+    with pytest.raises(ValueError, match="labels must name each of the 3 columns"):
+        plot_scaling(eps, times, labels=MULTI[:2])
+
+
+def test_plot_risk_sums_high_degrees(either):
+    # Three more residual columns, all of degree 3: with max_degree=2 one line shows their sum.
+    r = np.asarray(either.residuals)
     wide = np.concatenate([r, 0.1 * r], axis=1)
-    traj = eqx.tree_at(lambda t: t.residuals, synthetic, jnp.asarray(wide))
+    high = ((3,), (4,), (5,)) if len(either.residual_labels[0]) == 1 else ((2, 1), (1, 2), (3, 0))
+    traj = dataclasses.replace(
+        either, residuals=jnp.asarray(wide), residual_labels=either.residual_labels + high
+    )
     fig = plot_risk(traj, max_degree=2)
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
-    assert "$r_{3}^2/2$" not in lines
+    assert not any(sst.label_name(label) in name for label in high for name in lines)
     keep = np.asarray(traj.valid) & (np.asarray(traj.ts) > 0)
     np.testing.assert_allclose(
-        lines["$\\sum_{k>2} r_k^2/2$"].get_ydata(), 0.5 * np.sum(wide[keep, 3:] ** 2, axis=1)
+        lines["$r^2/2$, degree > 2"].get_ydata(), 0.5 * np.sum(wide[keep, 3:] ** 2, axis=1)
     )
     plt.close(fig)
+
+
+def test_plot_risk_draws_the_chosen_labels(either):
+    labels = either.residual_labels
+    fig = plot_risk(either, labels=[labels[2], labels[0]])
+    names = [line.get_label() for line in fig.axes[0].get_lines()]
+    curves = [name for name in names if name.startswith("$r^2/2$")]
+    assert curves == [f"$r^2/2$, {sst.label_name(labels[j])}" for j in (2, 0)]
+    plt.close(fig)
+    with pytest.raises(ValueError, match=r"labels: \(5, 5\) is not a residual label"):
+        plot_risk(either, labels=[(5, 5)])
 
 
 def test_plot_risk_names_the_problem_and_refuses_empty_curves(synthetic):
@@ -179,14 +260,6 @@ def test_plot_ode_vs_network_shows_the_runs(finite_dim_reference):
         np.testing.assert_array_equal(dotted[i].get_ydata(), runs[1].ys.s[:, i])
     assert "eta=0.005" in ax_s.get_ylabel() and fig._suptitle.get_text() == "ode vs network"
     plt.close(fig)
-
-
-# Issue 12: error control and solves at tiny eps.
-
-matplotlib.use("Agg")
-
-
-import sst  # noqa: E402
 
 
 def test_plot_scaling_labels_the_heuristic_of_degrees_3_and_4():

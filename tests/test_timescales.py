@@ -12,6 +12,7 @@ from sst import (
     fit_exponent,
     fit_scalings,
     heuristic_exponent,
+    label_name,
     learning_times,
     local_exponents,
 )
@@ -172,6 +173,27 @@ def test_fit_scalings_attaches_heuristics_and_log_factor():
         assert fits[k].exponent == pytest.approx(heuristic_exponent(k), abs=1e-12)
         assert fits[k].heuristic == heuristic_exponent(k)
         assert fits[k].log_factor == (k == 1)
+
+
+def test_fit_scalings_of_multi_indices_states_no_heuristic():
+    # Labels of two directions: the degree-1 heuristic (log factor, 1/(2l)) is stated for a
+    # single direction only; a degree (l,) of a target of one direction keeps it.
+    eps = np.logspace(-2, -6, 5)
+    times = np.stack([eps**0.5, eps**0.5 * np.log(1 / eps), 2 * eps**0.25], axis=1)
+    fits = fit_scalings(eps, times, [(1, 0), (1,), (1, 1)])
+    assert fits[0].exponent == pytest.approx(0.5, abs=1e-12) and not fits[0].log_factor
+    assert np.isnan(fits[0].heuristic) and np.isnan(fits[2].heuristic)
+    assert fits[1].log_factor and fits[1].exponent == pytest.approx(0.5, abs=1e-12)
+    assert fits[1].heuristic == 0.5
+    assert fits[2].exponent == pytest.approx(0.25, abs=1e-12)
+    with pytest.raises(ValueError, match="labels must name each of the 3 columns of times"):
+        fit_scalings(eps, times, [(1, 0)])
+
+
+def test_label_names():
+    assert [label_name((j,)) for j in range(3)] == ["degree 0", "degree 1", "degree 2"]
+    assert [label_name(a) for a in ((0, 0), (1, 0), (1, 1))] == ["1", "z1", "z1 z2"]
+    assert label_name((2, 0, 1)) == "h2(z1) z3"
 
 
 def test_heuristic_exponents():

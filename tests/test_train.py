@@ -1,5 +1,7 @@
-"""Training the network itself (sst.train with its estimators): against the exact ODE it
-converges to, Monte Carlo, autodiff of the network; determinism, divergence, validation."""
+"""Training the network itself (sst.train with its estimators), for a target of one direction
+(an sst.Hermite) and of k = 2 (an sst.Target): against the exact ODE it converges to, Monte
+Carlo, autodiff of the network, the k = 1 target written both ways; determinism, divergence,
+validation."""
 
 import math
 
@@ -15,6 +17,11 @@ from sst._train import batch_directions, network
 PROBLEM = small_problem()
 NOISY = small_problem(noise=0.3)
 INIT = random_network()
+# A target of two directions, z1 + z1 z2, with the activation of small_problem, on a network of
+# the same size.
+TARGET_K2 = sst.Target.from_monomials({(1, 0): 1.0, (1, 1): 1.0})
+PROBLEM_K2 = sst.Problem(TARGET_K2, PROBLEM.activation, eps=PROBLEM.eps)
+INIT_K2 = sst.random_init(jax.random.key(11), FD_M, D, k=2)
 # One online-SGD and one small fixed-sample estimator throughout (their sizes are static: each
 # distinct one compiles the training loop anew).
 SGD = sst.OnlineSGD(16)
@@ -43,24 +50,38 @@ def test_hand_gradient_matches_autodiff_of_the_network(activation):
     np.testing.assert_allclose(dW, -FD_M * gW, rtol=1e-12, atol=1e-14)
 
 
-def test_population_gradient_converges_to_finite_dim_ode_at_first_order(finite_dim_reference):
-    ode = finite_dim_reference
+@pytest.fixture(scope="module")
+def reference_k2() -> sst.Trajectory:
+    """FiniteDimODE of PROBLEM_K2 from INIT_K2 on TRAIN_TS, to 1e-12 (Dopri8)."""
+    return sst.solve(sst.FiniteDimODE(PROBLEM_K2), INIT_K2.state, TRAIN_TS, **FD_REFERENCE)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_population_gradient_converges_to_finite_dim_ode_at_first_order(
+    k, finite_dim_reference, reference_k2
+):
+    problem, init, ode = (
+        (PROBLEM, INIT, finite_dim_reference) if k == 1 else (PROBLEM_K2, INIT_K2, reference_k2)
+    )
     errors = []
     for eta in (2e-3, 1e-3, 5e-4):
-        run = _train(eta=eta)
+        run = sst.train(problem, init, TRAIN_TS, eta=eta)
         pairs = ((run.ys.a, ode.ys.a), (run.ys.s, ode.ys.s), (run.ys.Q, ode.ys.Q))
         errors.append(max(max_abs(x, y) for x, y in pairs))
     ratios = [errors[i] / errors[i + 1] for i in range(2)]
     assert all(1.8 < r < 2.2 for r in ratios), (errors, ratios)
     np.testing.assert_allclose(run.risk[0], ode.risk[0], rtol=1e-12)
+    assert max_abs(ode.ys.s[-1], ode.ys.s[0]) > 0.05  # the overlaps moved
     # The run is a Trajectory of FiniteDimState with its training record.
     assert isinstance(run.ys, sst.FiniteDimState) and run.result == sst.RESULTS.successful
     assert isinstance(run.training.estimator, sst.PopulationGradient)
     assert run.training.eta == 5e-4 and run.training.train_risk is None
-    assert run.rtol is None and run.residual_labels == (0, 1, 2, 3)
+    assert run.rtol is None and run.residual_labels == ode.residual_labels == problem.labels
     assert int(run.stats["num_steps"]) == 2000
     np.testing.assert_allclose(run.ts, TRAIN_TS, rtol=1e-12)
-    np.testing.assert_allclose(run.training.W @ INIT.u, run.ys.s[-1], atol=1e-14)
+    # s = W U, stored as (m,) for a single direction and (m, k) for k directions.
+    s = run.training.W @ init.U
+    np.testing.assert_allclose(s[:, 0] if k == 1 else s, run.ys.s[-1], atol=1e-14)
 
 
 def test_float32_population_gradient_tracks_float64():
@@ -96,7 +117,7 @@ def test_renormalisation_keeps_unit_rows():
         run = _train(eta=5e-2, estimator=SGD, key=jax.random.key(1), dtype=dtype)
         W = run.training.W.astype(float)
         np.testing.assert_allclose(jnp.linalg.norm(W, axis=1), 1.0, atol=tol)
-        np.testing.assert_allclose(run.ys.s[-1], W @ INIT.u, atol=tol)
+        np.testing.assert_allclose(run.ys.s[-1], W @ INIT.U[:, 0], atol=tol)
         assert bool(jnp.all(run.valid))
 
 
@@ -125,7 +146,7 @@ def test_fixed_samples_train_risk_is_an_unbiased_estimate_at_start_and_then_over
     # At t = 0 the training samples are independent of the network: the empirical risk is a
     # Monte Carlo estimate of the exact population risk (standard error from a second sample).
     x = jax.random.normal(jax.random.key(3), (n, D))
-    y = NOISY.target(x @ INIT.u) + 0.3 * jax.random.normal(jax.random.key(4), (n,))
+    y = NOISY.target(x @ INIT.U[:, 0]) + 0.3 * jax.random.normal(jax.random.key(4), (n,))
     loss = 0.5 * (y - network(NOISY.activation, INIT.state.a, INIT.W, x)) ** 2
     stderr = float(jnp.std(loss)) / math.sqrt(n)
     assert abs(float(big.training.train_risk[0] - big.risk[0])) < 5 * stderr
@@ -160,7 +181,7 @@ def test_sampling_estimators_need_a_key(estimator):
 
 
 def test_bad_inputs_raise_value_errors():
-    bad = sst.RandomInit(INIT.state, 2 * INIT.W, INIT.u)
+    bad = sst.RandomInit(INIT.state, 2 * INIT.W, INIT.U)
     with pytest.raises(ValueError, match="unit vectors"):
         sst.train(PROBLEM, bad, TRAIN_TS, eta=1e-2)
     with pytest.raises(ValueError, match="finer than the step"):
@@ -170,7 +191,7 @@ def test_bad_inputs_raise_value_errors():
     with pytest.raises(ValueError, match="n \\(training samples\\) must be an integer >= 1"):
         sst.FixedSamples(2.5)
     state = sst.FiniteDimState(INIT.state.a[:2], INIT.state.s, INIT.state.Q)
-    short = sst.RandomInit(state, INIT.W, INIT.u)
+    short = sst.RandomInit(state, INIT.W, INIT.U)
     with pytest.raises(ValueError, match="shape"):
         sst.train(PROBLEM, short, TRAIN_TS, eta=1e-2)
     with pytest.raises(ValueError, match="eta must be a finite positive number"):
@@ -183,3 +204,35 @@ def test_bad_inputs_raise_value_errors():
         sst.train(sst.FiniteDimODE(PROBLEM), INIT, TRAIN_TS, eta=1e-2)
     with pytest.raises(ValueError, match="dtype must be float32 or float64"):
         _train(eta=1e-2, dtype=jnp.float16)
+    with pytest.raises(ValueError, match=r"U of shape \(d, k=2\) for this problem"):
+        sst.train(PROBLEM_K2, INIT, TRAIN_TS, eta=1e-2)
+    skew = sst.RandomInit(INIT_K2.state, INIT_K2.W, 2.0 * INIT_K2.U)
+    with pytest.raises(ValueError, match="orthonormal columns"):
+        sst.train(PROBLEM_K2, skew, TRAIN_TS, eta=1e-2)
+
+
+def test_sampling_estimators_on_k_directions():
+    # Labels phi(U^T x) of two directions; the recorded overlaps are s = W U of the final weights.
+    fixed = sst.train(PROBLEM_K2, INIT_K2, TRAIN_TS, eta=1e-2, estimator=FEW, key=jax.random.key(1))
+    assert fixed.training.train_risk.shape == TRAIN_TS.shape
+    assert bool(jnp.all(jnp.isfinite(fixed.training.train_risk)))
+    sgd = sst.train(PROBLEM_K2, INIT_K2, TRAIN_TS, eta=1e-2, estimator=SGD, key=jax.random.key(2))
+    assert bool(sgd.success) and sgd.ys.s.shape == (TRAIN_TS.size, FD_M, 2)
+    np.testing.assert_allclose(sgd.ys.s[-1], sgd.training.W @ INIT_K2.U, atol=1e-13)
+
+
+def test_k1_target_trains_as_the_hermite_target():
+    # One direction written as an sst.Target (s of shape (m, 1)) and as an sst.Hermite (m,):
+    # the same network, the same run.
+    target = sst.Target.from_hermite(PROBLEM.target)
+    as_target = sst.train(
+        sst.Problem(target, PROBLEM.activation, PROBLEM.eps),
+        sst.RandomInit.from_weights(INIT.state.a, INIT.W, INIT.U),
+        TRAIN_TS,
+        eta=1e-2,
+    )
+    hermite = _train(eta=1e-2)
+    assert as_target.ys.s.shape == (TRAIN_TS.size, FD_M, 1)
+    assert as_target.residual_labels == hermite.residual_labels
+    np.testing.assert_allclose(as_target.risk, hermite.risk, rtol=1e-12)
+    np.testing.assert_allclose(as_target.ys.s[..., 0], hermite.ys.s, atol=1e-13)
