@@ -31,6 +31,28 @@ def default_solver() -> dfx.AbstractSolver:
     return Rodas4()
 
 
+class ProjectedInterpolation(dfx.AbstractLocalInterpolation):
+    """The dense output of a `ProjectedSolver` step: the wrapped solver's, plus the projection's
+    move of the step's end, `correction = project(y1) - y1`, in proportion to the time elapsed.
+    It runs from `y0` to the projected `y1`, and keeps the order of the wrapped dense output
+    (the move is of the size of the step's local error)."""
+
+    t0: Array
+    t1: Array
+    interpolation: dfx.AbstractLocalInterpolation
+    correction: PyTree[Array]
+
+    def evaluate(self, t0, t1=None, left: bool = True):
+        if t1 is not None:
+            return jax.tree_util.tree_map(
+                jnp.subtract, self.evaluate(t1, left=left), self.evaluate(t0, left=left)
+            )
+        theta = (t0 - self.t0) / (self.t1 - self.t0)
+        return jax.tree_util.tree_map(
+            lambda y, c: y + theta * c, self.interpolation.evaluate(t0, left=left), self.correction
+        )
+
+
 class ProjectedSolver(dfx.AbstractWrappedSolver):
     """A diffrax ODE solver whose every step ends with the model's projection
     (`AbstractModel.project`), as a Rosenbrock solver's steps do: the state stays on the
@@ -38,13 +60,14 @@ class ProjectedSolver(dfx.AbstractWrappedSolver):
 
     It integrates an `sst.ModelTerm(model)`. `sst.solve` wraps every solver but the Rosenbrock
     solvers in it. The error estimate is the wrapped solver's, of the step before projection;
-    the dense output between steps is the wrapped solver's, ending at the projected state.
+    the dense output is `ProjectedInterpolation`, which ends at the projected state.
 
     **Fields:** `solver`, the diffrax ODE solver that makes the steps (e.g. `diffrax.Kvaerno5()`).
     """
 
     solver: dfx.AbstractSolver
     term_structure: ClassVar = ModelTerm
+    interpolation_cls: ClassVar = ProjectedInterpolation
 
     def __check_init__(self):
         if not isinstance(self.solver, dfx.AbstractSolver):
@@ -52,10 +75,6 @@ class ProjectedSolver(dfx.AbstractWrappedSolver):
                 "ProjectedSolver needs a diffrax solver instance such as diffrax.Kvaerno5(), got "
                 f"{self.solver!r}."
             )
-
-    @property
-    def interpolation_cls(self):  # pyright: ignore[reportIncompatibleVariableOverride]
-        return self.solver.interpolation_cls
 
     @property
     def root_finder(self):
@@ -88,12 +107,12 @@ class ProjectedSolver(dfx.AbstractWrappedSolver):
         y1, y_error, dense_info, solver_state, result = self.solver.step(
             terms, t0, t1, y0, args, solver_state, made_jump | moves
         )
-        y1 = model.project(y1, args)
-        # diffrax's dense outputs hold the step's end as "y1": the saved values at the end of a
-        # step are then those of the projected state.
-        if "y1" in dense_info:
-            dense_info = {**dense_info, "y1": y1}
-        return y1, y_error, dense_info, solver_state, result
+        projected = model.project(y1, args)
+        dense_info = dict(
+            interpolation=self.solver.interpolation_cls(t0=t0, t1=t1, **dense_info),
+            correction=jax.tree_util.tree_map(jnp.subtract, projected, y1),
+        )
+        return projected, y_error, dense_info, solver_state, result
 
 
 def solve(

@@ -4,6 +4,7 @@ import diffrax as dfx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import sst
 
@@ -91,3 +92,32 @@ def test_controller_runs_under_vmap_with_batched_eps():
     for i, eps in enumerate([1e-2, 1e-3]):
         one = sst.solve(model.with_parameters(eps=eps), y0, TS)
         np.testing.assert_allclose(batch.risk[i], one.risk, rtol=1e-12, atol=1e-15)
+
+
+def test_controller_needs_a_pid_controller():
+    model = _relu_model()
+    with pytest.raises(ValueError, match=r"needs controller=diffrax.PIDController\(rtol"):
+        sst.ModelErrorController(model, dfx.ConstantStepSize())
+
+
+@pytest.mark.parametrize("scale", [1e-12, 1e-7, 1e-6, 1.0], ids=["tiny", "accept", "reject", "far"])
+def test_controller_decides_as_diffrax_pid_with_all_its_options(scale):
+    # With the default error measure (diffrax's own), every output of a step-size decision is
+    # bitwise that of the PID controller: the model's error feeds diffrax's PID rule unchanged,
+    # with proportional and derivative terms, dtmin and the controller state.
+    model = _relu_model()
+    pid = dfx.PIDController(
+        rtol=1e-6, atol=1e-9, pcoeff=0.2, icoeff=0.4, dcoeff=0.1, dtmin=1e-3, factormax=5.0
+    )
+    controller = sst.ModelErrorController(model, pid)
+    y0, args = model.split(sst.quadrature_particles(4, law="uniform"))
+    key0, key1 = jax.random.split(jax.random.key(0))
+    y1 = jax.tree_util.tree_map(lambda x: x + jax.random.normal(key0, x.shape), y0)
+    y_error = jax.tree_util.tree_map(lambda x: scale * jax.random.normal(key1, x.shape), y0)
+    state = (jnp.array(0.7), jnp.array(1.3), jnp.array(False))
+    ours = controller.adapt_step_size(0.5, 0.6, y0, y1, args, y_error, 5, state)
+    theirs = pid.adapt_step_size(0.5, 0.6, y0, y1, args, y_error, 5, state)
+    assert bool(ours[0]) == (scale <= 1e-7)
+    leaves = zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(theirs), strict=True)
+    for x, y in leaves:
+        np.testing.assert_array_equal(x, y)

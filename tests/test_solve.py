@@ -1,5 +1,6 @@
 """sst.solve: the Trajectory it returns, accuracy against tight references across eps (also with
-an explicit step-size controller), failures (raised, or flagged and masked), validation."""
+an explicit step-size controller), failures (raised, or flagged and masked), validation, and the
+model's projection applied whichever diffrax solver integrates it."""
 
 import diffrax as dfx
 import jax.numpy as jnp
@@ -11,13 +12,16 @@ from helpers import (
     STIFF_TS,
     TS,
     M,
+    Point,
+    Relaxation,
     cubic_problem,
     max_abs,
     particles,
 )
+from jaxtyping import Array, Float
 
 import sst
-from sst._solve import check_eps
+from sst._solve import ProjectedSolver, check_eps
 
 
 def _reference(eps):
@@ -166,3 +170,125 @@ def test_the_smallest_supported_eps_and_traced_eps_pass_the_check():
     check_eps(10.0**-30)  # rounds to just below 1e-30
     with pytest.raises(ValueError, match="below the range"):
         check_eps(0.999999 * sst.EPS_MIN)
+
+
+# The model's projection under any diffrax solver.
+
+
+class Rotor(sst.AbstractModel):
+    """A model with a redundant coordinate, as MeanFieldODE has its residuals: `z` in R^2
+    rotates at angular speed `omega`, and `r = |z|^2` (constant) is integrated alongside. No
+    Runge-Kutta method keeps `|z|^2 = r` (a quadratic invariant): `project` rescales `z` onto
+    it, so the invariant holds to rounding exactly when the projection is applied."""
+
+    omega: Float[Array, ""]
+
+    def split(self, state):
+        return state, None
+
+    def merge(self, y, args):
+        return y
+
+    def __call__(self, t, y, args):
+        z, r = y
+        return self.omega * jnp.stack([-z[1], z[0]]), jnp.zeros_like(r)
+
+    def jacobian(self, t, y, args):
+        return sst.DenseJacobian.of(self, t, y, args)
+
+    def project(self, y, args):
+        z, r = y
+        return z * jnp.sqrt(r / jnp.sum(z**2)), r
+
+    def risk(self, state):
+        return 0.5 * jnp.sum(state[0] ** 2)
+
+    def residuals(self, state):
+        return state[0]
+
+    @property
+    def residual_labels(self):
+        return ("x", "y")
+
+    def check_state(self, state) -> None:
+        pass
+
+    @property
+    def eps(self):
+        return jnp.asarray(1.0)
+
+    def parameters(self):
+        return {"eps": self.eps}
+
+    def with_parameters(self, **values):
+        return self
+
+
+ROTOR_Y0 = (jnp.array([3.0, 4.0]), jnp.asarray(25.0))
+# Four turns, loose tolerances: unprojected, the invariant drifts by 1e-8 to 1e-6 relative.
+ROTOR_TS = np.linspace(0.0, 8 * np.pi, 17)
+ROTOR_TOLERANCES = dict(rtol=1e-6, atol=1e-9)
+
+
+def _invariant_drift(ys) -> float:
+    z, r = ys
+    return float(jnp.max(jnp.abs(jnp.sum(z**2, axis=-1) / r - 1)))
+
+
+@pytest.mark.parametrize("solver", [dfx.Tsit5(), dfx.Kvaerno5(), sst.Rodas4()], ids=type)
+def test_solve_applies_the_models_projection_with_any_solver(solver):
+    model = Rotor(jnp.asarray(1.0))
+    traj = sst.solve(model, ROTOR_Y0, ROTOR_TS, solver=solver, **ROTOR_TOLERANCES)
+    assert bool(traj.success)
+    assert _invariant_drift(traj.ys) < 1e-14
+    # Projected, the solution is still the rotation, to the tolerances.
+    angle = jnp.asarray(ROTOR_TS)
+    cos, sin = jnp.cos(angle), jnp.sin(angle)
+    exact = jnp.stack([3 * cos - 4 * sin, 3 * sin + 4 * cos], axis=-1)
+    assert max_abs(traj.ys[0], exact) < 1e-4
+
+
+@pytest.mark.parametrize("solver", [dfx.Tsit5(), dfx.Kvaerno5()], ids=type)
+def test_without_the_projection_the_invariant_drifts(solver):
+    # The same solve by diffrax alone: what the test above would see if sst.solve skipped the
+    # projection.
+    sol = dfx.diffeqsolve(
+        dfx.ODETerm(Rotor(jnp.asarray(1.0))),
+        solver,
+        ROTOR_TS[0],
+        ROTOR_TS[-1],
+        None,
+        ROTOR_Y0,
+        saveat=dfx.SaveAt(ts=ROTOR_TS),
+        stepsize_controller=dfx.PIDController(**ROTOR_TOLERANCES),
+    )
+    assert _invariant_drift(sol.ys) > 1e-9
+
+
+def test_an_identity_projection_leaves_diffrax_solvers_as_they_are():
+    # Relaxation keeps AbstractModel's projection (y itself): ProjectedSolver then steps exactly
+    # as the solver it wraps, first-same-as-last rates included.
+    model, x0 = Relaxation([1.0, 2.0], [0.5, -0.5], 1e-2), jnp.array([1.0, 1.0])
+    controller = dfx.PIDController(rtol=1e-8, atol=1e-10)
+    ours = sst.solve(model, Point(x0), TS, solver=dfx.Tsit5(), stepsize_controller=controller)
+    theirs = dfx.diffeqsolve(
+        dfx.ODETerm(model),
+        dfx.Tsit5(),
+        TS[0],
+        TS[-1],
+        None,
+        x0,
+        saveat=dfx.SaveAt(ts=TS),
+        stepsize_controller=controller,
+    )
+    assert int(ours.stats["num_steps"]) == int(theirs.stats["num_steps"])
+    np.testing.assert_array_equal(ours.ys.x, theirs.ys)
+
+
+def test_projected_solver_is_seen_through_and_needs_a_solver():
+    solver = ProjectedSolver(dfx.Kvaerno5())
+    assert isinstance(solver, dfx.AbstractImplicitSolver)
+    assert solver.root_finder is solver.solver.root_finder
+    assert not isinstance(ProjectedSolver(dfx.Tsit5()), sst.AbstractRosenbrock)
+    with pytest.raises(ValueError, match="ProjectedSolver needs a diffrax solver instance"):
+        ProjectedSolver("tsit5")
