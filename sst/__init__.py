@@ -37,7 +37,11 @@ from ._linear import (
     WoodburySolver as WoodburySolver,
 )
 from ._mean_field import MeanFieldODE as MeanFieldODE, MeanFieldState as MeanFieldState
-from ._model import AbstractModel as AbstractModel, WithDenseJacobian as WithDenseJacobian
+from ._model import (
+    AbstractModel as AbstractModel,
+    ModelTerm as ModelTerm,
+    WithDenseJacobian as WithDenseJacobian,
+)
 from ._optimize import OptimizeResult as OptimizeResult, optimize_activation as optimize_activation
 from ._plot import (
     plot_ode_vs_network as plot_ode_vs_network,
@@ -58,7 +62,13 @@ from ._solution import (
     TrainingRecord as TrainingRecord,
     Trajectory as Trajectory,
 )
-from ._solve import EPS_MIN as EPS_MIN, default_solver as default_solver, solve as solve
+from ._solve import (
+    EPS_MIN as EPS_MIN,
+    ProjectedInterpolation as ProjectedInterpolation,
+    ProjectedSolver as ProjectedSolver,
+    default_solver as default_solver,
+    solve as solve,
+)
 from ._target import (
     Target as Target,
     format_index as format_index,

@@ -222,7 +222,7 @@ class WoodburySolver(_AbstractFactoredSolver):
         A_inv_U = [sum(A_inv[i][j] * U[j] for j in range(p)) for i in range(p)]
         V_A_inv = [sum(V[i] * A_inv[i][j] for i in range(p)) for j in range(p)]
         capacitance = jnp.eye(n, dtype=D.dtype) - sum(V[i] @ A_inv_U[i].T for i in range(p))
-        return _Woodbury(A_inv, A_inv_U, _gauss_jordan_inverse(capacitance), V_A_inv, U)
+        return _Woodbury(A_inv, A_inv_U, _small_matrix_inverse(capacitance), V_A_inv, U)
 
 
 class BorderedJacobian(AbstractJacobian):
@@ -326,7 +326,7 @@ class SchurSolver(_AbstractFactoredSolver):
         )
         E = jac.E.transpose(1, 0, 2).reshape(n, -1)
         S = c * jnp.eye(n, dtype=jac.M.dtype) + jac.M - E @ A_inv_B.T
-        return _Schur(A_inv, A_inv_B, E_A_inv, _gauss_jordan_inverse(S))
+        return _Schur(A_inv, A_inv_B, E_A_inv, _small_matrix_inverse(S))
 
 
 def _operator(matvec: eqx.Module, size: int, dtype) -> lx.FunctionLinearOperator:
@@ -366,13 +366,22 @@ def _orthonormal_range(B: Float[Array, "p n m"]) -> tuple[list[Array], Float[Arr
     return [U[i] for i in range(p)], T
 
 
-def _gauss_jordan_inverse(M: Float[Array, "n n"]) -> Float[Array, "n n"]:
-    """Inverse of a small matrix by Gauss-Jordan elimination with partial pivoting, unrolled.
+# Up to this size `_small_matrix_inverse` eliminates unrolled; above, LAPACK's LU.
+_UNROLL_INVERSE_UP_TO = 8
 
-    Elementwise operations only: LAPACK's LU of a 4 x 4 capacitance matrix and its solves cost
-    more than the rest of a 64-particle step, and under vmap they ran once per batch member.
+
+def _small_matrix_inverse(M: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """Inverse of a small matrix: Gauss-Jordan elimination with partial pivoting, unrolled, up
+    to `_UNROLL_INVERSE_UP_TO`; beyond, LU with partial pivoting (`jnp.linalg.inv`).
+
+    Elementwise operations only for the smallest: LAPACK's LU of a 4 x 4 capacitance matrix and
+    its solves cost more than the rest of a 64-particle step, and under vmap they ran once per
+    batch member. The unrolled elimination grows as n^2 in program size and compile time (20 x
+    20 for three directions of degree 3), where LAPACK's call does not.
     """
     n = M.shape[0]
+    if n > _UNROLL_INVERSE_UP_TO:
+        return jnp.linalg.inv(M)
     rows = jnp.arange(n)
     aug = jnp.concatenate([M, jnp.eye(n, dtype=M.dtype)], axis=1)
     for k in range(n):

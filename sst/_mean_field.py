@@ -33,9 +33,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._control import scaled_rms_error
-from ._linear import BorderedJacobian, DenseJacobian, _gauss_jordan_inverse
+from ._linear import BorderedJacobian, DenseJacobian, _small_matrix_inverse
 from ._problem import AbstractProblemModel, Problem, overlap_matrix, state_overlaps
-from ._target import _powers, graded_indices, monomials
+from ._target import _powers, _select, graded_indices, monomials
 from ._validate import check_overlaps, check_weights, float_array, particle_weights
 
 # `project`: the ratio atol / rtol of the default tolerances (see there).
@@ -225,7 +225,7 @@ class MeanFieldODE(AbstractProblemModel):
         A, g, H = w @ table.P, table.gradient(w), table.hessian(w)  # (m,), (k, m), (k, k, m)
         Tg = chart.tangent(g)
         Jg = chart.ball_jvp(g)
-        THJ = jnp.einsum("ijm,jlm,lnm->inm", chart.T, H, chart.J)
+        THJ = _bmm(_bmm(chart.T, H), chart.J)
         D = jnp.concatenate(
             [
                 jnp.concatenate([jnp.zeros((1, 1) + a.shape, a.dtype), Jg[None] / eps], axis=1),
@@ -233,23 +233,25 @@ class MeanFieldODE(AbstractProblemModel):
             ]
         )
         G = table.G  # (k, N, m)
-        TG = jnp.einsum("ijm,jnm->inm", chart.T, G)
+        TG = _bmm(chart.T, G)
         B = b[:, None] * jnp.concatenate([table.P[None] / eps, a * TG])
         proj_g = g - s * jnp.sum(s * g, axis=0)  # (I - s s^T) g
-        proj_H = H - s[:, None] * jnp.einsum("jm,jlm->lm", s, H)[None]  # (I - s s^T) H
+        proj_H = H - s[:, None] * jnp.sum(s[:, None] * H, axis=0)[None]  # (I - s s^T) H
         sg = jnp.sum(s * g, axis=0)
         # d/ds of (I - s s^T) g, (k, k, m): (I - s s^T) H - (s . g) I - s g^T.
         d_proj_g = proj_H - sg * jnp.eye(k, dtype=s.dtype)[:, :, None] - s[:, None] * g[None]
-        f_a = 2 * a * jnp.einsum("jnm,jm->nm", G, proj_g)
+        f_a = 2 * a * jnp.sum(G * proj_g[:, None], axis=0)
         f_s = (G * A + table.P * g[:, None]) / eps + a**2 * (
-            jnp.einsum("ijnm,jm->inm", table.Hm, proj_g) + jnp.einsum("jim,jnm->inm", d_proj_g, G)
+            jnp.sum(table.Hm * proj_g[None, :, None], axis=1)
+            + _bmm(jnp.swapaxes(d_proj_g, 0, 1), G)
         )
-        f_x = jnp.einsum("inm,ilm->lnm", f_s, chart.J)
+        f_x = _bmm(jnp.swapaxes(chart.J, 0, 1), f_s)
         E = -(b[:, None] * weights) * jnp.concatenate([f_a[None], f_x])
-        proj_G = G - s[:, None] * jnp.einsum("jm,jnm->nm", s, G)[None]
-        M = (table.P * weights) @ table.P.T / eps + jnp.einsum(
-            "jnm,jlm,m->nl", G, proj_G, weights * a**2
-        )
+        proj_G = G - s[:, None] * jnp.sum(s[:, None] * G, axis=0)[None]
+        n = table.P.shape[0]
+        G_rows = jnp.swapaxes(G, 0, 1).reshape(n, -1)  # (N, k m)
+        proj_G_rows = jnp.swapaxes(proj_G * (weights * a**2), 0, 1).reshape(n, -1)
+        M = (table.P * weights) @ table.P.T / eps + G_rows @ proj_G_rows.T
         return BorderedJacobian(D=D, B=B, E=E, M=b[:, None] * b[None, :] * M)
 
     def project(self, y: tuple[Array, ...], weights: Array) -> tuple[Array, ...]:
@@ -276,7 +278,7 @@ class MeanFieldODE(AbstractProblemModel):
         scale = jnp.sqrt(jnp.diag(normal))
         # An N x N solve per step: unrolled elimination, as for the solver's small matrices
         # (lineax's Cholesky costs more to compile and to run than the rest of the projection).
-        z = _gauss_jordan_inverse(normal / scale[:, None] / scale[None, :]) @ (drift / scale)
+        z = _small_matrix_inverse(normal / scale[:, None] / scale[None, :]) @ (drift / scale)
         z = z / scale
         return a + w_a * (z @ r_a), x, r
 
@@ -353,15 +355,10 @@ class MeanFieldODE(AbstractProblemModel):
 
 class _MonomialTable(eqx.Module):
     """The monomials `s^alpha` of particles on a list of multi-indices, and their first (and
-    second) derivatives in `s`, from one table of powers per direction.
-
-    Selecting a power per multi-index and direction is a product with a 0/1 matrix (XLA fuses no
-    gather into it, and a gather is slow under vmap); for `k = 1` the table is the powers
-    themselves.
-    """
+    second) derivatives in `s`, from one table of powers per direction."""
 
     P: Float[Array, "N m"]
-    G: Float[Array, "k N m"]
+    G: Float[Array, "k N m"] | None
     Hm: Float[Array, "k k N m"] | None
 
     @classmethod
@@ -372,11 +369,7 @@ class _MonomialTable(eqx.Module):
         powers = [_powers(s, n)]  # (n, k, m): s_r^j
         for _ in range(order):
             powers.append(_d_ds(powers[-1]))  # j s^(j-1), then j (j-1) s^(j-2)
-        if k == 1 and np.array_equal(table[:, 0], np.arange(n)):
-            F = [p[:, 0][None] for p in powers]  # (1, N, m) each
-        else:
-            select = np.stack([np.eye(n)[table[:, r]] for r in range(k)])  # (k, N, n)
-            F = [jnp.einsum("rnj,jrm->rnm", select.astype(s.dtype), p) for p in powers]
+        F = [_select(p, table) for p in powers]  # (k, N, m): the power of s_r in s^alpha
 
         def product(factors: dict[int, Array]) -> Array:
             out = None
@@ -386,7 +379,7 @@ class _MonomialTable(eqx.Module):
             return out
 
         P = product({})
-        G = jnp.stack([product({r: F[1][r]}) for r in range(k)])
+        G = jnp.stack([product({r: F[1][r]}) for r in range(k)]) if order >= 1 else None
         Hm = None
         if order >= 2:
             Hm = jnp.stack(
@@ -404,15 +397,15 @@ class _MonomialTable(eqx.Module):
 
     def gradient(self, w: Float[Array, " N"]) -> Float[Array, "k m"]:
         """`grad_s sum_alpha w_alpha s^alpha` at each particle."""
-        return jnp.einsum("n,rnm->rm", w, self.G)
+        return jnp.sum(w[:, None] * self.G, axis=1)
 
     def hessian(self, w: Float[Array, " N"]) -> Float[Array, "k k m"]:
         """The Hessian of `sum_alpha w_alpha s^alpha` at each particle."""
-        return jnp.einsum("n,rqnm->rqm", w, self.Hm)
+        return jnp.sum(w[:, None] * self.Hm, axis=2)
 
     def contract_gradient(self, v: Float[Array, "k m"]) -> Float[Array, " N"]:
         """`sum_i grad(s_i^alpha) . v_i` for each multi-index."""
-        return jnp.einsum("rnm,rm->n", self.G, v)
+        return jnp.sum(self.G * v[:, None], axis=(0, 2))
 
 
 class _Chart(eqx.Module):
@@ -433,8 +426,7 @@ class _Chart(eqx.Module):
             s, c = _sin_cos(x)
             zero = jnp.zeros_like(x[0])
             return cls(x, s, c[None], c[None], zero, zero, zero)
-        q = jnp.sum(x**2, axis=0)
-        (sinc, psi, phi), (d_sinc, d_psi, d_phi) = jax.jvp(_radial, (q,), (jnp.ones_like(q),))
+        sinc, psi, phi, d_sinc, d_psi, d_phi = _radial(jnp.sum(x**2, axis=0))
         eye = jnp.eye(x.shape[0], dtype=x.dtype)[:, :, None]
         xx = x[:, None] * x[None, :]
         J = sinc * eye + 2 * d_sinc * xx
@@ -443,11 +435,11 @@ class _Chart(eqx.Module):
 
     def tangent(self, g: Float[Array, "k m"]) -> Float[Array, "k m"]:
         """`T g`: `dx/dt = a T g` for `ds/dt = a (I - s s^T) g`."""
-        return jnp.einsum("ijm,jm->im", self.T, g)
+        return jnp.sum(self.T * g[None], axis=1)
 
     def ball_jvp(self, v: Float[Array, "k m"]) -> Float[Array, "k m"]:
         """`J v = (ds/dx) v`."""
-        return jnp.einsum("ijm,jm->im", self.J, v)
+        return jnp.sum(self.J * v[None], axis=1)
 
     def d_tangent(self, g: Float[Array, "k m"]) -> Float[Array, "k k m"]:
         """`d(T g)/dx` at fixed `g`: `-s g` for `k = 1`, else `2 psi' g x^T + 2 phi' (x . g)
@@ -464,22 +456,37 @@ class _Chart(eqx.Module):
         )
 
 
+def _bmm(x: Float[Array, "a b m"], y: Float[Array, "b c m"]) -> Float[Array, "a c m"]:
+    """The product of each particle's small matrices: over `k <= 3` or so a fused elementwise
+    product and sum, where XLA's batched dot loops over particles."""
+    return jnp.sum(x[:, :, None] * y[None], axis=1)
+
+
 def _safe(q: Array) -> Array:
     return jnp.where(q < _SERIES_BELOW, _SERIES_BELOW, q)
 
 
-def _radial(q: Array) -> tuple[Array, Array, Array]:
-    """`sin(r) / r`, `psi = r / sin r` and `phi = (cos r - r / sin r) / r^2` as functions of
-    `q = r^2` (Taylor series near 0)."""
-    r = jnp.sqrt(_safe(q))
-    sin, cos = jnp.sin(r), jnp.cos(r)
+def _radial(q: Array) -> tuple[Array, ...]:
+    """`sinc = sin(r) / r`, `psi = r / sin r`, `phi = (cos r - r / sin r) / r^2` as functions of
+    `q = r^2`, and their derivatives in `q` (Taylor series near 0). sin and cos are evaluated
+    once (`_sin_cos`)."""
     small = q < _SERIES_BELOW
+    q_safe = _safe(q)
+    r = jnp.sqrt(q_safe)
+    sin, cos = _sin_cos(r)
     sinc = jnp.where(small, 1.0 - q / 6.0 + q**2 / 120.0 - q**3 / 5040.0, sin / r)
     psi_series = 1.0 + q / 6.0 + 7.0 * q**2 / 360.0 + 31.0 * q**3 / 15120.0
     psi = jnp.where(small, psi_series, r / sin)
     phi_series = -2.0 / 3.0 + q / 45.0 - 13.0 * q**2 / 3780.0 - q**3 / 5400.0
-    phi = jnp.where(small, phi_series, (cos - r / sin) / _safe(q))
-    return sinc, psi, phi
+    phi = jnp.where(small, phi_series, (cos - psi) / q_safe)
+    # d/dq = d/dr / (2 r).
+    d_sinc_series = -1.0 / 6.0 + q / 60.0 - q**2 / 1680.0
+    d_sinc = jnp.where(small, d_sinc_series, (r * cos - sin) / (2 * r * q_safe))
+    d_psi_series = 1.0 / 6.0 + 7.0 * q / 180.0 + 31.0 * q**2 / 5040.0
+    d_psi = jnp.where(small, d_psi_series, (sin - r * cos) / (2 * r * sin**2))
+    d_phi_series = 1.0 / 45.0 - 13.0 * q / 1890.0 - q**2 / 1800.0
+    d_phi = jnp.where(small, d_phi_series, (-sin / (2 * r) - d_psi - phi) / q_safe)
+    return sinc, psi, phi, d_sinc, d_psi, d_phi
 
 
 def _arcsinc(q: Array) -> Array:
@@ -493,7 +500,12 @@ def ball(x: Float[Array, "k ..."]) -> Float[Array, "k ..."]:
     """`s = sin(|x|) x / |x|`, coordinates on the leading axis (`sin(x)` for `k = 1`)."""
     if x.shape[0] == 1:
         return jnp.sin(x)
-    return _radial(jnp.sum(x**2, axis=0))[0] * x
+    q = jnp.sum(x**2, axis=0)
+    r = jnp.sqrt(_safe(q))
+    return (
+        jnp.where(q < _SERIES_BELOW, 1.0 - q / 6.0 + q**2 / 120.0 - q**3 / 5040.0, jnp.sin(r) / r)
+        * x
+    )
 
 
 def ball_inverse(s: Float[Array, "k ..."]) -> Float[Array, "k ..."]:

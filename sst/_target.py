@@ -88,21 +88,25 @@ def kernel_factors(indices: Sequence[MultiIndex]) -> np.ndarray:
 def monomials(s: Float[Array, "k ..."], indices: Sequence[MultiIndex]) -> Float[Array, "N ..."]:
     """`s^alpha` for each multi-index, with the `k` coordinates on the leading axis of `s`.
 
-    Powers by repeated products, each selected by a product with a 0/1 matrix (a gather is slow
-    under vmap), then one product over the directions: for `k = 1` and the indices
-    `(0,), (1,), ...` these are exactly the powers.
+    Powers by repeated products, then one product over the directions: for `k = 1` and the
+    indices `(0,), (1,), ...` these are exactly the powers.
     """
     table = np.asarray(indices, dtype=np.int64).reshape(len(indices), s.shape[0])
-    n = int(table.max(initial=0)) + 1
-    powers = _powers(s, n)  # (n, k, ...)
-    if s.shape[0] == 1 and np.array_equal(table[:, 0], np.arange(n)):
-        return powers[:, 0]
-    out = None
-    for r in range(s.shape[0]):
-        select = jnp.asarray(np.eye(n)[table[:, r]], dtype=s.dtype)
-        factor = jnp.tensordot(select, powers[:, r], axes=1)
-        out = factor if out is None else out * factor
+    factors = _select(_powers(s, int(table.max(initial=0)) + 1), table)
+    out = factors[0]
+    for r in range(1, s.shape[0]):
+        out = out * factors[r]
     return out
+
+
+def _select(powers: Float[Array, "n k ..."], table: np.ndarray) -> Float[Array, "k N ..."]:
+    """`powers[table[t, r], r]` for each multi-index `t` and direction `r`: a product with a
+    0/1 matrix (one dot, where a gather is slow under vmap and stacked slices are a kernel
+    each), the powers themselves where every column of `table` is `0, 1, ..., n - 1`."""
+    if all(np.array_equal(table[:, r], np.arange(powers.shape[0])) for r in range(table.shape[1])):
+        return jnp.moveaxis(powers, 1, 0)
+    select = jnp.asarray(np.eye(powers.shape[0])[table.T], dtype=powers.dtype)  # (k, N, n)
+    return jnp.einsum("rtj,jr...->rt...", select, powers)
 
 
 def derivative_indices(

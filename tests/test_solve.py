@@ -36,7 +36,7 @@ def test_trajectory_fields_and_shapes(cubic_model, cubic_trajectory):
     T = TS.shape[0]
     assert isinstance(traj.ys, sst.MeanFieldState)
     assert traj.ys.a.shape == traj.ys.s.shape == traj.ys.weights.shape == (T, M)
-    assert traj.residuals.shape == (T, 4) and traj.residual_labels == (0, 1, 2, 3)
+    assert traj.residuals.shape == (T, 4) and traj.residual_labels == ((0,), (1,), (2,), (3,))
     assert bool(traj.success) and traj.result == sst.RESULTS.successful
     assert bool(jnp.all(traj.valid)) and traj.batch_size is None
     assert (traj.rtol, traj.atol) == (1e-8, 1e-10) and traj.training is None
