@@ -1,4 +1,5 @@
-"""The `sst` command: config -> files -> reload round trip, sweeps, failures, bad configs."""
+"""The `sst` command: config -> files -> reload round trip, sweeps, failures, bad configs, for a
+target of one direction (Hermite coefficients) and of k = 2 (a `[problem.target]` table)."""
 
 import json
 import pathlib
@@ -39,13 +40,28 @@ atol = 1e-10
 """
 
 
+# The same run for the target h_0/2 + h_1(z1) + h_1(z1) h_1(z2) of two directions.
+TERMS = "[[[0, 0], 0.5], [[1, 0], 1.0], [[1, 1], 1.0]]"
+TINY_K2 = TINY.replace("target = [0.5, 1.0, 1.0, 1.0]\n", "").replace(
+    "eps = {eps}\n", f"eps = {{eps}}\n[problem.target]\nterms = {TERMS}\n"
+)
+TEXTS = {1: TINY, 2: TINY_K2}
+# The labels each target carries (nonzero coefficients), by name.
+CARRIED = {
+    1: {"degree 0": [0], "degree 1": [1], "degree 2": [2], "degree 3": [3]},
+    2: {"1": [0, 0], "z1": [1, 0], "z1 z2": [1, 1]},
+}
+CONSTANT = {1: "degree 0", 2: "1"}
+
+
 def _config(tmp_path, eps="1e-2", text=TINY) -> pathlib.Path:
     path = tmp_path / "config.toml"
     path.write_text(text.format(eps=eps))
     return path
 
 
-def test_run_round_trip(tmp_path, monkeypatch):
+@pytest.mark.parametrize("k", [1, 2])
+def test_run_round_trip(tmp_path, monkeypatch, k):
     # The config's solver table reaches sst.solve (whatever its values).
     real_solve, passed = sst._cli.solve, {}
 
@@ -54,7 +70,7 @@ def test_run_round_trip(tmp_path, monkeypatch):
         return real_solve(*args, **kwargs)
 
     monkeypatch.setattr(sst._cli, "solve", spy)
-    path = _config(tmp_path)
+    path = _config(tmp_path, text=TEXTS[k])
     out = tmp_path / "out"
     assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
     assert {p.name for p in out.iterdir()} == {
@@ -84,13 +100,22 @@ def test_run_round_trip(tmp_path, monkeypatch):
     assert isinstance(loaded.ys, sst.MeanFieldState) and loaded.result == sst.RESULTS.successful
     assert (loaded.rtol, loaded.atol) == (1e-8, 1e-10)
 
+    assert loaded.residual_labels == direct.residual_labels == model.problem.labels
+    assert np.shape(loaded.ys.s) == ((TS.size, 8) if k == 1 else (TS.size, 8, k))
+
     summary = json.loads((out / "summary.json").read_text())
     assert summary["final_risk"] == float(direct.risk[-1])
+    # One entry per label the target carries, keyed by its name.
+    table = summary["learning_times"]
+    assert {name: entry["label"] for name, entry in table.items()} == CARRIED[k]
+    labels = list(direct.residual_labels)
     for fraction, name in ((0.5, "half"), (0.9, "ninety")):
         expected = sst.learning_times(direct, fraction)
-        # JSON has no NaN: a degree not learned by t_max is written as null.
-        written = [summary["learning_times"][str(k)][name] for k in range(4)]
-        np.testing.assert_allclose(np.array(written, dtype=float), expected, rtol=1e-12)
+        # JSON has no NaN: a label not learned by t_max is written as null.
+        for entry in table.values():
+            written = np.array(entry[name], dtype=float)
+            j = labels.index(tuple(entry["label"]))
+            np.testing.assert_allclose(written, expected[j], rtol=1e-12)
     assert summary["solver"]["num_steps"] == int(direct.stats["num_steps"])
     assert summary["solver"]["success"] is True
     assert (summary["solver"]["rtol"], summary["solver"]["atol"]) == (1e-8, 1e-10)
@@ -99,18 +124,27 @@ def test_run_round_trip(tmp_path, monkeypatch):
     assert summary["phases"][0]["kind"] == "plateau"
 
 
-def test_sweep_fits_exponents(tmp_path):
+@pytest.mark.parametrize("k", [1, 2])
+def test_sweep_fits_exponents(tmp_path, capsys, k):
     out = tmp_path / "out"
-    path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4]")
+    path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4]", text=TEXTS[k])
     assert main(["sweep", str(path), "--out", str(out), "--no-progress"]) == 0
     for eps in ("0.01", "0.001", "0.0001"):
         assert (out / f"eps={eps}" / "summary.json").exists()
+        assert (out / f"eps={eps}" / "particles.png").exists()
     result = json.loads((out / "sweep.json").read_text())
     assert result["eps"] == [1e-2, 1e-3, 1e-4]
-    # Degree 0 is fitted by the fast layer alone: t_0 is proportional to eps (docs: time scales).
-    assert result["exponents"]["0"]["exponent"] == pytest.approx(1.0, abs=0.02)
-    assert result["exponents"]["1"]["log_factor"] is True
+    assert result["labels"] == list(CARRIED[k])
+    # The constant is fitted by the fast layer alone: t_0 is proportional to eps (docs: time
+    # scales), whatever the number of directions.
+    assert result["exponents"][CONSTANT[k]]["exponent"] == pytest.approx(1.0, abs=0.02)
+    # The log factor and heuristic of degree 1 are stated for a single direction only.
+    first = result["exponents"]["degree 1" if k == 1 else "z1"]
+    assert first["log_factor"] is (k == 1)
+    assert (first["heuristic"] == 0.5) if k == 1 else first["heuristic"] is None
     assert (out / "scaling.png").exists()
+    printed = capsys.readouterr().out
+    assert f"{CONSTANT[k]}: exponent 1.0" in printed
 
 
 def test_two_eps_are_swept_but_not_fitted(tmp_path, capsys):
@@ -155,7 +189,7 @@ def test_sharded_sweep_merges_to_the_one_process_sweep(tmp_path, capsys):
         for field in ("exponent", "stderr"):
             assert merged["exponents"][k][field] == pytest.approx(fit[field], rel=1e-12)
     # Independent of either path: t_0 is proportional to eps (docs: time scales).
-    assert merged["exponents"]["0"]["exponent"] == pytest.approx(1.0, abs=0.02)
+    assert merged["exponents"]["degree 0"]["exponent"] == pytest.approx(1.0, abs=0.02)
     assert (shards / "scaling.png").exists()
     for eps in ("0.01", "0.001", "0.0001"):
         a, b = (json.loads((d / f"eps={eps}" / "summary.json").read_text()) for d in (shards, one))
@@ -306,3 +340,55 @@ def test_console_script_help():
 def test_example_configs_are_valid(example):
     config = RunConfig.from_file(example)
     assert config.eps_list
+
+
+def _raw(target, model="mean_field", init=None):
+    raw = {
+        "model": model,
+        "problem": {"target": target, "activation": [0.5, 1.0, 1.0, 1.0], "eps": 1e-2},
+        "times": {"t_min": 1e-4, "t_max": 10.0, "n_save": 30},
+    }
+    if init is not None:
+        raw["init"] = init
+    return raw
+
+
+def test_target_table_builds_models_of_k_directions():
+    terms = [[[1, 0], 1.0], [[1, 1], 1.0]]
+    config = RunConfig.from_dict(_raw({"terms": terms}, init={"particles": 4}))
+    model, y0, ts = config.build(1e-2)
+    assert isinstance(model, sst.MeanFieldODE) and model.problem.k == 2
+    assert y0.s.shape == (4, 2) and float(np.max(np.abs(y0.s))) == 0.0
+    assert model.problem.target.indices == ((1, 0), (1, 1))
+    assert RunConfig.from_dict(config.to_dict()) == config  # round trip
+    config = RunConfig.from_dict(
+        _raw({"terms": [[[2, 0], 1.0]], "basis": "monomial"}, "finite_dim", {"m": 3, "d": 5})
+    )
+    model, y0, _ = config.build(1e-2)
+    assert isinstance(model, sst.FiniteDimODE) and y0.s.shape == (3, 2)
+    # z1^2 = h_0 + sqrt(2) h_2(z1)
+    assert float(model.problem.target.coefficient((2, 0))) == pytest.approx(np.sqrt(2.0))
+    assert float(model.problem.target.coefficient((0, 0))) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("target", "match"),
+    [
+        ({}, r"problem\.target\.terms must be a non-empty list"),
+        ({"terms": [[[1, 0], 1.0]], "k": 2}, r"Unknown key problem\.target\.k"),
+        ({"terms": [[[1, 0], 1.0]], "basis": "legendre"}, r"problem\.target\.basis must be one of"),
+        ({"terms": [[[1, 0], 1.0], [[1], 1.0]]}, r"problem\.target\.terms\[1\] has a multi"),
+        ({"terms": [[[1, -1], 1.0]]}, r"problem\.target\.terms\[0\] must be \[multi-index"),
+        ({"terms": [[[1, 0], "one"]]}, r"problem\.target\.terms\[0\]\[1\] must be a finite"),
+        ({"terms": [[[1, 0], 1.0], [[1, 0], 2.0]]}, r"problem\.target\.terms lists a multi"),
+    ],
+)
+def test_target_table_validation_names_the_key(target, match):
+    with pytest.raises(ValueError, match=match):
+        RunConfig.from_dict(_raw(target))
+
+
+def test_finite_dim_needs_d_above_k():
+    config = RunConfig.from_dict(_raw({"terms": [[[1, 1], 1.0]]}, "finite_dim", {"m": 3, "d": 2}))
+    with pytest.raises(ValueError, match=r"init\.d must exceed the k=2"):
+        config.build(1e-2)
