@@ -101,7 +101,7 @@ def monomials(s: Float[Array, "k ..."], indices: Sequence[MultiIndex]) -> Float[
 
 def _select(powers: Float[Array, "n k ..."], table: np.ndarray) -> Float[Array, "k N ..."]:
     """`powers[table[t, r], r]` for each multi-index `t` and direction `r`: a product with a
-    0/1 matrix (one dot, where a gather is slow under vmap and stacked slices are a kernel
+    0/1 matrix (one kernel, where a gather is slow under vmap and stacked slices are a kernel
     each), the powers themselves where every column of `table` is `0, 1, ..., n - 1`."""
     if all(np.array_equal(table[:, r], np.arange(powers.shape[0])) for r in range(table.shape[1])):
         return jnp.moveaxis(powers, 1, 0)
