@@ -19,11 +19,16 @@ import subprocess
 import sys
 import time
 
+import jax
 from _common import Record, device_header, print_result
 
 from sst import label_name
 from sst._cli import run, sweep_analysis
 from sst._config import RunConfig, read_toml
+
+# The sweep runs in this process through the `sst sweep` code, which (as all of sst) leaves
+# JAX's configuration to its caller.
+jax.config.update("jax_enable_x64", True)
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
