@@ -22,6 +22,8 @@ import sst
 
 MODEL = sst.MeanFieldODE(helpers.cubic_problem())
 Y0 = helpers.particles()
+STAIRCASE = sst.Target.from_monomials({(1, 0, 0): 1.0, (1, 1, 0): 1.0, (1, 1, 1): 1.0})
+MODEL_K3 = sst.MeanFieldODE(sst.Problem(STAIRCASE, sst.Hermite(helpers.CUBIC_ACTIVATION), 1e-2))
 FD_MODEL = sst.FiniteDimODE(helpers.small_problem())
 
 
@@ -120,7 +122,7 @@ BAD_CALLS = {
     "target given as a string": (
         lambda: sst.Problem("relu", sst.relu(), 1e-2),
         ValueError,
-        r"Problem needs `target` and `activation` as sst.Hermite",
+        r"Problem needs `target` as an sst.Hermite \(one direction, e\.g\. .*\) or an sst\.Target",
     ),
     "key=0": (
         lambda: sst.random_init(0, 3, 10),
@@ -192,12 +194,49 @@ BAD_CALLS = {
     "overlap above 1": (
         lambda: sst.solve(MODEL, sst.MeanFieldState(Y0.a, 1.5 + 0 * Y0.s, Y0.weights), helpers.TS),
         ValueError,
-        r"Overlaps s must lie in \[-1, 1\]",
+        r"each s_i must have norm <= 1; got max \|s_i\| = 1\.5",
     ),
     "NaN in the state": (
         lambda: sst.solve(MODEL, sst.MeanFieldState(Y0.a * math.nan, Y0.s, Y0.weights), helpers.TS),
         ValueError,
         r"NaN or inf in a or s",
+    ),
+    "overlaps of one direction for a target of three": (
+        lambda: sst.solve(MODEL_K3, Y0, helpers.TS),
+        ValueError,
+        r"MeanFieldState needs a of shape \(m,\) and s of shape \(m, k\) for this target \(k=3\)",
+    ),
+    "overlaps of three directions for a Hermite target": (
+        lambda: sst.solve(MODEL, sst.quadrature_particles(4, k=3), helpers.TS),
+        ValueError,
+        r"s of shape \(m,\) for this target \(k=1\); got \(4,\) and \(4, 3\)",
+    ),
+    "overlap vector above 1": (
+        lambda: sst.solve(
+            MODEL_K3, sst.MeanFieldState(np.ones(2), np.full((2, 3), 0.6)), helpers.TS
+        ),
+        ValueError,
+        r"each s_i must have norm <= 1",
+    ),
+    "dimension not above k": (
+        lambda: sst.random_init(jax.random.key(0), 3, 3, k=3),
+        ValueError,
+        r"d must exceed the number of directions k=3; got d=3",
+    ),
+    "zero directions": (
+        lambda: sst.quadrature_particles(4, k=0),
+        ValueError,
+        r"k \(the number of target directions\) must be an integer >= 1",
+    ),
+    "target with a repeated multi-index": (
+        lambda: sst.Target([(1, 0), (1, 0)], [1.0, 2.0]),
+        ValueError,
+        r"A multi-index appears twice in the target",
+    ),
+    "target evaluated with the wrong k": (
+        lambda: STAIRCASE(np.zeros((5, 2))),
+        ValueError,
+        r"phi\(z\) needs z with a last axis of length k=3",
     ),
     "state of the other model": (
         lambda: sst.solve(MODEL, helpers.random_network().state, helpers.TS),
