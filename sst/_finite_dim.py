@@ -9,9 +9,10 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from ._linear import DenseJacobian
+from ._noise import noise_matrix, noise_supported
 from ._problem import AbstractProblemModel, Problem, overlap_matrix, state_overlaps
 from ._target import _powers, graded_indices, monomials
-from ._validate import check_overlaps, float_array
+from ._validate import check_overlaps, float_array, is_traced
 
 
 class FiniteDimState(eqx.Module):
@@ -24,7 +25,7 @@ class FiniteDimState(eqx.Module):
     """
 
     a: Float[Array, " m"] = eqx.field(converter=float_array)
-    s: Float[Array, "m *k"] = eqx.field(converter=float_array)
+    s: Float[Array, " m *k"] = eqx.field(converter=float_array)
     Q: Float[Array, "m m"] = eqx.field(converter=float_array)
 
 
@@ -38,15 +39,58 @@ class FiniteDimODE(AbstractProblemModel):
     - (a_i/m) sum_{l!=i} a_l U'(Q_il) (Q_lj - Q_il Q_ij)`.
 
     Exact for any `d` and `m`: `d` enters only through the initial condition.
+
+    With `tau > 0` it is the limit of online SGD at the noise level `tau = eta d / B` (step
+    `eta`, `B` fresh samples per step, `d -> infinity` at fixed `tau`; docs: [online SGD at a
+    finite step][sgd-noise]): with the noise matrix `N` of `sst.noise_matrix`,
+
+    `ds_i/dt += -(tau/2) N_ii s_i`, `dQ_ij/dt += tau N_ij - (tau/2) (N_ii + N_jj) Q_ij`,
+
+    and `a` unchanged. `tau = 0` (the default) is population gradient flow.
+
+    **Fields:** `problem`, the `sst.Problem`; `tau`, the SGD noise level, a JAX scalar (a
+    parameter: batched by `solve_batch`, differentiated by `jax.grad`). Noise terms need a
+    polynomial activation and target, or erf as both.
     """
 
     problem: Problem
+    tau: Float[Array, ""]
+    # Whether the noise terms are evaluated: False only for a concrete tau = 0, so that the flow
+    # is exactly the flow (and compiles without them) even where jit later traces tau.
+    noisy: bool = eqx.field(static=True)
+
+    def __init__(self, problem: Problem, tau: float | Float[Array, ""] = 0.0):
+        self.problem = problem
+        self.tau = jnp.asarray(tau, dtype=float)
+        self.noisy = is_traced(self.tau) or bool(np.asarray(self.tau) != 0.0)
 
     def __check_init__(self):
         if not isinstance(self.problem, Problem):
             raise ValueError(
                 f"FiniteDimODE needs an sst.Problem, got {type(self.problem).__name__}."
             )
+        if jnp.shape(self.tau) != ():
+            raise ValueError(f"tau must be a scalar, got shape {jnp.shape(self.tau)}.")
+        if not is_traced(self.tau) and not (np.isfinite(self.tau) and self.tau >= 0.0):
+            raise ValueError(
+                f"tau (the SGD noise level eta d / B) must be finite and >= 0, got {self.tau}."
+            )
+        if self.noisy and not noise_supported(self.problem):
+            raise ValueError(
+                "tau > 0 needs a polynomial activation with a polynomial target, or erf as both "
+                f"(got sigma = {self.problem.activation}, phi = {self.problem.target}); use a "
+                "finite Hermite series such as sst.Hermite(sst.relu(4).coeffs), or tau = 0."
+            )
+
+    def parameters(self) -> dict[str, Array]:
+        """The problem's parameters (`eps`, `target`, `activation`) and `tau`."""
+        return {**super().parameters(), "tau": self.tau}
+
+    def with_parameters(self, **values) -> FiniteDimODE:
+        """This model with some of `eps`, `target`, `activation` and `tau` replaced."""
+        tau = values.pop("tau", self.tau)
+        problem = self.problem.with_parameters(**values) if values else self.problem
+        return FiniteDimODE(problem, tau)
 
     def check_state(self, state: FiniteDimState) -> None:
         """Raise `ValueError` if `state` is not a valid `(a, s, Q)` for this problem."""
@@ -109,6 +153,11 @@ class FiniteDimODE(AbstractProblemModel):
             G @ Q - Q_off * pull[:, None]
         )
         dQ = (M + M.T) * off
+        if self.noisy:
+            N = noise_matrix(p, a, s, Q)
+            diag = jnp.diagonal(N)
+            ds = ds - (0.5 * self.tau) * diag[:, None] * s
+            dQ = dQ + self.tau * (N - 0.5 * (diag[:, None] + diag[None, :]) * Q_off) * off
         return da, state_overlaps(p, ds), dQ
 
     def jacobian(self, t, y, args=None) -> DenseJacobian:

@@ -79,7 +79,7 @@ class RandomInit(eqx.Module):
 
     @classmethod
     def from_weights(
-        cls, a: Float[ArrayLike, " m"], W: Float[ArrayLike, "m d"], U: Float[ArrayLike, "d *k"]
+        cls, a: Float[ArrayLike, " m"], W: Float[ArrayLike, "m d"], U: Float[ArrayLike, " d *k"]
     ) -> RandomInit:
         """The network `(a, W)` with target directions `U` and its exact order parameters (e.g.
         to continue a training run from `traj.training.W`). `U` of shape `(d,)` is the single

@@ -57,7 +57,7 @@ class MeanFieldState(eqx.Module):
     """
 
     a: Float[Array, " m"]
-    s: Float[Array, "m *k"]
+    s: Float[Array, " m *k"]
     weights: Float[Array, " m"]
 
     def __init__(self, a, s, weights=None):
@@ -500,12 +500,7 @@ def ball(x: Float[Array, "k ..."]) -> Float[Array, "k ..."]:
     """`s = sin(|x|) x / |x|`, coordinates on the leading axis (`sin(x)` for `k = 1`)."""
     if x.shape[0] == 1:
         return jnp.sin(x)
-    q = jnp.sum(x**2, axis=0)
-    r = jnp.sqrt(_safe(q))
-    return (
-        jnp.where(q < _SERIES_BELOW, 1.0 - q / 6.0 + q**2 / 120.0 - q**3 / 5040.0, jnp.sin(r) / r)
-        * x
-    )
+    return _radial(jnp.sum(x**2, axis=0))[0] * x
 
 
 def ball_inverse(s: Float[Array, "k ..."]) -> Float[Array, "k ..."]:
