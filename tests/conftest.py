@@ -46,10 +46,9 @@ import sst  # noqa: E402
 _SLOWEST_FIRST = (
     "test_notebooks.py",
     "test_readme.py",
-    "test_multi_mean_field.py",
+    "test_mean_field.py",
     "test_functionals.py",
     "test_batch.py",
-    "test_mean_field.py",
     "test_distributed.py",
     "test_finite_dim.py",
     "test_bad_inputs.py",
@@ -58,7 +57,6 @@ _SLOWEST_FIRST = (
     "test_model.py",
     "test_multi_cli.py",
     "test_multi_train.py",
-    "test_multi_finite_dim.py",
     "test_optimize.py",
 )
 # The notebooks by decreasing run time (small mode, 2 cores, measured); each is a unit of its own.

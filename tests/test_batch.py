@@ -144,7 +144,7 @@ def test_solve_batch_rejects_bad_batches():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         bad = sst.MeanFieldState(jnp.ones((2, 4)), jnp.full((2, 4), 1.5))
-        with pytest.raises(ValueError, match="Overlaps s must lie"):
+        with pytest.raises(ValueError, match="each s_i must have norm <= 1"):
             sst.solve_batch(_model(), bad, TS)
 
 
