@@ -100,13 +100,14 @@ def monomials(s: Float[Array, "k ..."], indices: Sequence[MultiIndex]) -> Float[
 
 
 def _select(powers: Float[Array, "n k ..."], table: np.ndarray) -> Float[Array, "k N ..."]:
-    """`powers[table[t, r], r]` for each multi-index `t` and direction `r`: a product with a
-    0/1 matrix (one kernel, where a gather is slow under vmap and stacked slices are a kernel
-    each), the powers themselves where every column of `table` is `0, 1, ..., n - 1`."""
+    """`powers[table[t, r], r]` for each multi-index `t` and direction `r`: one gather with a
+    static index table (a 0/1 product costs `n` times the flops, stacked slices a kernel each),
+    the powers themselves where every column of `table` is `0, 1, ..., n - 1`."""
     if all(np.array_equal(table[:, r], np.arange(powers.shape[0])) for r in range(table.shape[1])):
         return jnp.moveaxis(powers, 1, 0)
-    select = jnp.asarray(np.eye(powers.shape[0])[table.T], dtype=powers.dtype)  # (k, N, n)
-    return jnp.einsum("rtj,jr...->rt...", select, powers)
+    k = table.shape[1]
+    flat = powers.reshape((-1,) + powers.shape[2:])
+    return jnp.take(flat, table.T * k + np.arange(k)[:, None], axis=0)
 
 
 def derivative_indices(
