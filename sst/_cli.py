@@ -20,7 +20,8 @@
   the members must first be copied together.
 
 Each member's files are written as soon as it finishes, so a later failure loses nothing; the
-command exits with status 1 if any member failed.
+command exits with status 1 if any member failed. The arguments are parsed by the module `sst_cli`
+before this one (and JAX) is imported, so `sst --help` and usage errors answer at once.
 """
 
 from __future__ import annotations
@@ -31,7 +32,6 @@ import json
 import math
 import pathlib
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -41,6 +41,8 @@ import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from tqdm.auto import tqdm
+
+import sst_cli
 
 from ._config import RunConfig, read_toml
 from ._io import save_trajectory
@@ -81,8 +83,9 @@ def _write_json(path: pathlib.Path, data: dict[str, Any]) -> None:
 
 def versions() -> dict[str, str]:
     """Versions of Python and of the packages that produced a result."""
-    out = {"python": platform.python_version()}
-    for name in ("sst", "jax", "diffrax", "equinox", "lineax", "numpy"):
+    # The distribution of the package `sst` is `sst-timescales` (`sst` on PyPI is another one).
+    out = {"python": platform.python_version(), "sst": importlib.metadata.version("sst-timescales")}
+    for name in ("jax", "diffrax", "equinox", "lineax", "numpy"):
         out[name] = importlib.metadata.version(name)
     return out
 
@@ -205,13 +208,7 @@ def parse_shard(spec: str | None) -> tuple[int, int]:
     `(0, 1)`, everything). Raises `ValueError` for anything but integers `0 <= I < N`."""
     if spec is None:
         return jax.process_index(), jax.process_count()
-    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", spec)
-    if match is None or int(match[1]) >= int(match[2]):
-        raise ValueError(
-            f"--shard must be I/N with integers 0 <= I < N (e.g. --shard 0/4 for the first of "
-            f"four shards); got {spec!r}."
-        )
-    return int(match[1]), int(match[2])
+    return sst_cli.shard_spec(spec)
 
 
 def write_shard_marker(
@@ -342,45 +339,15 @@ def _nan_if_none(x: float | None) -> float:
     return float("nan") if x is None else float(x)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sst",
-        description="Learning time-scales of two-layer networks (Berthier, Montanari, Zhou): "
-        "integrate the order-parameter ODEs of a configured problem.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    parsers = {}
-    for name, text in (
-        ("run", "integrate the problem at each eps of CONFIG and write files under --out"),
-        ("sweep", "run two or more eps, then fit the exponents d log t_k / d log eps"),
-    ):
-        p = parsers[name] = sub.add_parser(name, help=text, description=text)
-        p.add_argument("config", type=pathlib.Path, help="TOML configuration (see examples/)")
-        p.add_argument("--out", type=pathlib.Path, required=True, help="output folder")
-        p.add_argument(
-            "--eps", type=float, nargs="+", help="override problem.eps with these values"
-        )
-        p.add_argument(
-            "--progress",
-            action=argparse.BooleanOptionalAction,
-            default=None,
-            help="progress bars (default: when stderr is a terminal)",
-        )
-    parsers["sweep"].add_argument(
-        "--shard",
-        metavar="I/N",
-        help="solve only members j with j %% N == I (0 <= I < N), then run `sst merge DIR` "
-        "(default under jax.distributed: process_index/process_count)",
-    )
-    text = "write sweep.json and scaling.png from the members of a sharded sweep under DIR"
-    merge = sub.add_parser("merge", help=text, description=text)
-    merge.add_argument("out", type=pathlib.Path, metavar="DIR", help="the sweep's --out folder")
-    return parser
-
-
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the `sst` console script; returns the exit status."""
-    args = _parser().parse_args(argv)
+    """The `sst` command with the arguments `argv` (default: the command line); returns the exit
+    status. The console script itself is `sst_cli.main`, which parses the arguments before JAX
+    is imported and then calls `execute`."""
+    return sst_cli.main(argv)
+
+
+def execute(args: argparse.Namespace) -> int:
+    """Run the command parsed by `sst_cli.parser()`; returns the exit status."""
     jax.config.update("jax_enable_x64", True)
     if args.command == "merge":
         try:

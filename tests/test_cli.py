@@ -336,6 +336,47 @@ def test_console_script_help():
     assert "run" in result.stdout and "sweep" in result.stdout
 
 
+# Runs in a fresh interpreter: the console script's front answers help and usage errors, and
+# sys.modules then shows whether JAX was imported. The last line imports the package, so the
+# probe is seen to detect JAX when it is there.
+_NO_JAX_PROBE = """
+import sys
+import sst_cli
+
+for argv in (["--help"], ["run"], ["frobnicate"], ["sweep", "c.toml", "--out", "o", "--shard=2/2"]):
+    try:
+        status = sst_cli.main(argv)
+    except SystemExit as exit:
+        status = exit.code
+    print(status, "jax" in sys.modules)
+import sst._cli
+print("after", "jax" in sys.modules)
+"""
+
+
+def test_help_and_usage_errors_do_not_import_jax(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", _NO_JAX_PROBE],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    # The help text comes first on stdout; the probe's five lines end it.
+    assert result.stdout.splitlines()[-5:] == [
+        "0 False",
+        "2 False",
+        "2 False",
+        "2 False",
+        "after True",
+    ], result.stderr
+    assert "usage: sst" in result.stdout
+    assert "the following arguments are required: config, --out" in result.stderr
+    assert "invalid choice: 'frobnicate'" in result.stderr
+    assert "--shard must be I/N with integers 0 <= I < N" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("example", sorted((ROOT / "examples").glob("*.toml")))
 def test_example_configs_are_valid(example):
     config = RunConfig.from_file(example)
