@@ -119,7 +119,8 @@ class MeanFieldODE(AbstractProblemModel):
         check_weights(w)
 
     def split(self, state: MeanFieldState) -> tuple[tuple[Array, ...], Array]:
-        """Solver coordinates and constant `args` (the weights).
+        """Solver coordinates and constant `args` (the weights), also of a state with leading
+        batch axes.
 
         The coordinates are `(a, x)` with `x` of shape `(k, m)` (coordinate-major, as
         `BorderedJacobian` lays out particles) and `s = sin(|x|) x / |x|`, and on the moment path
@@ -128,12 +129,12 @@ class MeanFieldODE(AbstractProblemModel):
         particles because at tiny eps they are O(1) differences of sums up to 1e12 times larger,
         which no tolerance on the particles resolves.
         """
-        s = overlap_matrix(self.problem, state.s).T  # (k, m)
-        y = (state.a, ball_inverse(s))
+        s = jnp.moveaxis(overlap_matrix(self.problem, state.s), -1, 0)  # (k, ..., m)
+        y = (state.a, jnp.moveaxis(ball_inverse(s), 0, -2))
         if self.uses_moments:
             indices = self.interaction_indices
-            mu = monomials(s, indices) @ (state.weights * state.a)
-            y = (*y, self.problem.residuals(mu, indices))
+            mu = jnp.sum(monomials(s, indices) * (state.weights * state.a), axis=-1)  # (N, ...)
+            y = (*y, self.problem.residuals(jnp.moveaxis(mu, 0, -1), indices))
         return y, state.weights
 
     def merge(self, y: tuple[Array, ...], args: Array) -> MeanFieldState:
