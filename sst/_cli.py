@@ -47,7 +47,7 @@ import sst_cli
 from ._config import RunConfig, read_toml
 from ._io import save_trajectory
 from ._plot import plot_particles, plot_risk, plot_scaling
-from ._solution import Trajectory
+from ._solution import Trajectory, describe_steps
 from ._solve import solve
 from ._timescales import (
     MIN_FIT_POINTS,
@@ -192,8 +192,8 @@ def _add_summary(summary: dict, summaries: list[dict], failures: list[str]) -> N
     if not summary["solver"]["success"]:
         failures.append(
             f"eps={summary['eps']:g}: the solver stopped at t={summary['solver']['t_reached']:g} "
-            f"after {summary['solver']['num_steps']} steps (raise solver.max_steps or loosen "
-            "solver.rtol/atol)"
+            f"after {describe_steps(summary['solver'])}; raise solver.max_steps or loosen "
+            "solver.rtol/atol"
         )
 
 
@@ -419,7 +419,10 @@ def _report(summaries: list[dict], failures: list[str], out: pathlib.Path, fit: 
         missing = [k for k, t in learned.items() if not math.isfinite(t)]
         not_learned = f"; not half learned: {', '.join(missing)}" if missing else ""
         risk = _nan_if_none(s["final_risk"])
-        print(f"eps={s['eps']:g}: final risk {risk:.3e}; half-learned {lt}{not_learned}")
+        print(
+            f"eps={s['eps']:g}: final risk {risk:.3e}; half-learned {lt}{not_learned}; "
+            f"{describe_steps(s['solver'])}"
+        )
     if fit and summaries:
         result = sweep_analysis(summaries, out)
         for name, f in result["exponents"].items():

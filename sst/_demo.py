@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import sst
+from sst._solution import describe_steps
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,10 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Reduced ODE, eps={args.eps:g}, {args.particles} normal quadrature particles, "
         f"rtol={traj.rtol:g}, atol={traj.atol:g}"
     )
-    print(
-        f"{int(traj.stats['num_steps'])} steps ({int(traj.stats['num_rejected_steps'])} rejected), "
-        f"{elapsed:.2f} s including compilation"
-    )
+    print(f"{describe_steps(traj.stats)}, {elapsed:.2f} s including compilation")
     labels = traj.residual_labels
     phi = problem.target_coeffs(labels)
     print(f"{'label':>10} {'phi':>8} {'t_half':>12} {'t_90%':>12}")

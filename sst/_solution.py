@@ -8,13 +8,20 @@ from typing import Any, Generic, TypeVar
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Bool, Float, Int
+import numpy as np
+from equinox._enum import EnumerationItem
+from jaxtyping import Array, ArrayLike, Bool, Float, Int
 
 State = TypeVar("State")
 
 
 class RESULTS(eqx.Enumeration):
-    """Why a solve or a training run stopped (`Trajectory.result`)."""
+    """Why a solve or a training run stopped (`Trajectory.result`).
+
+    Items print by name (`RESULTS.successful`; a batch as `RESULTS[successful, diverged]`),
+    compare with `==` (`traj.result == sst.RESULTS.successful`), and `RESULTS[item]` is the
+    message saying what to change.
+    """
 
     successful = ""
     max_steps_reached = (
@@ -30,6 +37,39 @@ class RESULTS(eqx.Enumeration):
         "keep eta * U(1) / eps well below 1 (the second layer's explicit step) and, for SGD, "
         "eta * d * a^2 / batch small"
     )
+
+
+class _ResultItem(EnumerationItem):
+    """An item of `RESULTS` that prints by name: `RESULTS.successful`, or for a batch
+    `RESULTS[successful, max_steps_reached]` (equinox's items print their message, which is
+    empty for `successful`). Otherwise an equinox enumeration item: compared with `==`, its
+    message is `RESULTS[item]`."""
+
+    def __repr__(self) -> str:
+        value = self._value
+        if isinstance(value, jax.core.Tracer):
+            return "RESULTS(traced)"
+        names = np.vectorize(_RESULT_NAMES.__getitem__, otypes=[object])(np.asarray(value))
+        if names.ndim == 0:
+            return f"RESULTS.{names.item()}"
+        return "RESULTS" + np.array2string(names, separator=", ", formatter={"all": str})
+
+
+# equinox builds the items itself (at class creation, in `where`) and offers no hook for their
+# repr: each item is rebuilt as a `_ResultItem` with the same value, and `where`, the one way the
+# solvers combine items, returns one too, so every `RESULTS` item a run produces prints by name.
+# This reads equinox's `_name_to_item` and `_value`; tests/test_solution.py fails if they change.
+_RESULT_NAMES = {int(item._value): name for name, item in RESULTS._name_to_item.items()}
+for _name, _item in RESULTS._name_to_item.items():
+    RESULTS._name_to_item[_name] = _ResultItem(_item._value, RESULTS)
+
+
+def _where(cls, pred: Bool[ArrayLike, ""], a: RESULTS, b: RESULTS) -> RESULTS:
+    """`RESULTS.where(pred, a, b)`: `a` where `pred` holds, else `b` (as `eqx.Enumeration`)."""
+    return _ResultItem(eqx.Enumeration.where.__func__(cls, pred, a, b)._value, cls)
+
+
+RESULTS.where = classmethod(_where)
 
 
 class TrainingRecord(eqx.Module):
@@ -108,6 +148,19 @@ class Trajectory(eqx.Module, Generic[State]):
     def batch_size(self) -> int | None:
         """The number of members of a batch, or `None` for a single trajectory."""
         return None if self.ts.ndim == 1 else self.ts.shape[0]
+
+
+def describe_steps(stats: dict[str, Any]) -> str:
+    """The solver's step counts in words: `"1103 steps (1094 accepted, 9 rejected)"`.
+
+    `stats` is `Trajectory.stats` or its copy in a summary file (`num_steps`,
+    `num_accepted_steps`, `num_rejected_steps`); a training run's stats (`num_steps` alone) give
+    `"500 steps"`. Every step is accepted or rejected: `num_steps` is their sum."""
+    text = f"{int(stats['num_steps'])} steps"
+    if "num_accepted_steps" in stats:
+        accepted, rejected = int(stats["num_accepted_steps"]), int(stats["num_rejected_steps"])
+        text += f" ({accepted} accepted, {rejected} rejected)"
+    return text
 
 
 def mask_invalid(valid: Bool[Array, " T"], tree):

@@ -281,6 +281,21 @@ def test_unsuccessful_solve_is_reported(tmp_path, capsys):
     assert "max_steps" in capsys.readouterr().err
 
 
+def test_steps_are_printed_as_accepted_and_rejected(tmp_path, capsys):
+    # A budget of 5 steps (the compilation of the test above): every step taken is either
+    # accepted or rejected, and the member line and the failure say how many of each.
+    text = TINY.replace("atol = 1e-10", "atol = 1e-10\nmax_steps = 5")
+    out = tmp_path / "out"
+    assert main(["run", str(_config(tmp_path, text=text)), "--out", str(out)]) == 1
+    solver = json.loads((out / "summary.json").read_text())["solver"]
+    accepted, rejected = solver["num_accepted_steps"], solver["num_rejected_steps"]
+    assert accepted + rejected == solver["num_steps"] == 5
+    steps = f"5 steps ({accepted} accepted, {rejected} rejected)"
+    printed = capsys.readouterr()
+    assert printed.out.startswith("eps=0.01: final risk ") and f"; {steps}\n" in printed.out
+    assert f"after {steps}; raise solver.max_steps" in printed.err
+
+
 @pytest.mark.parametrize(
     ("change", "named"),
     [
