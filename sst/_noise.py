@@ -1,0 +1,277 @@
+"""The noise matrix of online SGD at a finite step (docs: [online SGD at a finite
+step][sgd-noise]).
+
+Online SGD with `B` fresh samples per step and step `eta = tau B / d` adds to the
+finite-dimensional ODE terms of order `tau` built from
+
+`N_ij = a_i a_j ( E[(phi(z*) - f(x))^2 sigma'(z_i) sigma'(z_j)] + noise^2 E[sigma'(z_i) sigma'(z_j)] )`,
+
+`f(x) = (1/m) sum_l a_l sigma(z_l)`, `z_i = <w_i, x>`, `z* = U*^T x`: Gaussian expectations of
+products with at most four distinct neuron arguments and the target's `k` directions, with the
+covariance `[[I, S^T], [S, Q]]`. They are computed exactly:
+
+- for a polynomial activation and a polynomial target (any `sst.Target`, or an `sst.Hermite`
+  finite series) by the diagram formula in its covariance form,
+  `E[prod_a F_a(Y_a)] = sum_n prod_{u<v} C_uv^{n_uv} / n_uv! prod_a E[F_a^(deg_a n)(Y_a)]`
+  (sum over edge multiplicities `n_uv >= 0` of the complete graph on the arguments, `deg_a n`
+  the number of edge ends at `a`), which holds for any centred Gaussian vector, singular or not
+  (two arguments may coincide); the target enters through an exact Gauss-Hermite rule over `z*`;
+- for `erf(x / sqrt 2)` as both activation and target (one direction) by the closed form of the
+  committee machine's four-point function `I4` (Saad and Solla, Phys. Rev. E 52, 4225 (1995);
+  Biehl and Schwarze, J. Phys. A 28, 643 (1995)), see `erf_i4`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Float
+
+from ._hermite import Hermite
+from ._problem import Problem
+
+
+def noise_supported(problem: Problem) -> bool:
+    """Whether `noise_matrix` computes the expectations of `problem` exactly: a polynomial
+    activation with a polynomial target, or `erf` as both activation and (single-index)
+    target."""
+    act, target = problem.activation, problem.target
+    if act.is_polynomial:
+        return not isinstance(target, Hermite) or target.is_polynomial
+    return (
+        act.closed_form == "erf" and isinstance(target, Hermite) and target.closed_form == "erf"
+    )
+
+
+def noise_matrix(
+    problem: Problem,
+    a: Float[Array, " m"],
+    s: Float[Array, "m k"],
+    Q: Float[Array, "m m"],
+) -> Float[Array, "m m"]:
+    """The SGD noise matrix `N_ij` (docs: [online SGD at a finite step][sgd-noise]):
+
+    `N_ij = a_i a_j ( E[(phi(z*) - f(x))^2 sigma'(z_i) sigma'(z_j)]
+    + noise^2 E[sigma'(z_i) sigma'(z_j)] )`, `f(x) = (1/m) sum_l a_l sigma(z_l)`.
+
+    **Arguments:** the `problem` (see `noise_supported`), the second-layer weights `a`, the
+    overlaps `s` with the target directions as an `(m, k)` matrix, and the overlap matrix `Q`
+    (its diagonal is taken as exactly 1).
+
+    **Returns:** `N`, `(m, m)`, symmetric positive semi-definite.
+    """
+    if not noise_supported(problem):
+        raise ValueError(
+            "The SGD noise terms need a polynomial activation with a polynomial target, or erf "
+            f"as both activation and target; got sigma = {problem.activation}, phi = "
+            f"{problem.target}. Use a finite Hermite series (e.g. sst.Hermite(sst.relu(4).coeffs))."
+        )
+    m = a.shape[0]
+    eye = jnp.eye(m, dtype=Q.dtype)
+    Q = Q * (1.0 - eye) + eye
+    if problem.activation.is_polynomial:
+        T = _polynomial_error_moment(problem, a, s, Q)
+        T3 = _derivative_kernel(problem.activation, Q)
+    else:
+        T, T3 = _erf_error_moment(a, s[:, 0], Q)
+    return a[:, None] * a[None, :] * (T + problem.noise**2 * T3)
+
+
+# ------------------------------------------------------------------------ polynomial functions
+
+
+def _scaled(coeffs: Array, length: int) -> Array:
+    """`sqrt(p!) c_p` (`= E[F^(p)(G)]` for `F = sum_p c_p h_p`), zero-padded to `length`."""
+    n = min(coeffs.shape[0], length)
+    root = np.sqrt([float(math.factorial(p)) for p in range(n)])
+    return jnp.zeros(length, coeffs.dtype).at[:n].set(coeffs[:n] * root)
+
+
+def _factorial_powers(C: Array, n: int) -> Array:
+    """`C^x / x!` (elementwise) for `x < n`, stacked on a new leading axis."""
+    out = [jnp.ones_like(C)]
+    for x in range(1, n):
+        out.append(out[-1] * C / x)
+    return jnp.stack(out)
+
+
+def _derivative_kernel(activation: Hermite, Q: Array) -> Array:
+    """`E[sigma'(z_i) sigma'(z_j)] = sum_n E[sigma^(n+1)(G)]^2 Q_ij^n / n!`."""
+    K = activation.degree
+    hat = _scaled(activation.coeffs, K + 1)[1:]
+    return jnp.tensordot(hat**2, _factorial_powers(Q, K), axes=1)
+
+
+def _pairs(K: int) -> np.ndarray:
+    """The edge multiplicities `(y, z)` from one neuron `l` to the two derivative vertices
+    `i, j`: each at most `K - 1` (the degree of `sigma'`), their sum at most `K`."""
+    return np.array([(y, z) for y in range(K) for z in range(K) if y + z <= K], dtype=np.int64)
+
+
+def _square_term(activation: Hermite, a: Array, Q: Array) -> Array:
+    """`sum_{l,n} a_l a_n E[sigma'(z_i) sigma'(z_j) sigma(z_l) sigma(z_n)]` by the diagram
+    formula: edges `e` (i-j), `y, z` (l to i, j), `u, v` (n to i, j), `x` (l-n); vertex degrees
+    `e + y + u` at `i`, `e + z + v` at `j`, `y + z + x` at `l`, `u + v + x` at `n`. The sums over
+    `l` and `n` are contractions, O(m^4 K^6) in all."""
+    K = activation.degree
+    Y = _pairs(K)
+    hat = _scaled(activation.coeffs, 3 * K + 2)
+    F = _factorial_powers(Q, K + 1)  # (K + 1, m, m)
+    L = a[None, None, None, :] * F[Y[:, 0], :, None, :] * F[Y[:, 1], None, :, :]  # (P, i, j, l)
+    P = jnp.einsum("Yijl,xln->Yxijn", L, F)
+    B = jnp.einsum("Yxijn,Zijn->YZxij", P, L)
+    e = np.arange(K)[:, None, None, None]
+    y, z = Y[None, :, None, None, 0], Y[None, :, None, None, 1]
+    u, v = Y[None, None, :, None, 0], Y[None, None, :, None, 1]
+    x = np.arange(K + 1)[None, None, None, :]
+    weights = hat[e + y + u + 1] * hat[e + z + v + 1] * hat[y + z + x] * hat[u + v + x]
+    return jnp.einsum("eij,eYZx,YZxij->ij", F[:K], weights, B)
+
+
+def _target_degrees(target) -> tuple[int, ...]:
+    """The target's degree in each direction."""
+    if isinstance(target, Hermite):
+        return (target.degree,)
+    return tuple(int(d) for d in np.max(np.asarray(target.indices), axis=0))
+
+
+def _target_rule(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
+    """Tensor Gauss-Hermite nodes `(N, k)` and weights `(N,)` over `z* ~ N(0, I_k)`, exact for
+    the target terms: in direction `r` the integrands are polynomials of degree at most
+    `max(2 d_r + 2 K - 2, d_r + 3 K - 2)` (`d_r` the target's degree in `z*_r`, `K` the
+    activation's)."""
+    K = problem.activation.degree
+    rules = []
+    for d in _target_degrees(problem.target):
+        degree = max(2 * d + 2 * K - 2, d + 3 * K - 2)
+        nodes, weights = np.polynomial.hermite_e.hermegauss(degree // 2 + 1)
+        rules.append((nodes, weights / weights.sum()))
+    grid = np.stack(np.meshgrid(*(r[0] for r in rules), indexing="ij"), axis=-1)
+    weight = np.prod(np.stack(np.meshgrid(*(r[1] for r in rules), indexing="ij")), axis=0)
+    return grid.reshape(-1, len(rules)), weight.reshape(-1)
+
+
+def _smoothed_derivatives(activation: Hermite, mean: Array, c: Array) -> Array:
+    """`E[sigma^(n)(mean + sqrt(1 - c) G)]` for `n = 0..K`, on a new last axis.
+
+    `sigma^(n) = sum_p sigma_p sqrt(p!) / (p - n)! He_{p-n}`, and `E[He_q(mu + sqrt(1 - c) G)]
+    = H_q(mu)` with `H_0 = 1`, `H_1 = mu`, `H_{q+1} = mu H_q - q c H_{q-1}` (the Hermite
+    polynomials of variance `c`): no division, so `c = 0` and `c = 1` are as exact as the rest.
+    """
+    K = activation.degree
+    H = [jnp.ones_like(mean), mean]
+    for q in range(1, K):
+        H.append(mean * H[q] - q * c * H[q - 1])
+    H = jnp.stack(H[: K + 1], axis=-1)  # (..., K + 1) over q
+    sigma = activation.coeffs
+    n, q = np.meshgrid(np.arange(K + 1), np.arange(K + 1), indexing="ij")
+    p = n + q
+    inside = p <= K
+    factor = np.where(
+        inside,
+        np.sqrt([[float(math.factorial(v)) for v in row] for row in np.minimum(p, K)])
+        / np.array([[float(math.factorial(v)) for v in row] for row in q]),
+        0.0,
+    )
+    coef = jnp.where(inside, sigma[np.minimum(p, K)], 0.0) * factor  # (n, q)
+    return jnp.einsum("nq,...q->...n", coef, H)
+
+
+def _polynomial_error_moment(problem: Problem, a: Array, s: Array, Q: Array) -> Array:
+    """`E[(phi(z*) - f(x))^2 sigma'(z_i) sigma'(z_j)]` for polynomial functions.
+
+    The `f^2` part is `_square_term` (no target). The parts with the target are, given `z*`, a
+    two- and a three-point function of the neurons, whose arguments `z_l = mu_l + Y_l` have
+    means `mu_l = s_l . z*` and the covariance `P = Q - S S^T` of their perpendicular parts:
+    the covariance form of the diagram formula with the smoothed derivatives
+    `D_l[n] = E[sigma^(n)(z_l) | z*]`, then an exact Gauss-Hermite rule over `z*`.
+    """
+    act = problem.activation
+    K = act.degree
+    m = a.shape[0]
+    nodes, weights = _target_rule(problem)
+    nodes = jnp.asarray(nodes, s.dtype)
+    phi = problem.phi(nodes)  # (N,)
+    mean = nodes @ s.T  # (N, m)
+    c = jnp.sum(s * s, axis=1)
+    D = _smoothed_derivatives(act, mean, c)  # (N, m, K + 1)
+    D = jnp.concatenate([D, jnp.zeros(D.shape[:-1] + (K + 1,), D.dtype)], axis=-1)
+    P = _factorial_powers(Q - s @ s.T, K + 1)  # (K + 1, m, m)
+    # Two-point: sum_e P_ij^e / e! D_i[e + 1] D_j[e + 1].
+    e = np.arange(K)
+    two = jnp.einsum("eij,Nie,Nje->Nij", P[:K], D[:, :, e + 1], D[:, :, e + 1])
+    # Three-point with the sum over l: edges e (i-j), y (i-l), z (j-l).
+    Y = _pairs(K)
+    Dl = a[None, None, :] * jnp.moveaxis(D[:, :, Y[:, 0] + Y[:, 1]], 2, 1)  # (N, Y, l)
+    lam = jnp.einsum("NYl,Yil,Yjl->NYij", Dl, P[Y[:, 0]], P[Y[:, 1]])
+    Di = D[:, :, e[:, None] + Y[None, :, 0] + 1]  # (N, i, e, Y)
+    Dj = D[:, :, e[:, None] + Y[None, :, 1] + 1]
+    three = jnp.einsum("eij,NieY,NjeY,NYij->Nij", P[:K], Di, Dj, lam)
+    w = jnp.asarray(weights, s.dtype)
+    target_square = jnp.einsum("N,Nij->ij", w * phi**2, two)
+    cross = jnp.einsum("N,Nij->ij", w * phi, three) / m
+    return target_square - 2.0 * cross + _square_term(act, a, Q) / m**2
+
+
+# ------------------------------------------------------------------------------------------ erf
+
+
+def erf_i4(C: Float[Array, "... 4 4"]) -> Float[Array, "..."]:
+    """`E[g'(u) g'(v) g(w) g(y)]` for `g(x) = erf(x / sqrt 2)` and `(u, v, w, y)` a centred
+    Gaussian vector of covariance `C` (any positive semi-definite `C`; arguments may
+    coincide): the committee machine's `I4` (Saad and Solla, Phys. Rev. E 52, 4225 (1995), eq.
+    (A5); Biehl and Schwarze, J. Phys. A 28, 643 (1995)).
+
+    Derivation: `g'(u) g'(v) = (2/pi) exp(-(u^2 + v^2)/2)` tilts the Gaussian law. With
+    `A = C[uv, uv]`, `E[exp(-(u^2 + v^2)/2) F(w, y)] = det(I + A)^(-1/2) E'[F]`, `E'` the centred
+    law of `(w, y)` of covariance `C' = C[wy, wy] - C[wy, uv] (I + A)^(-1) C[uv, wy]`
+    (Woodbury on `C^(-1) + diag(1, 1, 0, 0)`), and `E'[g(w) g(y)] = (2/pi) arcsin(C'_wy /
+    sqrt((1 + C'_ww)(1 + C'_yy)))`. So
+
+    `I4 = (4 / pi^2) det(I + A)^(-1/2) arcsin(C'_wy / sqrt((1 + C'_ww)(1 + C'_yy)))`,
+
+    which is Saad and Solla's `(4/pi^2) Lambda_4^(-1/2) arcsin(Lambda_0 / sqrt(Lambda_1
+    Lambda_2))` (`Lambda_4 = det(I + A)`, `Lambda_0 = Lambda_4 C'_wy`, `Lambda_1 = Lambda_4
+    (1 + C'_ww)`).
+    """
+    A = C[..., :2, :2]
+    X = C[..., :2, 2:]  # (uv, wy)
+    det = (1.0 + A[..., 0, 0]) * (1.0 + A[..., 1, 1]) - A[..., 0, 1] * A[..., 1, 0]
+    inv = jnp.stack(
+        [
+            jnp.stack([1.0 + A[..., 1, 1], -A[..., 0, 1]], axis=-1),
+            jnp.stack([-A[..., 1, 0], 1.0 + A[..., 0, 0]], axis=-1),
+        ],
+        axis=-2,
+    ) / det[..., None, None]
+    tilted = C[..., 2:, 2:] - jnp.swapaxes(X, -1, -2) @ inv @ X
+    ratio = tilted[..., 0, 1] / jnp.sqrt((1.0 + tilted[..., 0, 0]) * (1.0 + tilted[..., 1, 1]))
+    return 4.0 / math.pi**2 / jnp.sqrt(det) * jnp.arcsin(ratio)
+
+
+def erf_i2(C: Float[Array, "... 2 2"]) -> Float[Array, "..."]:
+    """`E[g'(u) g'(v)] = (2/pi) det(I + C)^(-1/2)` for `g(x) = erf(x / sqrt 2)` (the tilt of
+    `erf_i4` without the last two arguments)."""
+    det = (1.0 + C[..., 0, 0]) * (1.0 + C[..., 1, 1]) - C[..., 0, 1] * C[..., 1, 0]
+    return 2.0 / math.pi / jnp.sqrt(det)
+
+
+def _erf_error_moment(a: Array, s: Array, Q: Array) -> tuple[Array, Array]:
+    """`E[(phi - f)^2 g'(z_i) g'(z_j)]` and `E[g'(z_i) g'(z_j)]` for `phi = sigma = g`.
+
+    `phi - f = sum_u b_u g(z_u)` over the units `u = (*, 1..m)` with `b = (1, -a/m)`: one `I4`
+    per `(i, j, u, v)`, `m^2 (m + 1)^2` of them, on the Gram matrix `[[1, s^T], [s, Q]]`."""
+    m = a.shape[0]
+    G = jnp.block([[jnp.ones((1, 1), Q.dtype), s[None, :]], [s[:, None], Q]])  # (m+1, m+1)
+    b = jnp.concatenate([jnp.ones(1, a.dtype), -a / m])
+    idx = np.arange(1, m + 1)
+    units = np.arange(m + 1)
+    i, j, u, v = np.meshgrid(idx, idx, units, units, indexing="ij")
+    args = np.stack([i, j, u, v], axis=-1)  # (m, m, m+1, m+1, 4)
+    C = G[args[..., :, None], args[..., None, :]]
+    T = jnp.einsum("u,v,ijuv->ij", b, b, erf_i4(C))
+    pair = np.stack(np.meshgrid(idx, idx, indexing="ij"), axis=-1)
+    T3 = erf_i2(G[pair[..., :, None], pair[..., None, :]])
+    return T, T3
