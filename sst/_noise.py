@@ -4,7 +4,8 @@ step][sgd-noise]).
 Online SGD with `B` fresh samples per step and step `eta = tau B / d` adds to the
 finite-dimensional ODE terms of order `tau` built from
 
-`N_ij = a_i a_j ( E[(phi(z*) - f(x))^2 sigma'(z_i) sigma'(z_j)] + noise^2 E[sigma'(z_i) sigma'(z_j)] )`,
+`N_ij = a_i a_j ( E[(phi(z*) - f(x))^2 sigma'(z_i) sigma'(z_j)]
++ noise^2 E[sigma'(z_i) sigma'(z_j)] )`,
 
 `f(x) = (1/m) sum_l a_l sigma(z_l)`, `z_i = <w_i, x>`, `z* = U*^T x`: Gaussian expectations of
 products with at most four distinct neuron arguments and the target's `k` directions, with the
@@ -40,9 +41,7 @@ def noise_supported(problem: Problem) -> bool:
     act, target = problem.activation, problem.target
     if act.is_polynomial:
         return not isinstance(target, Hermite) or target.is_polynomial
-    return (
-        act.closed_form == "erf" and isinstance(target, Hermite) and target.closed_form == "erf"
-    )
+    return act.closed_form == "erf" and isinstance(target, Hermite) and target.closed_form == "erf"
 
 
 def noise_matrix(
@@ -218,7 +217,7 @@ def _polynomial_error_moment(problem: Problem, a: Array, s: Array, Q: Array) -> 
 # ------------------------------------------------------------------------------------------ erf
 
 
-def erf_i4(C: Float[Array, "... 4 4"]) -> Float[Array, "..."]:
+def erf_i4(C: Float[Array, "... 4 4"]) -> Float[Array, ...]:
     """`E[g'(u) g'(v) g(w) g(y)]` for `g(x) = erf(x / sqrt 2)` and `(u, v, w, y)` a centred
     Gaussian vector of covariance `C` (any positive semi-definite `C`; arguments may
     coincide): the committee machine's `I4` (Saad and Solla, Phys. Rev. E 52, 4225 (1995), eq.
@@ -239,19 +238,22 @@ def erf_i4(C: Float[Array, "... 4 4"]) -> Float[Array, "..."]:
     A = C[..., :2, :2]
     X = C[..., :2, 2:]  # (uv, wy)
     det = (1.0 + A[..., 0, 0]) * (1.0 + A[..., 1, 1]) - A[..., 0, 1] * A[..., 1, 0]
-    inv = jnp.stack(
-        [
-            jnp.stack([1.0 + A[..., 1, 1], -A[..., 0, 1]], axis=-1),
-            jnp.stack([-A[..., 1, 0], 1.0 + A[..., 0, 0]], axis=-1),
-        ],
-        axis=-2,
-    ) / det[..., None, None]
+    inv = (
+        jnp.stack(
+            [
+                jnp.stack([1.0 + A[..., 1, 1], -A[..., 0, 1]], axis=-1),
+                jnp.stack([-A[..., 1, 0], 1.0 + A[..., 0, 0]], axis=-1),
+            ],
+            axis=-2,
+        )
+        / det[..., None, None]
+    )
     tilted = C[..., 2:, 2:] - jnp.swapaxes(X, -1, -2) @ inv @ X
     ratio = tilted[..., 0, 1] / jnp.sqrt((1.0 + tilted[..., 0, 0]) * (1.0 + tilted[..., 1, 1]))
     return 4.0 / math.pi**2 / jnp.sqrt(det) * jnp.arcsin(ratio)
 
 
-def erf_i2(C: Float[Array, "... 2 2"]) -> Float[Array, "..."]:
+def erf_i2(C: Float[Array, "... 2 2"]) -> Float[Array, ...]:
     """`E[g'(u) g'(v)] = (2/pi) det(I + C)^(-1/2)` for `g(x) = erf(x / sqrt 2)` (the tilt of
     `erf_i4` without the last two arguments)."""
     det = (1.0 + C[..., 0, 0]) * (1.0 + C[..., 1, 1]) - C[..., 0, 1] * C[..., 1, 0]
