@@ -80,6 +80,7 @@ def _results(procs, tmp_path) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_solve_batch_across_two_processes_equals_one_process(tmp_path):
     procs = _start_two_processes(tmp_path)  # they run while this process solves the reference
     try:

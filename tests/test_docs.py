@@ -29,6 +29,7 @@ def test_api_pages_cover_every_public_name():
     assert not missing, f"public names without an entry in docs/api/*.md: {missing}"
 
 
+@pytest.mark.slow
 def test_docs_build_strict(tmp_path):
     pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e .[docs])")
     pytest.importorskip("mkdocstrings", reason="the docs extra is not installed")

@@ -39,6 +39,7 @@ def test_notebooks_found():
     assert NOTEBOOKS, "no notebooks found under notebooks/"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
 def test_notebook_runs(path, kernel_spec_manager, monkeypatch):
     nb = nbformat.read(path, as_version=4)

@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 _RUNNER = """
@@ -24,6 +26,7 @@ def python_blocks() -> list[str]:
     return re.findall(r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M)
 
 
+@pytest.mark.slow
 def test_readme_python_blocks_run_in_order(tmp_path):
     blocks = python_blocks()
     assert len(blocks) >= 4, "the README lost its examples"
