@@ -1,0 +1,203 @@
+"""The SGD noise matrix and the noisy finite-dimensional ODE (docs: sgd_noise.md).
+
+Independent truths: a tensor Gauss-Hermite rule over all `k + m` Gaussian coordinates after a
+Cholesky factor (exact for polynomials), Monte Carlo, Gauss-Hermite quadrature of the erf
+integrals, and online SGD itself.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.special import erf
+
+import sst
+from sst._noise import erf_i4, noise_matrix
+
+ACTIVATION = sst.Hermite([0.5, 1.0, 0.7, 0.4])
+TARGETS = {
+    1: sst.Hermite([0.2, 1.0, 0.5, 0.3]),
+    3: sst.Target.from_monomials({(1, 0, 0): 1.0, (1, 1, 0): 1.0, (0, 1, 1): 0.5, (0, 0, 2): 0.3}),
+}
+WIDTHS = {1: 3, 3: 2}
+
+
+def _geometry(k, m, d=12, seed=0):
+    """Random unit rows W (m, d) and orthonormal directions U (d, k)."""
+    rng = np.random.default_rng(seed)
+    U = np.linalg.qr(rng.normal(size=(d, k)))[0]
+    W = rng.normal(size=(m, d))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    a = rng.normal(size=m) * 1.5
+    return a, W, U
+
+
+def _gauss_hermite(dim, nodes):
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)
+    w = w / w.sum()
+    grid = np.stack(np.meshgrid(*([x] * dim), indexing="ij"), axis=-1).reshape(-1, dim)
+    weight = np.prod(np.stack(np.meshgrid(*([w] * dim), indexing="ij")), axis=0).reshape(-1)
+    return grid, weight
+
+
+def _per_sample(problem, a, zs, z):
+    """`a_i a_j (e^2 + noise^2) sigma'(z_i) sigma'(z_j)` per sample (numpy), `e = phi - f`."""
+    m = a.shape[0]
+    phi = np.asarray(problem.phi(jnp.asarray(zs)))
+    f = np.asarray(problem.activation(jnp.asarray(z))) @ a / m
+    ds = np.asarray(problem.activation.derivative(jnp.asarray(z))) * a
+    return (
+        ((phi - f) ** 2 + float(problem.noise) ** 2)[:, None, None]
+        * ds[:, :, None]
+        * ds[:, None, :]
+    )
+
+
+def _tensor_rule(problem, a, W, U, nodes):
+    """`N` by a tensor Gauss-Hermite rule in the `k + m` coordinates of `(z*, z)`."""
+    k = U.shape[1]
+    V = np.concatenate([U.T, W])
+    L = np.linalg.cholesky(V @ V.T)
+    xi, weight = _gauss_hermite(V.shape[0], nodes)
+    Z = xi @ L.T
+    return np.einsum("N,Nij->ij", weight, _per_sample(problem, a, Z[:, :k], Z[:, k:]))
+
+
+def _N(problem, a, W, U):
+    S, Q = (jnp.asarray(v) for v in (W @ U, W @ W.T))
+    return np.asarray(noise_matrix(problem, jnp.asarray(a), S, Q))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_polynomial_noise_matrix_matches_a_tensor_gauss_hermite_rule(k):
+    problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
+    a, W, U = _geometry(k, WIDTHS[k])
+    # Degree of (phi - f)^2 sigma' sigma' is at most 2 * 3 + 2 * 2 = 10: 6 nodes are exact.
+    reference = _tensor_rule(problem, a, W, U, nodes=6)
+    N = _N(problem, a, W, U)
+    assert np.max(np.abs(N - reference)) < 1e-12 * np.max(np.abs(reference))
+    assert np.max(np.abs(N - N.T)) < 1e-12 * np.max(np.abs(N))
+
+
+@pytest.mark.parametrize("k", [1, 3, "erf"])
+def test_noise_matrix_within_five_standard_errors_of_monte_carlo(k):
+    if k == "erf":
+        problem, k = sst.Problem(sst.erf(), sst.erf(), 0.1, noise=0.2), 1
+    else:
+        problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
+    a, W, U = _geometry(k, 3, seed=1)
+    x = np.random.default_rng(2).normal(size=(200_000, W.shape[1]))
+    samples = _per_sample(problem, a, x @ U, x @ W.T)
+    mean, se = samples.mean(0), samples.std(0, ddof=1) / math.sqrt(samples.shape[0])
+    z = np.abs(_N(problem, a, W, U) - mean) / se
+    assert z.max() < 5.0, z.max()
+
+
+def test_erf_four_point_function_matches_quadrature_to_1e_10():
+    rng = np.random.default_rng(3)
+    xi, weight = _gauss_hermite(4, 40)
+    for _ in range(3):
+        V = rng.normal(size=(4, 6))
+        V /= np.linalg.norm(V, axis=1, keepdims=True)
+        C = V @ V.T
+        Z = xi @ np.linalg.cholesky(C).T
+        dg = math.sqrt(2 / math.pi) * np.exp(-(Z[:, :2] ** 2) / 2)
+        g = erf(Z[:, 2:] / math.sqrt(2))
+        reference = np.sum(weight * dg[:, 0] * dg[:, 1] * g[:, 0] * g[:, 1])
+        assert abs(float(erf_i4(jnp.asarray(C))) - reference) < 1e-10
+
+
+def test_erf_noise_matrix_matches_quadrature_to_1e_10():
+    problem = sst.Problem(sst.erf(), sst.erf(), 0.1, noise=0.2)
+    a, W, U = _geometry(1, 2, seed=4)
+    reference = _tensor_rule(problem, a, W, U, nodes=60)
+    assert np.max(np.abs(_N(problem, a, W, U) - reference)) < 1e-10
+
+
+def _state(problem, k):
+    a, W, U = _geometry(k, WIDTHS[k], seed=5)
+    init = sst.RandomInit.from_weights(a, W, U if k > 1 else U[:, 0])
+    return init.state, (a, W, U)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_noise_terms_of_the_vector_field(k):
+    problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
+    state, (a, W, U) = _state(problem, k)
+    flow = sst.FiniteDimODE(problem)
+    tau = 0.7
+    noisy = sst.FiniteDimODE(problem, tau=tau)
+    base, rate = flow.rate(0.0, state), noisy.rate(0.0, state)
+    N = _tensor_rule(problem, a, W, U, nodes=6)
+    S, Q = W @ U, W @ W.T
+    dS = np.asarray(rate.s - base.s).reshape(S.shape)
+    np.testing.assert_allclose(dS, -0.5 * tau * np.diag(N)[:, None] * S, rtol=1e-10, atol=1e-13)
+    dQ = np.asarray(rate.Q - base.Q)
+    expected = tau * (N - 0.5 * (np.diag(N)[:, None] + np.diag(N)[None, :]) * Q)
+    np.fill_diagonal(expected, 0.0)
+    np.testing.assert_allclose(dQ, expected, rtol=1e-10, atol=1e-12)
+    assert np.array_equal(np.asarray(rate.a), np.asarray(base.a))
+
+
+def test_tau_zero_is_exactly_the_flow_also_when_traced():
+    problem = sst.Problem(TARGETS[1], ACTIVATION, 0.1)
+    state, _ = _state(problem, 1)
+    model = sst.FiniteDimODE(problem)
+    assert model.parameters()["tau"] == 0.0
+    y, args = model.split(state)
+    flow = model(0.0, y, args)
+    # Under vmap tau is traced: the noise terms are evaluated and multiplied by zero.
+    traced = jax.vmap(lambda tau: model.with_parameters(tau=tau)(0.0, y, args))(jnp.zeros(2))
+    for f, t in zip(flow, traced, strict=True):
+        assert np.array_equal(np.asarray(f), np.asarray(t[0]))
+
+
+def test_bad_tau_and_unsupported_functions_are_refused():
+    problem = sst.Problem(TARGETS[1], ACTIVATION, 0.1)
+    with pytest.raises(ValueError, match="tau .* must be finite and >= 0"):
+        sst.FiniteDimODE(problem, tau=-1.0)
+    with pytest.raises(ValueError, match="tau > 0 needs a polynomial activation"):
+        sst.FiniteDimODE(sst.Problem(TARGETS[1], sst.relu(), 0.1), tau=0.5)
+    sst.FiniteDimODE(sst.Problem(TARGETS[1], sst.relu(), 0.1))  # the flow needs no noise matrix
+
+
+def test_online_sgd_follows_the_noisy_ode_not_the_flow():
+    # tau = eta d / B = 1 at d = 300: the renormalisation shrinks S at the rate (tau/2) N_ii and
+    # the shared component of the steps grows q_ij = Q_ij - S_i . S_j at the rate tau N_ij.
+    d, batch, tau, seeds = 300, 1, 1.0, 24
+    problem = sst.Problem(sst.Hermite([0.0, 1.0, 0.5]), sst.Hermite([0.0, 1.0, 0.5]), 1.0)
+    rng = np.random.default_rng(0)
+    u = np.eye(d)[0]
+    s0 = np.array([0.5, 0.3, -0.4])
+    perp = rng.normal(size=(3, d))
+    perp[:, 0] = 0.0
+    perp /= np.linalg.norm(perp, axis=1, keepdims=True)
+    W = s0[:, None] * u + np.sqrt(1 - s0[:, None] ** 2) * perp
+    init = sst.RandomInit.from_weights(np.array([1.5, -1.0, 1.0]), W, u)
+    ts = np.array([0.0, 0.3])
+    runs = [
+        sst.train(
+            problem,
+            init,
+            ts,
+            eta=tau * batch / d,
+            estimator=sst.OnlineSGD(batch),
+            key=jax.random.key(seed),
+            progress=False,
+        ).state(-1)
+        for seed in range(seeds)
+    ]
+
+    def observables(state):
+        s, Q = np.asarray(state.s), np.asarray(state.Q)
+        q = Q - s[:, None] * s[None, :]
+        return np.concatenate([s, q[np.triu_indices(3, 1)]])
+
+    sgd = np.array([observables(r) for r in runs])
+    mean, se = sgd.mean(0), sgd.std(0, ddof=1) / math.sqrt(seeds)
+    ode = {t: sst.solve(sst.FiniteDimODE(problem, tau=t), init.state, ts) for t in (0.0, tau)}
+    z = {t: (mean - observables(traj.state(-1))) / se for t, traj in ode.items()}
+    assert np.max(np.abs(z[tau])) < 4.0, z[tau]
+    assert np.max(np.abs(z[0.0])) > 10.0, z[0.0]
