@@ -42,6 +42,7 @@ from ._model import (
     ModelTerm as ModelTerm,
     WithDenseJacobian as WithDenseJacobian,
 )
+from ._noise import erf_i4 as erf_i4, noise_matrix as noise_matrix
 from ._optimize import OptimizeResult as OptimizeResult, optimize_activation as optimize_activation
 from ._plot import (
     plot_ode_vs_network as plot_ode_vs_network,
