@@ -639,7 +639,9 @@ def _state(kind, **overrides):
     base.update(overrides)
     k = _k(kind)
     if k is not None:
-        base["s"] = np.asarray(base["s"], dtype=float)[:, None] * np.eye(k)[0]
+        column = np.asarray(base["s"], dtype=float)
+        base["s"] = np.zeros((column.shape[0], k))
+        base["s"][:, 0] = column  # the overlaps on the first direction
     return sst.MeanFieldState(**base)
 
 
