@@ -71,7 +71,9 @@ class FiniteDimODE(AbstractProblemModel):
             )
         if jnp.shape(self.tau) != ():
             raise ValueError(f"tau must be a scalar, got shape {jnp.shape(self.tau)}.")
-        if not is_traced(self.tau) and not (np.isfinite(self.tau) and self.tau >= 0.0):
+        # Checked in numpy: under jit even an operation on a concrete array is staged.
+        tau = None if is_traced(self.tau) else np.asarray(self.tau)
+        if tau is not None and not (np.isfinite(tau) and tau >= 0.0):
             raise ValueError(
                 f"tau (the SGD noise level eta d / B) must be finite and >= 0, got {self.tau}."
             )
