@@ -155,7 +155,7 @@ def solve(
       time), as the learning curve does.
 
     **Supported eps:** `eps >= EPS_MIN` (1e-30); below it `solve` raises `ValueError` before
-    compiling when `eps` is concrete (docs: [limits][limits]). With the default settings issue 12's
+    compiling when `eps` is concrete (docs: [limits][limits]). With the default settings the
     reference problem (degree-4 target, 32 particles, benchmarks/staircase.py) takes 3k steps at
     eps = 1e-8 and 4.6k at 1e-30, a degree-6 target of the same kind 11.7k at 1e-30. What limits
     eps is rounding, not steps: the weights grow to `max |a| ~ 2e12` at 1e-30, and the risk,

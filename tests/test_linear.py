@@ -154,7 +154,13 @@ def test_structured_solve_equals_dense_solve(structure, k, activation, eps, requ
         # stays below 1e-12; the per-particle 4 x 4 blocks are inverted by their adjugate.
         request.applymarker(
             pytest.mark.xfail(
-                strict=True, reason="Schur solve of k = 3 at eps = 1e-10: backward error 3e-11"
+                strict=True,
+                reason=(
+                    "known limitation: for k = 3 at eps = 1e-10 the Schur solve's backward error "
+                    "is 3e-11 (LU's 1e-17; k = 1 stays below 1e-12), from the adjugate inverse of "
+                    "the 4 x 4 per-particle blocks whose a-row carries 1/eps; a pivoted block "
+                    "elimination would remove it"
+                ),
             )
         )
     model = _model(structure, eps, activation, k=k)
