@@ -86,6 +86,44 @@ class TrainingRecord(eqx.Module):
     W: Float[Array, "m d"]
 
 
+class DenseOutput(eqx.Module):
+    """The solver's dense output of a solve (`sst.solve(..., dense=True)`): the state, risk and
+    residuals at any time of the solved interval, to the solver's tolerance.
+
+    Each step's interpolant (third order for `Rodas4`) is kept, so its memory is that of
+    `max_steps` states times the interpolant's coefficients (four states for `Rodas4`).
+
+    **Fields:** `interpolation`, diffrax's `DenseInterpolation` of the solver coordinates;
+    `model`, the model that was solved; `args`, its constant solver arguments.
+    """
+
+    interpolation: Any
+    model: Any
+    args: Any
+
+    def state(self, t: Float[ArrayLike, ""]):
+        """The model's state at time `t`."""
+        return self.model.merge(self.interpolation.evaluate(t), self.args)
+
+    def risk(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
+        """The risk at time `t`."""
+        return self.model.risk(self.state(t))
+
+    def residuals(self, t: Float[ArrayLike, ""]) -> Float[Array, " R"]:
+        """The residuals at time `t`, labelled as `Trajectory.residual_labels`."""
+        return self.model.residuals(self.state(t))
+
+    def risk_rate(self, t: Float[ArrayLike, ""]) -> Float[Array, ""]:
+        """`dR/dt` at time `t`: the risk's derivative along the model's own vector field at the
+        interpolated state (as accurate as the state, unlike the interpolant's derivative)."""
+        y = self.interpolation.evaluate(t)
+        return jax.jvp(
+            lambda y: self.model.risk(self.model.merge(y, self.args)),
+            (y,),
+            (self.model(t, y, self.args),),
+        )[1]
+
+
 class Trajectory(eqx.Module, Generic[State]):
     """A solved (or trained) trajectory, saved at the requested times.
 
@@ -107,6 +145,9 @@ class Trajectory(eqx.Module, Generic[State]):
     - `rtol`, `atol`: the tolerances that produced it (`nan` where the step-size controller
       has none; `None` for a training run).
     - `training`: a `TrainingRecord` for a training run of the network, else `None`.
+    - `dense`: the solver's `DenseOutput` with `sst.solve(..., dense=True)`, else `None`;
+      `learning_times` and `detect_phases` then locate their times on it rather than between
+      saves.
     """
 
     ts: Float[Array, " T"]
@@ -120,6 +161,7 @@ class Trajectory(eqx.Module, Generic[State]):
     rtol: float | None = eqx.field(static=True, default=None)
     atol: float | None = eqx.field(static=True, default=None)
     training: TrainingRecord | None = None
+    dense: DenseOutput | None = None
 
     @property
     def success(self) -> Bool[Array, ""]:

@@ -16,7 +16,7 @@ from ._control import ModelErrorController
 from ._linear import DenseJacobian
 from ._model import AbstractModel, ModelTerm
 from ._rosenbrock import AbstractRosenbrock, Rodas4
-from ._solution import RESULTS, Trajectory, mask_invalid
+from ._solution import RESULTS, DenseOutput, Trajectory, mask_invalid
 from ._validate import check_count, check_times, is_traced, require_x64
 
 
@@ -129,6 +129,7 @@ def solve(
     adjoint: dfx.AbstractAdjoint | None = None,
     throw: bool = True,
     progress: bool = False,
+    dense: bool = False,
 ) -> Trajectory:
     """Integrate `model` from `y0` at `ts[0]` and save at every time in `ts`.
 
@@ -153,6 +154,10 @@ def solve(
       `throw=False` the trajectory is returned with its `result`, NaN rows masked by `valid`.
     - `progress`: show a progress bar; it advances in `log t` (from the first positive save
       time), as the learning curve does.
+    - `dense`: keep the solver's dense output in `Trajectory.dense` (a `DenseOutput`), so
+      that `learning_times` and `detect_phases` locate their times to the solver's tolerance
+      whatever the save grid. It stores every step's interpolant: memory grows with
+      `max_steps` (about 220 MB at 100,000 steps of 32 particles with `Rodas4`).
 
     **Supported eps:** `eps >= EPS_MIN` (1e-30); below it `solve` raises `ValueError` before
     compiling when `eps` is concrete (docs: [limits][limits]). With the default settings the
@@ -197,7 +202,7 @@ def solve(
         # through a ProjectedSolver, so one passed in is not wrapped twice).
         solver = ProjectedSolver(solver)
     traj = _solve(
-        model, y0, ts, solver, controller, dt0, max_steps, options, _tolerances(controller)
+        model, y0, ts, solver, controller, dt0, max_steps, options, _tolerances(controller), dense
     )
     if throw:
         if is_traced(traj.result):
@@ -208,7 +213,9 @@ def solve(
 
 
 @eqx.filter_jit
-def _solve(model, y0, ts, solver, controller, dt0, max_steps, options, tolerances) -> Trajectory:
+def _solve(
+    model, y0, ts, solver, controller, dt0, max_steps, options, tolerances, dense=False
+) -> Trajectory:
     """The solve and everything computed from it, in one compiled program: outside `jit`,
     each array operation on the result would be compiled on its own."""
     y, args = model.split(y0)
@@ -220,7 +227,7 @@ def _solve(model, y0, ts, solver, controller, dt0, max_steps, options, tolerance
         dt0=dt0,
         y0=y,
         args=args,
-        saveat=dfx.SaveAt(ts=ts),
+        saveat=dfx.SaveAt(ts=ts, dense=dense),
         stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
@@ -240,6 +247,7 @@ def _solve(model, y0, ts, solver, controller, dt0, max_steps, options, tolerance
         residual_labels=tuple(model.residual_labels),
         rtol=tolerances[0],
         atol=tolerances[1],
+        dense=DenseOutput(sol.interpolation, model, args) if dense else None,
     )
 
 
