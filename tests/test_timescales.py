@@ -1,10 +1,20 @@
 """Learning times, phases and exponent fits against synthetic curves with known answers."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import synthetic_trajectory
+import scipy.optimize
+from helpers import (
+    CUBIC_ACTIVATION,
+    CUBIC_TARGET,
+    Point,
+    Relaxation,
+    log_grid,
+    synthetic_trajectory,
+)
 
 import sst
 from sst import (
@@ -49,7 +59,9 @@ def test_learning_time_nan_when_not_learned_or_only_rounding():
         axis=1,
     )
     traj = synthetic_trajectory(TS, r)
-    half = learning_times(traj, 0.5)
+    # Only the residual that is carried but not learned warns; the absent one is nan silently.
+    with pytest.warns(UserWarning, match=r"0 not 50% learned by the last valid save t = 1e\+03"):
+        half = learning_times(traj, 0.5)
     assert np.isnan(half[0]) and np.isnan(half[1])
     np.testing.assert_allclose(half[2], 1e-2, rtol=1e-4)
     with pytest.raises(ValueError, match="fraction must lie strictly between 0 and 1"):
@@ -63,11 +75,89 @@ def test_learning_times_read_only_valid_saves():
     valid = TS < 1e-2
     r[~valid] = np.nan
     traj = synthetic_trajectory(TS, r, valid=valid, result=sst.RESULTS.max_steps_reached)
-    half = learning_times(traj, 0.5)
+    with pytest.warns(UserWarning, match="1 not 50% learned by the last valid save t = 0.00996"):
+        half = learning_times(traj, 0.5)
     np.testing.assert_allclose(half[0], 1e-6, rtol=1e-4)
     assert np.isnan(half[1])
     none = synthetic_trajectory(TS, r, valid=np.zeros(TS.size, bool))
     assert np.all(np.isnan(learning_times(none, 0.5)))
+
+
+# Relaxation: residual j is r_j(t) = c_j exp(-d_j t) in closed form (eps = 1); the third starts
+# at its target (nothing to learn).
+DECAY = np.array([1.0, 20.0, 5.0])
+R0 = np.array([1.0, 0.3, 0.0])
+RELAXATION_TS = log_grid(1e-3, 6.0, 10)  # 1.6 saves per decade
+
+
+def _closed_form_risk(t):
+    return 0.5 * np.sum(R0**2 * np.exp(-2 * DECAY * t))
+
+
+def _closed_form_rate(t):
+    # -dR / d log10(t), exactly.
+    return t * np.log(10.0) * np.sum(DECAY * R0**2 * np.exp(-2 * DECAY * t))
+
+
+@pytest.fixture(scope="module")
+def relaxation():
+    model = Relaxation(DECAY, R0, 1.0)
+    return sst.solve(model, Point(jnp.zeros(3)), RELAXATION_TS, dense=True)
+
+
+def test_learning_times_on_the_dense_output_match_the_closed_form(relaxation):
+    # r_j^2 halves at t = ln 2 / (2 d_j), far from any of the few saves.
+    exact = np.log(2.0) / (2 * DECAY[:2])
+    dense = learning_times(relaxation)
+    np.testing.assert_allclose(dense[:2], exact, rtol=1e-6)
+    assert np.isnan(dense[2])
+    # Between saves the same crossings are off by far more than the solver's tolerance.
+    grid = learning_times(dataclasses.replace(relaxation, dense=None))
+    assert np.all(np.abs(grid[:2] / exact - 1) > 1e-3)
+
+
+def test_detect_phases_boundaries_on_the_dense_output_match_the_closed_form(relaxation):
+    # The drop of the risk's two exponentials is where the closed-form rate exceeds 2% of the
+    # total decrease per decade; then the risk keeps falling by orders of magnitude: a descent.
+    ts = RELAXATION_TS[1:]
+    risk = np.array([_closed_form_risk(t) for t in ts])
+    total = risk[0] - risk.min()
+    excess = lambda t: _closed_form_rate(t) / total - 0.02  # noqa: E731
+    start = scipy.optimize.brentq(excess, 1e-4, 1e-2, xtol=1e-15, rtol=1e-14)
+    end = scipy.optimize.brentq(excess, 1.0, 6.0, xtol=1e-15, rtol=1e-14)
+    phases = detect_phases(relaxation)
+    assert [p.kind for p in phases] == ["plateau", "drop", "descent"]
+    drop, descent = phases[1], phases[2]
+    np.testing.assert_allclose([drop.t_start, drop.t_end], [start, end], rtol=1e-6)
+    np.testing.assert_allclose(
+        [drop.risk_start, drop.risk_end],
+        [_closed_form_risk(start), _closed_form_risk(end)],
+        rtol=1e-6,
+    )
+    assert descent.t_start == drop.t_end and descent.t_end == ts[-1]
+    # Without the dense output the boundaries are save times (on this coarse grid the finite
+    # differences put the drop's end at the last save).
+    grid = detect_phases(dataclasses.replace(relaxation, dense=None))
+    assert all(p.t_start in ts and p.t_end in ts for p in grid)
+    assert abs(grid[1].t_start / start - 1) > 1e-3
+
+
+def test_detect_phases_calls_the_final_convergence_a_descent():
+    # The first solve of the README: after the last drop the risk falls from about 5e-3 to
+    # 2e-10 over two and a half decades of time, too slowly for a drop (relative to the total
+    # decrease of 1.6) and far too fast for a plateau.
+    problem = sst.Problem(sst.Hermite(CUBIC_TARGET), sst.Hermite(CUBIC_ACTIVATION), eps=1e-3)
+    y0 = sst.quadrature_particles(32, law="normal")
+    traj = sst.solve(sst.MeanFieldODE(problem), y0, log_grid(1e-6, 100.0, 100))
+    phases = detect_phases(traj)
+    assert [p.kind for p in phases] == ["plateau", "drop", "plateau", "drop", "descent"]
+    last = phases[-1]
+    assert 0.2 < last.t_start < 0.4 and last.t_end == 100.0
+    assert 3e-3 < last.risk_start < 7e-3 and last.risk_end < 1e-9
+    # The plateaus are flat on log time: they lose less than a tenth of their risk.
+    for p in phases:
+        if p.kind == "plateau":
+            assert p.risk_end > 0.9 * p.risk_start
 
 
 def test_analysis_needs_one_trajectory():
