@@ -1,0 +1,568 @@
+"""Online SGD at a finite step against the noisy finite-dimensional ODE and against the flow.
+
+Part 1 (the noise terms): online SGD as `sst.train(..., estimator=sst.OnlineSGD(B))` runs it
+(float32, 16 seeds vmapped over the step of `sst.train`, one shared initial point; seed 0 is
+checked against `sst.train` itself) against `sst.FiniteDimODE(problem, tau=tau)` (the noisy ODE,
+`tau = eta d / B`) and `tau = 0` (the flow), from the same `(a, S, Q)`. Activation
+`h1 + h2/2 + h3/2`; targets: the single-index `h1 + h2 + h3` at m = 4, and the staircase
+`z1 + z1 z2` (k = 2) at m = 8. The initial point is the same at every d: `a` uniform in
+[-2, 2], overlaps `S` uniform in [-0.3, 0.3], perpendicular parts orthonormal (`Q_ij = S_i . S_j`).
+B = 1, t in [0, 0.5], d = 500, 2000, 8000, tau = 0.1, 0.5, 2, eps = 0.1 and 1e-2. A point is kept
+only inside the conditions of the docs (`d >> tau m / eps`: `tau m / (eps d) <= 0.5`; the fast
+layer's stability: `tau B U(1) / (eps d) <= 0.2`) and the CPU budget (`steps x d <= 7e7`:
+d = 8000 at tau = 0.1 would take about 10 minutes a point; d = 8000 only at eps = 1e-2); the
+others are listed. Each point
+prints the SGD cost (`steps = t_max d / (tau B)`), the sup-norm error of the seed-mean risk
+against each ODE, the standard error there, and the largest error of the mean `(S, Q)`. The ODEs
+use diffrax Tsit5 at rtol 1e-8, atol 1e-10 (at these eps the noisy problem is not stiff).
+
+Part 2 (the 4-point expectations): `sst.erf_i4` against the published closed form of the
+committee machine's `I4` (Saad and Solla 1995, eq. (A5), its Lambda's) on random covariances;
+`sst.noise_matrix` against Monte Carlo (2e5 samples, label noise 0.3) for a polynomial
+activation and the k = 2 staircase target at random `(a, S, Q)`.
+
+Part 3 (the staircase under SGD): m = 8, `a(0)` uniform in [-1, 1], overlaps from
+`sst.random_init` at d = 150 (small and random), target `h1 + h2 + h3 + h4`, activation
+`h0/2 + h1 + h2 + h3 + h4`. The noisy ODE (Tsit5, rtol 1e-6, atol 1e-8) gives the half-learning
+time of each degree against eps at tau = 0.001, 0.003, to t_max = 100. Smaller eps learns
+faster here, so a degree "stops being learned" above an eps (its half-learning time exceeds
+t_max). For degree 3 at tau = 0.003, SGD (16 seeds, B = 20, d = 150, the largest d this shared
+CPU affords to t = 10: 1.2e9 normals a point) runs at the two grid eps that bracket the prediction;
+both thresholds are read at the SGD's horizon t = 10.
+
+RESULT keys: `noisy_sup_err_d8000` and `flow_sup_err_d8000`, the largest sup-norm error of the
+noisy ODE and of the flow over the target points (tau = 0.5, 2, eps = 1e-2) at the largest d;
+`noisy_within`, whether each target point's noisy error is <= 0.01 + 2 SE; `err_ratio_d500_d8000`,
+the noisy ODE's error at d = 500 over that at the largest d, at the target points kept at both;
+`i4_erf_max_diff`; `mc_z_max`, the largest |Monte Carlo - exact| / SE; `stop_eps_pred` and
+`stop_eps_sgd`, the thresholds of part 3; `solve_s`, the wall time of a noisy solve at m = 8,
+k = 2, eps = 1e-2, tau = 0.5 after compilation. `--quick` (about two minutes of CPU) runs part 1
+at d = 500 and 2000 (keys still named d8000), tau = 0.5, 2, eps = 1e-2, and part 3's ODE at two
+eps without its SGD (`stop_eps_sgd=nan`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import pathlib
+import time
+import warnings
+
+import diffrax as dfx
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+from _common import Record, best_of, device_header, print_result
+
+import sst
+import sst._train as sst_train
+
+jax.config.update("jax_enable_x64", True)
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+SIGMA = sst.Hermite([0.0, 1.0, 0.5, 0.5])
+TARGETS = {
+    "h1+h2+h3": (sst.Hermite([0.0, 1.0, 1.0, 1.0]), 4),
+    "z1+z1z2": (sst.Target.from_monomials([((1, 0), 1.0), ((1, 1), 1.0)]), 8),
+}
+SEEDS = 16
+BATCH = 1
+T_MAX = 0.5
+C_A, C_FAST = 0.5, 0.2  # the bounds that make "<<" of the two conditions concrete
+COST_MAX = 7e7  # steps x d a point may cost (d = 8000 at tau = 0.5 is 6.4e7)
+ODE = dict(solver=dfx.Tsit5(), rtol=1e-8, atol=1e-10)
+
+ST_TARGET = sst.Hermite([0.0, 1.0, 1.0, 1.0, 1.0])
+ST_SIGMA = sst.Hermite([0.5, 1.0, 1.0, 1.0, 1.0])
+ST_M, ST_D, ST_BATCH, ST_T_SGD, ST_T_MAX = 8, 150, 20, 10.0, 100.0
+ST_ODE = dict(solver=dfx.Tsit5(), rtol=1e-6, atol=1e-8, max_steps=400_000, throw=False)
+
+
+# --------------------------------------------------------------------------- online SGD, vmapped
+
+
+@eqx.filter_jit
+def _advance(estimator, sim, a, W, U, keys, start, n_steps, eta):
+    """`sst.train`'s steps for every seed at once (each seed's own key, same record grid)."""
+
+    def one(a, W, key):
+        return sst_train._advance(estimator, sim, a, W, U, None, key, start, n_steps, eta)
+
+    return jax.vmap(one)(a, W, keys)
+
+
+@eqx.filter_jit
+def _observe(problem, sim, a, W, U):
+    state, risk, residuals, _ = jax.vmap(
+        lambda a, W: sst_train._observe(problem, sim, a, W, U, None)
+    )(a, W)
+    return state, risk, residuals
+
+
+def sgd_seeds(problem, init, ts, eta, batch, seeds, key):
+    """Online SGD from `init` for `seeds` keys split off `key`, exactly as `sst.train(...,
+    estimator=sst.OnlineSGD(batch), key=k, dtype=jnp.float32)` for each key `k`: the record
+    times (rounded to whole steps), and per seed the states, risks and residuals."""
+    steps = sst_train._record_steps(np.asarray(ts, float), eta)
+    sim = sst_train._cast(problem, jnp.float32)
+    a, W, U = (jnp.asarray(v, jnp.float32) for v in (init.state.a, init.W, init.U))
+    keys = jax.random.split(key, seeds)
+    step_keys = jax.vmap(lambda k: jax.random.split(k)[0])(keys)  # as sst.train splits its key
+    a, W = jnp.broadcast_to(a, (seeds,) + a.shape), jnp.broadcast_to(W, (seeds,) + W.shape)
+    estimator = sst.OnlineSGD(batch)
+    eta_d = jnp.asarray(eta, jnp.float32)
+    records = [_observe(problem, sim, a, W, U)]
+    for start, stop in zip(steps[:-1], steps[1:], strict=True):
+        a, W = _advance(
+            estimator, sim, a, W, U, step_keys, jnp.asarray(start), jnp.asarray(stop - start), eta_d
+        )
+        records.append(_observe(problem, sim, a, W, U))
+    states, risk, residuals = jax.tree_util.tree_map(lambda *r: jnp.stack(r, axis=1), *records)
+    return steps * eta, keys, states, np.asarray(risk), np.asarray(residuals)
+
+
+def mean_se(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return x.mean(0), x.std(0, ddof=1) / math.sqrt(x.shape[0])
+
+
+# ------------------------------------------------------------------------------ part 1: the noise
+
+
+def fixed_init(k: int, m: int, d: int) -> sst.RandomInit:
+    """The same `(a, S, Q)` at every d: perpendicular parts along orthonormal coordinates."""
+    rng = np.random.default_rng(1)
+    a = rng.uniform(-2.0, 2.0, m)
+    S = rng.uniform(-0.3, 0.3, (m, k))
+    U = np.eye(d, k)
+    W = S @ U.T + np.sqrt(1.0 - np.sum(S**2, axis=1))[:, None] * np.eye(d)[k : k + m]
+    return sst.RandomInit.from_weights(a, W, U if k > 1 else U[:, 0])
+
+
+def conditions(problem, tau: float, m: int, d: int, batch: int) -> tuple[float, float]:
+    eps = float(problem.eps)
+    return tau * m / (eps * d), tau * batch * float(problem.U(1.0)) / (eps * d)
+
+
+def compare_point(name, eps, tau, d, key):
+    target, m = TARGETS[name]
+    problem = sst.Problem(target, SIGMA, eps)
+    init = fixed_init(problem.k, m, d)
+    eta = tau * BATCH / d
+    ts = np.linspace(0.0, T_MAX, 26)
+    start = time.perf_counter()
+    ts, _, states, risk, _ = sgd_seeds(problem, init, ts, eta, BATCH, SEEDS, key)
+    wall = time.perf_counter() - start
+    mean, se = mean_se(risk)
+    S_mean = np.asarray(states.s).mean(0)
+    Q_mean = np.asarray(states.Q).mean(0)
+    out = {"wall": wall, "ts": ts, "mean": mean, "se": se}
+    for label, t in (("noisy", tau), ("flow", 0.0)):
+        traj = sst.solve(sst.FiniteDimODE(problem, tau=t), init.state, ts, **ODE)
+        diff = np.abs(mean - np.asarray(traj.risk))
+        i = int(np.argmax(diff))
+        out[label] = {
+            "err": float(diff[i]),
+            "se": float(se[i]),
+            "sq": float(
+                max(
+                    np.max(np.abs(S_mean - np.asarray(traj.ys.s))),
+                    np.max(np.abs(Q_mean - np.asarray(traj.ys.Q))),
+                )
+            ),
+            "risk": np.asarray(traj.risk),
+        }
+    return out
+
+
+def part1(ds, taus, epss, key):
+    print(
+        f"part 1: online SGD (float32, {SEEDS} seeds, B = {BATCH}, t in [0, {T_MAX}]) against the "
+        "noisy ODE and the flow (Tsit5, rtol 1e-8, atol 1e-10)"
+    )
+    print(
+        f"{'target':>9} {'m':>2} {'eps':>6} {'tau':>4} {'d':>5} {'steps':>7} "
+        f"{'sgd s':>6} {'noisy err':>9} {'SE':>7} {'flow err':>8} {'SE':>7} "
+        f"{'noisy S,Q':>9} {'flow S,Q':>8}"
+    )
+    rows, dropped = [], []
+    for name, (target, m) in TARGETS.items():
+        for eps in epss:
+            problem = sst.Problem(target, SIGMA, eps)
+            for tau in taus:
+                for d in ds:
+                    if eps != min(epss) and d == max(ds) and len(ds) > 2:
+                        continue  # the largest d only where the targets are (CPU budget)
+                    steps = int(round(T_MAX * d / (tau * BATCH)))
+                    c_a, c_fast = conditions(problem, tau, m, d, BATCH)
+                    why = []
+                    if c_a > C_A:
+                        why.append(f"tau m/(eps d) = {c_a:.2g} > {C_A}")
+                    if c_fast > C_FAST:
+                        why.append(f"tau B U(1)/(eps d) = {c_fast:.2g} > {C_FAST}")
+                    if steps * d > COST_MAX:
+                        why.append(f"cost steps x d = {steps * d:.1e} > {COST_MAX:.1e}")
+                    point = dict(target=name, m=m, eps=eps, tau=tau, d=d, steps=steps)
+                    if why:
+                        dropped.append(point | {"why": "; ".join(why)})
+                        continue
+                    r = compare_point(name, eps, tau, d, key)
+                    rows.append(point | r)
+                    n, f = r["noisy"], r["flow"]
+                    print(
+                        f"{name:>9} {m:>2} {eps:>6g} {tau:>4g} {d:>5} {steps:>7} "
+                        f"{r['wall']:>6.1f} {n['err']:>9.4f} {n['se']:>7.4f} {f['err']:>8.4f} "
+                        f"{f['se']:>7.4f} {n['sq']:>9.4f} {f['sq']:>8.4f}",
+                        flush=True,
+                    )
+    print("dropped points (outside the conditions or the CPU budget):")
+    for p in dropped:
+        print(
+            f"  {p['target']:>9} m={p['m']} eps={p['eps']:g} tau={p['tau']:g} d={p['d']} "
+            f"steps={p['steps']}: {p['why']}"
+        )
+    return rows
+
+
+def check_against_train(key) -> float:
+    """Seed 0 of `sgd_seeds` against `sst.train` itself (a small point)."""
+    problem = sst.Problem(TARGETS["h1+h2+h3"][0], SIGMA, 1e-2)
+    init = fixed_init(1, 4, 200)
+    ts = np.linspace(0.0, 0.1, 3)
+    _, keys, _, risk, _ = sgd_seeds(problem, init, ts, 0.5 / 200, 1, 2, key)
+    run = sst.train(
+        problem,
+        init,
+        ts,
+        eta=0.5 / 200,
+        estimator=sst.OnlineSGD(1),
+        key=keys[0],
+        dtype=jnp.float32,
+        progress=False,
+    )
+    return float(np.max(np.abs(np.asarray(run.risk) - risk[0])))
+
+
+# ------------------------------------------------------------------ part 2: 4-point expectations
+
+
+def saad_solla_i4(C: np.ndarray) -> float:
+    """The committee machine's `I4` as published (Saad and Solla 1995, eq. (A5)), from the
+    covariance `C` of `(u, v, w, y)` (indices 1..4 there)."""
+    c = lambda i, j: C[i - 1, j - 1]  # noqa: E731
+    lam4 = (1 + c(1, 1)) * (1 + c(2, 2)) - c(1, 2) ** 2
+    lam0 = (
+        lam4 * c(3, 4)
+        - c(2, 3) * c(2, 4) * (1 + c(1, 1))
+        - c(1, 3) * c(1, 4) * (1 + c(2, 2))
+        + c(1, 2) * c(1, 3) * c(2, 4)
+        + c(1, 2) * c(1, 4) * c(2, 3)
+    )
+    lam1 = lam4 * (1 + c(3, 3)) - c(2, 3) ** 2 * (1 + c(1, 1)) - c(1, 3) ** 2 * (1 + c(2, 2))
+    lam1 += 2 * c(1, 2) * c(1, 3) * c(2, 3)
+    lam2 = lam4 * (1 + c(4, 4)) - c(2, 4) ** 2 * (1 + c(1, 1)) - c(1, 4) ** 2 * (1 + c(2, 2))
+    lam2 += 2 * c(1, 2) * c(1, 4) * c(2, 4)
+    return 4 / np.pi**2 / np.sqrt(lam4) * np.arcsin(lam0 / np.sqrt(lam1 * lam2))
+
+
+def i4_check(n: int = 200) -> float:
+    rng = np.random.default_rng(0)
+    worst = 0.0
+    for _ in range(n):
+        X = rng.normal(size=(4, 6)) * rng.uniform(0.2, 1.5, size=(4, 1))
+        C = X @ X.T / 6
+        worst = max(worst, abs(float(sst.erf_i4(jnp.asarray(C))) - saad_solla_i4(C)))
+    return worst
+
+
+def mc_check(samples: int = 200_000, m: int = 4) -> float:
+    target = TARGETS["z1+z1z2"][0]
+    problem = sst.Problem(target, SIGMA, 1e-2, 0.3)
+    rng = np.random.default_rng(2)
+    k, dim = problem.k, problem.k + m + 2
+    W = rng.normal(size=(m, dim))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    a = rng.normal(size=m) * 1.5
+    S, Q = W[:, :k], W @ W.T
+    exact = np.asarray(sst.noise_matrix(problem, jnp.asarray(a), jnp.asarray(S), jnp.asarray(Q)))
+    x = jax.random.normal(jax.random.key(3), (samples, dim))
+    z = x @ W.T
+    e = problem.phi(x[:, :k]) - SIGMA(z) @ a / m
+    g = a * SIGMA.derivative(z)  # a_i sigma'(z_i)
+    values = np.asarray(
+        (e**2 + problem.noise**2)[:, None, None] * g[:, :, None] * g[:, None, :]
+    ).reshape(samples, -1)
+    mean, se = mean_se(values)
+    return float(np.max(np.abs(mean - exact.ravel()) / se))
+
+
+# ------------------------------------------------------------------ part 3: staircase under SGD
+
+
+def st_setup(eps, tau):
+    problem = sst.Problem(ST_TARGET, ST_SIGMA, eps)
+    init = sst.random_init(jax.random.key(7), ST_M, ST_D, a_scale=1.0, a_law="uniform")
+    return problem, init, sst.FiniteDimODE(problem, tau=tau)
+
+
+def half_times(ts: np.ndarray, r2: np.ndarray) -> np.ndarray:
+    """Per degree (columns of `r2`, a curve of squared residuals), the first time `r^2` falls to
+    half its initial value, linear in log t between saves; inf where it never does."""
+    out = np.full(r2.shape[1], np.inf)
+    for j in range(r2.shape[1]):
+        ratio = r2[:, j] / r2[0, j] if r2[0, j] > 0 else np.zeros(len(ts))
+        below = np.nonzero(ratio <= 0.5)[0]
+        if below.size and below[0] > 0:
+            i = below[0]
+            lt = np.log(ts[i - 1 : i + 1])
+            f = (ratio[i - 1] - 0.5) / (ratio[i - 1] - ratio[i])
+            out[j] = float(np.exp(lt[0] + f * (lt[1] - lt[0])))
+    return out
+
+
+def st_ts(t_max):
+    return np.concatenate([[0.0], np.geomspace(1e-3, t_max, 120)])
+
+
+def st_ode_times(eps, tau, t_max=ST_T_MAX):
+    problem, init, model = st_setup(eps, tau)
+    ts = st_ts(t_max)
+    traj = sst.solve(model, init.state, ts, **ST_ODE)
+    valid = np.asarray(traj.valid)
+    r2 = np.asarray(traj.residuals)[valid] ** 2
+    return half_times(ts[valid], r2)
+
+
+def stop_eps(eps_grid, times, degree, t_max):
+    """On an increasing eps grid: the geometric mean of the first pair (learned by `t_max`, not
+    learned) of neighbours, and the index of the pair's first member (nan, -1 if none). Smaller
+    eps learns faster here (the weights outrun the noise), so a degree stops being learned
+    above the threshold."""
+    learned = times[:, degree] <= t_max
+    for i in range(len(eps_grid) - 1):
+        if learned[i] and not learned[i + 1]:
+            return math.sqrt(eps_grid[i] * eps_grid[i + 1]), i
+    return float("nan"), -1
+
+
+def bisect_stop(eps_lo, eps_hi, tau, degree, t_max, n=3):
+    """Refine the ODE's threshold between a learned `eps_lo` and an unlearned `eps_hi`."""
+    for _ in range(n):
+        mid = math.sqrt(eps_hi * eps_lo)
+        if st_ode_times(mid, tau, t_max)[degree] <= t_max:
+            eps_lo = mid
+        else:
+            eps_hi = mid
+    return math.sqrt(eps_hi * eps_lo)
+
+
+def part3(taus, eps_grid, sgd_tau, sgd_degree, run_sgd, key, figure):
+    print(
+        f"part 3: staircase h1+h2+h3+h4, sigma = h0/2+h1+..+h4, m = {ST_M}, a(0) uniform in "
+        f"[-1, 1], overlaps of sst.random_init at d = {ST_D}; noisy ODE by Tsit5 (rtol 1e-6, "
+        f"atol 1e-8) to t = {ST_T_MAX:g}; half-learning times (inf: not learned by t_max)"
+    )
+    print(f"{'tau':>6} {'eps':>7} " + " ".join(f"{'t_' + str(k):>8}" for k in range(1, 5)))
+    table = {}
+    for tau in taus:
+        table[tau] = np.array([st_ode_times(eps, tau) for eps in eps_grid])
+        for eps, t in zip(eps_grid, table[tau], strict=True):
+            print(f"{tau:>6g} {eps:>7.3g} " + " ".join(f"{x:>8.3g}" for x in t[1:5]), flush=True)
+    print(f"ODE: first eps (upwards) above which a degree is not learned by t = {ST_T_MAX:g}")
+    for tau in taus:
+        cells = [
+            f"degree {k}: {stop_eps(eps_grid, table[tau], k, ST_T_MAX)[0]:.3g}" for k in (2, 3, 4)
+        ]
+        print(f"  tau = {tau:g}: " + ", ".join(cells))
+
+    # The prediction at the SGD's horizon, refined by bisection, then SGD at the two grid eps
+    # that bracket it.
+    coarse, i = stop_eps(eps_grid, table[sgd_tau], sgd_degree, ST_T_SGD)
+    if i < 0:
+        print(f"no threshold of degree {sgd_degree} at tau = {sgd_tau:g} on the eps grid")
+        return float("nan"), float("nan"), table, None
+    pred = bisect_stop(eps_grid[i], eps_grid[i + 1], sgd_tau, sgd_degree, ST_T_SGD)
+    print(
+        f"predicted threshold of degree {sgd_degree} at tau = {sgd_tau:g}, t_max = {ST_T_SGD:g} "
+        f"(the SGD's horizon): eps = {pred:.3g} (grid midpoint {coarse:.3g})"
+    )
+    if not run_sgd:
+        print("SGD of part 3 skipped (--quick)")
+        return pred, float("nan"), table, None
+    bracket = [float(eps_grid[i]), float(eps_grid[i + 1])]
+    print(
+        f"SGD: {SEEDS} seeds, B = {ST_BATCH}, d = {ST_D}, tau = {sgd_tau:g}, to t = {ST_T_SGD:g}; "
+        "half-learning times of the seed-mean r_l^2 (and the noisy ODE's)"
+    )
+    print(
+        f"{'eps':>7} {'steps':>7} {'tau m/(eps d)':>13} {'tau B U(1)/(eps d)':>18} {'sgd s':>6} "
+        + " ".join(f"{'t_' + str(k):>8}" for k in range(1, 5))
+        + " "
+        + " ".join(f"{'ode t_' + str(k):>8}" for k in range(1, 5))
+    )
+    sgd_times = []
+    eta = sgd_tau * ST_BATCH / ST_D
+    for eps in bracket:
+        problem, init, _ = st_setup(eps, sgd_tau)
+        start = time.perf_counter()
+        ts, _, _, _, res = sgd_seeds(problem, init, st_ts(ST_T_SGD), eta, ST_BATCH, SEEDS, key)
+        wall = time.perf_counter() - start
+        t_sgd = half_times(ts, (res**2).mean(0))
+        t_ode = st_ode_times(eps, sgd_tau, ST_T_SGD)
+        sgd_times.append(t_sgd)
+        c_a, c_fast = conditions(problem, sgd_tau, ST_M, ST_D, ST_BATCH)
+        print(
+            f"{eps:>7.3g} {int(round(ST_T_SGD / eta)):>7} {c_a:>13.3g} {c_fast:>18.3g} "
+            f"{wall:>6.1f} "
+            + " ".join(f"{x:>8.3g}" for x in t_sgd[1:5])
+            + " "
+            + " ".join(f"{x:>8.3g}" for x in t_ode[1:5]),
+            flush=True,
+        )
+    measured, _ = stop_eps(np.array(bracket), np.array(sgd_times), sgd_degree, ST_T_SGD)
+    print(
+        f"SGD threshold of degree {sgd_degree}: eps = {measured:.3g} (midpoint of the bracket "
+        f"where SGD learns it at the lower eps and not at the upper; nan if it does not), "
+        f"predicted {pred:.3g}"
+    )
+    if figure is not None:
+        fig, axes = plt.subplots(1, len(taus), figsize=(4 * len(taus), 3.6), sharey=True)
+        for ax, tau in zip(np.atleast_1d(axes), taus, strict=True):
+            for k in range(1, 5):
+                times = np.minimum(table[tau][:, k], 2 * ST_T_MAX)  # not learned: drawn at 2 t_max
+                ax.loglog(eps_grid, times, "o-", ms=3, color=f"C{k - 1}", label=f"degree {k}")
+                if tau == sgd_tau:
+                    ax.loglog(
+                        bracket,
+                        [min(t[k], 2 * ST_T_MAX) for t in sgd_times],
+                        "x",
+                        color=f"C{k - 1}",
+                        ms=8,
+                    )
+            ax.axhline(ST_T_MAX, color="k", ls=":", lw=0.8)
+            ax.axhline(ST_T_SGD, color="grey", ls=":", lw=0.8)
+            ax.set_xlabel(r"$\varepsilon$")
+            ax.set_title(f"tau = {tau:g}")
+        np.atleast_1d(axes)[0].set_ylabel("half-learning time (2 t_max: never)")
+        np.atleast_1d(axes)[0].legend(fontsize=7)
+        fig.suptitle(
+            f"noisy ODE (lines; Tsit5 rtol 1e-6 atol 1e-8, t <= {ST_T_MAX:g}); SGD (x; {SEEDS} "
+            f"seeds, d = {ST_D}, B = {ST_BATCH}, t <= {ST_T_SGD:g}; never learned: drawn at "
+            f"{2 * ST_T_MAX:g})",
+            fontsize=8,
+        )
+        fig.tight_layout()
+        fig.savefig(figure, dpi=130)
+        plt.close(fig)
+    return pred, measured, table, sgd_times
+
+
+# ---------------------------------------------------------------------------------------- main
+
+
+def risk_figure(rows, d, path):
+    chosen = [r for r in rows if r["d"] == d and r["eps"] == 1e-2 and r["tau"] in (0.5, 2.0)]
+    if not chosen:
+        return
+    fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 3.4), sharey=False)
+    for ax, r in zip(np.atleast_1d(axes), chosen, strict=True):
+        ax.plot(r["ts"], r["flow"]["risk"], "k--", label="flow (tau = 0)")
+        ax.plot(r["ts"], r["noisy"]["risk"], "C1", label="noisy ODE")
+        ax.errorbar(r["ts"], r["mean"], 2 * r["se"], fmt=".", color="C0", ms=3, label="SGD ± 2 SE")
+        ax.set_title(f"{r['target']}, m = {r['m']}, tau = {r['tau']:g}", fontsize=9)
+        ax.set_xlabel("t")
+    np.atleast_1d(axes)[0].set_ylabel("population risk")
+    np.atleast_1d(axes)[0].legend(fontsize=7)
+    fig.suptitle(
+        f"online SGD (float32, {SEEDS} seeds, B = 1, d = {d}, eps = 1e-2) against the ODEs "
+        "(Tsit5, rtol 1e-8, atol 1e-10)",
+        fontsize=9,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="smaller d and grids, about a minute")
+    args = parser.parse_args()
+    record = Record(__file__, __doc__, "quick" if args.quick else "full")
+    print(device_header())
+    warnings.simplefilter("ignore", RuntimeWarning)  # learning_times' "not learned" warnings
+    key = jax.random.key(0)
+
+    i4 = i4_check()
+    mc = mc_check()
+    print(f"erf I4 against Saad and Solla's closed form, 200 random covariances: max diff {i4:.1e}")
+    print(f"noise_matrix against Monte Carlo (2e5 samples): max |z| = {mc:.2f}")
+    print(f"vmapped SGD seed 0 against sst.train: max risk diff {check_against_train(key):.1e}")
+
+    if args.quick:
+        ds, taus, epss = (500, 2000), (0.5, 2.0), (1e-2,)
+    else:
+        ds, taus, epss = (500, 2000, 8000), (0.1, 0.5, 2.0), (0.1, 1e-2)
+    rows = part1(ds, taus, epss, key)
+    d_max = max(ds)
+    goal = [r for r in rows if r["eps"] == 1e-2 and r["tau"] in (0.5, 2.0)]
+    top = [r for r in goal if r["d"] == d_max]
+    noisy = max(r["noisy"]["err"] for r in top)
+    flow = max(r["flow"]["err"] for r in top)
+    within = all(
+        r["noisy"]["err"] <= 0.01 + 2 * r["noisy"]["se"] for r in top if r["flow"]["err"] >= 0.05
+    )
+    ratios = []
+    for r in goal:
+        if r["d"] == min(ds):
+            big = [s for s in top if (s["target"], s["tau"]) == (r["target"], r["tau"])]
+            if big:
+                ratios.append(r["noisy"]["err"] / big[0]["noisy"]["err"])
+                print(
+                    f"{r['target']} tau = {r['tau']:g}: noisy error d = {min(ds)} / d = {d_max}: "
+                    f"{ratios[-1]:.2f}"
+                )
+    ratio = min(ratios) if ratios else float("nan")
+
+    # A noisy solve at m = 8, k = 2, eps = 1e-2 after compilation.
+    problem = sst.Problem(TARGETS["z1+z1z2"][0], SIGMA, 1e-2)
+    init = fixed_init(2, 8, 100)
+    model = sst.FiniteDimODE(problem, tau=0.5)
+    ts = np.linspace(0.0, T_MAX, 26)
+    solve_s, traj = best_of(lambda: sst.solve(model, init.state, ts, **ODE).risk)
+    print(f"noisy solve, m = 8, k = 2, eps = 1e-2, tau = 0.5, t <= {T_MAX}, Tsit5: {solve_s:.2f} s")
+
+    figures = None if args.quick else ROOT / "docs" / "benchmarks"
+    if figures is not None:
+        risk_figure(rows, d_max, figures / "sgd_noise_risk.png")
+        risk_figure(rows, d_max, ROOT / "docs" / "figures" / "sgd_noise.png")
+    if args.quick:
+        st = dict(taus=(0.003,), eps_grid=np.array([0.03, 0.1]), run_sgd=False)
+    else:
+        st = dict(taus=(0.001, 0.003), eps_grid=np.geomspace(0.03, 0.24, 4), run_sgd=True)
+    pred, measured, _, _ = part3(
+        st["taus"],
+        st["eps_grid"],
+        0.003,
+        3,
+        st["run_sgd"],
+        key,
+        None if figures is None else figures / "sgd_noise_staircase.png",
+    )
+    fields = {
+        "noisy_sup_err_d8000": f"{noisy:.4f}",
+        "flow_sup_err_d8000": f"{flow:.4f}",
+        "noisy_within": str(within),
+        "err_ratio_d500_d8000": f"{ratio:.2f}",
+        "i4_erf_max_diff": f"{i4:.1e}",
+        "mc_z_max": f"{mc:.2f}",
+        "stop_eps_pred": f"{pred:.3g}",
+        "stop_eps_sgd": f"{measured:.3g}",
+        "solve_s": f"{solve_s:.2f}",
+    }
+    print_result(fields, record)
+
+
+if __name__ == "__main__":
+    main()
