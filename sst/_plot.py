@@ -13,13 +13,18 @@ Residual labels are named by `sst.label_name` (`degree 2`, `z1 z2`).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Sequence
+
+import equinox as eqx
+import jax
 
 # No backend is forced here: notebooks keep their inline backend, and headless runs fall back
 # to Agg by themselves.
 import matplotlib.pyplot as plt
 import numpy as np
 from jaxtyping import ArrayLike, Float
+from matplotlib.lines import Line2D
 
 from ._problem import AbstractProblemModel
 from ._solution import RESULTS, Trajectory
@@ -74,19 +79,25 @@ def plot_risk(
     model: AbstractProblemModel | None = None,
     labels: Sequence[Hashable] | None = None,
 ):
-    """Risk and squared residuals `r_alpha^2 / 2` against log time (docs: [time
-    scales][time-scales]).
+    """Risk and squared residuals `r_alpha^2 / 2` against log time, down to the risk's
+    rounding floor (docs: [time scales][time-scales]).
 
     One line per residual label (a degree `(l,)`, or a multi-index of a target of `k`
     directions), named by `sst.label_name`: by default every label of degree `|alpha| <=
     max_degree` carried at the start or learned later, and one line for the sum over the labels
     of higher degree, if any (a ReLU target has 33 degrees); with `labels`, exactly those (each
     must be in `traj.residual_labels`). Labels that are zero up to rounding are left out.
-    Half-learning times are dotted vertical lines in each label's colour (in the legend); with
-    `phases=True` the drops found by `detect_phases` are shaded grey (the plateaus are the
-    unshaded rest). The vertical range shows every valid point of every drawn curve. The title
-    states the problem (target, activation, eps) when its `model` is given, and the solver
-    tolerances, unless `title` is given.
+    Half-learning times (`r_alpha^2` halved, `sst.learning_times`) are dotted vertical lines in
+    each label's colour; with `phases=True` the drops and descents found by `detect_phases` are
+    shaded (the plateaus are the unshaded rest).
+
+    The rounding floor is drawn dashed and the vertical axis stops just below it: values under
+    it are rounding noise. It is twice `model.risk_rounding_error` along the trajectory for a
+    model that has one (`MeanFieldODE` with a polynomial activation), else `16 u max R` (`u` the
+    unit roundoff), the rounding of the risk itself. `model` defaults to that of the dense
+    output (`sst.solve(..., dense=True)`); given, it also puts the problem (target, activation,
+    eps) in the title, which states the solver tolerances unless `title` is given. The legend
+    sits outside the axes, one entry per quantity.
 
     **Returns:** the matplotlib figure.
     """
@@ -99,13 +110,16 @@ def plot_risk(
                 f"labels: {unknown[0]!r} is not a residual label of the trajectory; pick from "
                 "traj.residual_labels."
             )
-    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(6.4, 4.2))
+    fig, ax = (ax.figure, ax) if ax is not None else plt.subplots(figsize=(8.0, 4.4))
     valid = _valid_positive(traj)
     ts = np.asarray(traj.ts)[valid]
     risk = np.asarray(traj.risk)[valid]
-    ax.loglog(ts, risk, color="k", lw=2, label="risk")
+    floor = _rounding_floor(traj, model if model is not None else _dense_model(traj))[valid]
+    ax.loglog(ts, risk, color="k", lw=2, label="risk $R$")
     r2 = 0.5 * np.asarray(traj.residuals)[valid] ** 2
-    t_half = learning_times(traj, 0.5)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # a residual not yet learned: no line
+        t_half = learning_times(traj, 0.5)
     if labels is None:
         shown = _carried(traj) | np.isfinite(t_half)
         columns = [j for j, label in enumerate(all_labels) if _degree(label) <= max_degree]
@@ -117,6 +131,7 @@ def plot_risk(
     if high:
         curves.append((len(all_labels), f"$r^2/2$, degree > {max_degree}", r2[:, high].sum(1)))
     drawn = [risk]
+    half_learned = False
     for j, name, y in curves:
         if np.max(y) <= _NEGLIGIBLE * np.max(risk):
             continue  # zero up to rounding: a log axis would show only rounding noise
@@ -124,25 +139,57 @@ def plot_risk(
         colour = _colour(j)
         ax.loglog(ts, y, lw=1.2, color=colour, label=name)
         if j < len(all_labels) and np.isfinite(t_half[j]):
-            name = f"{label_name(all_labels[j])} half learned"
-            ax.axvline(t_half[j], color=colour, ls=":", lw=1, label=name)
+            ax.axvline(t_half[j], color=colour, ls=":", lw=1)
+            half_learned = True
+    ax.plot(ts, floor, color="0.5", ls="--", lw=1, label="rounding floor of $R$")
     if phases:
         for p in detect_phases(traj):
-            if p.kind == "drop":
-                ax.axvspan(p.t_start, p.t_end, color="0.85", zorder=0, label="drop")
+            if p.kind != "plateau":
+                shade = _PHASE_SHADES[p.kind]
+                ax.axvspan(p.t_start, p.t_end, color=shade, zorder=0, label=p.kind)
     drawn = np.concatenate(drawn)
     drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
-    ax.set_ylim(0.5 * drawn.min(), 2.0 * drawn.max())
+    ax.set_ylim(max(0.5 * drawn.min(), 0.3 * floor.min()), 2.0 * drawn.max())
+    ax.set_xlim(ts[0], ts[-1])
     ax.set_xlabel("time $t$")
-    ax.set_ylabel("risk")
+    ax.set_ylabel("risk and squared residuals $r^2/2$")
     if title is None:
         title = _tolerances(traj) if model is None else f"{model.problem}\n{_tolerances(traj)}"
     ax.set_title(title, fontsize=9)
     handles, names = ax.get_legend_handles_labels()
     unique = dict(zip(names, handles, strict=True))
-    ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
+    if half_learned:  # one entry for the dotted lines of every colour
+        unique[r"half learned ($r^2$ halved)"] = Line2D([], [], color="0.4", ls=":", lw=1)
+    ax.legend(
+        unique.values(), unique.keys(), fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0)
+    )
     fig.tight_layout()
     return fig
+
+
+# Shading of the phases that are not plateaus.
+_PHASE_SHADES = {"drop": "0.85", "descent": "#dce6f0"}
+
+# Unit roundoff of float64.
+_U = float(np.finfo(np.float64).eps) / 2
+
+
+def _dense_model(traj: Trajectory):
+    return traj.dense.model if traj.dense is not None else None
+
+
+@eqx.filter_jit
+def _rounding_errors(model, ys):
+    return jax.vmap(model.risk_rounding_error)(ys)
+
+
+def _rounding_floor(traj: Trajectory, model) -> np.ndarray:
+    """The rounding floor of the risk at each save (see `plot_risk`)."""
+    risk = np.asarray(traj.risk, dtype=float)
+    if model is not None and getattr(model, "uses_moments", False) and traj.training is None:
+        floor = np.asarray(_rounding_errors(model, traj.ys))
+        return 2.0 * np.where(np.asarray(traj.valid), floor, np.nan)
+    return np.full(risk.shape, 16 * _U * np.nanmax(risk))
 
 
 def _overlaps(traj: Trajectory, valid: np.ndarray) -> np.ndarray:

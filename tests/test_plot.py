@@ -68,8 +68,8 @@ def test_plot_risk_shows_the_inputs(either):
     keep = np.asarray(synthetic.valid) & (np.asarray(synthetic.ts) > 0)
     ts = np.asarray(synthetic.ts)[keep]
     lines = {line.get_label(): line for line in ax.get_lines()}
-    np.testing.assert_array_equal(lines["risk"].get_xdata(), ts)
-    np.testing.assert_array_equal(lines["risk"].get_ydata(), np.asarray(synthetic.risk)[keep])
+    np.testing.assert_array_equal(lines["risk $R$"].get_xdata(), ts)
+    np.testing.assert_array_equal(lines["risk $R$"].get_ydata(), np.asarray(synthetic.risk)[keep])
     r = np.asarray(synthetic.residuals)[keep]
     names = [sst.label_name(label) for label in synthetic.residual_labels]
     for j, name in enumerate(names):
@@ -78,17 +78,55 @@ def test_plot_risk_shows_the_inputs(either):
     vlines = sorted(line.get_xdata()[0] for line in ax.get_lines() if line.get_linestyle() == ":")
     np.testing.assert_allclose(vlines, learning_times(synthetic, 0.5), rtol=1e-12)
     np.testing.assert_allclose(vlines, [1e-5, 1e-2, 0.3], rtol=1e-3)
-    for name in names:
-        assert f"{name} half learned" in lines
-    spans = ax.patches  # axvspan of each drop
-    drops = [p for p in detect_phases(synthetic) if p.kind == "drop"]
-    assert len(spans) == len(drops) == 3
+    # One legend entry per quantity: the risk, each residual, the dotted lines, the floor and
+    # each kind of shaded phase, outside the axes.
+    legend = ax.get_legend()
+    entries = [text.get_text() for text in legend.get_texts()]
+    assert sorted(entries) == sorted(
+        ["risk $R$", "rounding floor of $R$", r"half learned ($r^2$ halved)", "drop", "descent"]
+        + [f"$r^2/2$, {name}" for name in names]
+    )
+    fig.canvas.draw()
+    assert legend.get_window_extent().x0 >= ax.get_window_extent().x1
+    # The drops (three) and the final descent are shaded.
+    kinds = [p.kind for p in detect_phases(synthetic) if p.kind != "plateau"]
+    assert kinds == ["drop"] * 3 + ["descent"] and len(ax.patches) == 4
     assert "rtol=1e-08" in ax.get_title()
-    # Every valid point of every drawn curve is in the vertical range.
+    # Every valid point of every drawn curve above the rounding floor is in the vertical range.
     drawn = np.concatenate([np.asarray(synthetic.risk)[keep], 0.5 * r.ravel() ** 2])
+    floor = 8 * np.finfo(float).eps * drawn.max()
     low, high = ax.get_ylim()
-    assert low <= drawn[drawn > 0].min() and drawn.max() <= high
+    assert low <= drawn[drawn > floor].min() and drawn.max() <= high
     assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_plot_risk_stops_at_the_rounding_floor(synthetic):
+    # A residual that falls into rounding noise (1e-40 of its start) is drawn, but the axis
+    # stops just below the risk's floor, 16 u max R without a model, drawn dashed.
+    r = np.asarray(synthetic.residuals).copy()
+    r[:, 0] = np.where(np.asarray(synthetic.ts) < 1e-3, r[:, 0], 1e-20)
+    traj = dataclasses.replace(synthetic, residuals=jnp.asarray(r))
+    fig = plot_risk(traj)
+    ax = fig.axes[0]
+    lines = {line.get_label(): line for line in ax.get_lines()}
+    floor = 16 * np.finfo(float).eps / 2 * float(np.nanmax(np.asarray(traj.risk)))
+    np.testing.assert_allclose(lines["rounding floor of $R$"].get_ydata(), floor, rtol=1e-12)
+    assert lines["rounding floor of $R$"].get_linestyle() == "--"
+    assert ax.get_ylim()[0] == pytest.approx(0.3 * floor, rel=1e-12)
+    plt.close(fig)
+
+
+def test_plot_risk_floor_of_a_mean_field_model(cubic_model, cubic_trajectory):
+    # The moment path bounds its own rounding: the floor is twice that bound at every save.
+    fig = plot_risk(cubic_trajectory, model=cubic_model)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    keep = np.asarray(cubic_trajectory.ts) > 0
+    bound = [cubic_model.risk_rounding_error(cubic_trajectory.state(i)) for i in range(len(keep))]
+    np.testing.assert_allclose(
+        lines["rounding floor of $R$"].get_ydata(), 2 * np.asarray(bound)[keep], rtol=1e-12
+    )
+    assert str(cubic_model.problem) in fig.axes[0].get_title()
     plt.close(fig)
 
 
