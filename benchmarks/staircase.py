@@ -10,7 +10,7 @@ of the solve after compilation, the largest cumulative rise of the risk
 degree (when `r_l^2` has fallen to half its initial value, located on the dense output), with the
 risk's rounding floor (twice the largest `MeanFieldODE.risk_rounding_error` along the solve: how
 far rounding alone can make the computed risk rise); then the fitted exponents per degree with
-their local slopes, and two fits over eps <= 1e-16 of `log t_l` against `log eps`: a power law
+their local slopes, and two fits over eps <= 1e-18 of `log t_l` against `log eps`: a power law
 `t = C eps^a`, and one with a logarithmic correction `t = C eps^a log(1/eps)^b` (degree 1 of
 `t_1 / log(1/eps)` in both), each with the rms of its residuals in `log t`. eps = 1e-32, below
 the supported range, is attempted too (the range check bypassed) to show what sets the limit.
@@ -51,7 +51,7 @@ DEGREES = (1, 2, 3, 4)
 BELOW_RANGE = 1e-32
 
 
-FIT_EPS_MAX = 1e-16  # the fits with and without a log correction: degree 4 has separated
+FIT_EPS_MAX = 1e-18  # the fits with and without a log correction: every degree has separated
 FIGURE = pathlib.Path(__file__).resolve().parent.parent / "docs" / "figures" / "staircase.png"
 
 
