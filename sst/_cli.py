@@ -150,7 +150,9 @@ def run_member(config: RunConfig, eps: float, out: pathlib.Path, progress: bool)
         "config": config.to_dict(),
     }
     _write_json(out / "summary.json", summary)
-    name = f"{config.model}: {model.problem}\nrtol={traj.rtol:g}, atol={traj.atol:g}"
+    tau = config.problem["tau"]
+    noisy = f", SGD noise tau={tau:g}" if tau else ""
+    name = f"{config.model}: {model.problem}{noisy}\nrtol={traj.rtol:g}, atol={traj.atol:g}"
     for filename, plot in (("risk.png", plot_risk), ("particles.png", plot_particles)):
         fig = plot(traj, title=name)
         fig.savefig(out / filename, dpi=150)

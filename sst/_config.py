@@ -7,6 +7,7 @@ target = [0.5, 1.0, 1.0]        # Hermite coefficients, or "relu" / "erf"
 activation = [1.0, 1.0, 1.0, 1.0]
 eps = 1e-3                      # or a list: [1e-2, 1e-3, 1e-4]
 noise = 0.0
+tau = 0.0                       # finite_dim only: online SGD's noise level eta d / B
 [init]                          # mean_field: particles, law, scale, mean
 particles = 16                  # finite_dim: m, d, seed, law, scale
 law = "uniform"
@@ -124,6 +125,7 @@ _SCHEMA: dict[str, dict[str, tuple[Callable[[str, Any], Any], Any]]] = {
         "activation": (_function, _REQUIRED),
         "eps": (_eps, _REQUIRED),
         "noise": (_number(0.0, strict=False), 0.0),
+        "tau": (_number(0.0, strict=False), 0.0),
     },
     "init:mean_field": {
         "particles": (_integer(1), 16),
@@ -198,6 +200,7 @@ class RunConfig:
         if "problem" not in raw:
             raise ValueError("Missing the [problem] table (target, activation, eps).")
         problem = _table("problem", "problem", raw["problem"])
+        _check_tau(model, problem)
         init = _table("init", f"init:{model}", raw.get("init", {}))
         times = _table("times", "times", raw.get("times", {}))
         if times["t_min"] is None:
@@ -244,12 +247,33 @@ class RunConfig:
                 raise ValueError(
                     f"init.d must exceed the k={problem.k} target directions; got {i['d']}."
                 )
-            model = FiniteDimODE(problem)
+            model = FiniteDimODE(problem, tau=self.problem["tau"])
             key = jax.random.PRNGKey(i["seed"])
             y0 = random_init(key, i["m"], i["d"], i["scale"], i["law"], k=k).state
         t = self.times
         ts = jnp.concatenate([jnp.zeros(1), jnp.geomspace(t["t_min"], t["t_max"], t["n_save"])])
         return model, y0, ts
+
+
+def _check_tau(model: str, problem: dict[str, Any]) -> None:
+    """`problem.tau > 0` needs the finite-dimensional model and functions whose SGD noise is
+    computed exactly (docs: online SGD at a finite step)."""
+    if problem["tau"] == 0.0:
+        return
+    if model != "finite_dim":
+        raise ValueError(
+            'problem.tau > 0 needs model = "finite_dim" (the noisy dynamics do not close on '
+            'the mean-field particles); set model = "finite_dim" or problem.tau = 0.'
+        )
+    functions = [problem["activation"]]
+    if not isinstance(problem["target"], dict):
+        functions.append(problem["target"])
+    if "relu" in functions or ("erf" in functions and functions != ["erf", "erf"]):
+        raise ValueError(
+            "problem.tau > 0 needs a polynomial activation and target (lists of Hermite "
+            'coefficients) or "erf" as both; replace "relu" by a list of coefficients or '
+            "set problem.tau = 0."
+        )
 
 
 def read_toml(path: str | pathlib.Path) -> dict[str, Any]:

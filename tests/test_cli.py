@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from helpers import TS
@@ -303,6 +304,8 @@ def test_steps_are_printed_as_accepted_and_rejected(tmp_path, capsys):
         (("problem", "eps", -1.0), ["problem.eps", "> 0"]),
         (("problem", "eps", []), ["problem.eps"]),
         (("problem", "eps", [1e-2, "a"]), ["problem.eps[1]"]),
+        (("problem", "tau", -0.5), ["problem.tau", ">= 0"]),
+        (("problem", "tau", 0.5), ["problem.tau > 0", 'model = "finite_dim"']),
         (("problem", "colour", 1), ["problem.colour", "activation", "eps", "noise", "target"]),
         (("init", "law", "cauchy"), ["init.law", "normal", "rademacher", "uniform"]),
         (("init", "particles", 0), ["init.particles", ">= 1"]),
@@ -327,6 +330,53 @@ def test_bad_config_names_key_and_allowed_values(change, named):
         RunConfig.from_dict(raw)
     for word in named:
         assert word in str(info.value)
+
+
+def test_tau_with_a_function_without_exact_noise_is_refused():
+    raw = {
+        "model": "finite_dim",
+        "problem": {"target": [0.0, 1.0], "activation": "relu", "eps": 1e-2, "tau": 0.5},
+    }
+    with pytest.raises(ValueError, match="problem.tau > 0 needs a polynomial activation"):
+        RunConfig.from_dict(raw)
+    raw["problem"]["tau"] = 0.0  # the flow needs no noise matrix
+    assert RunConfig.from_dict(raw).problem["tau"] == 0.0
+
+
+NOISY = """
+model = "finite_dim"
+[problem]
+target = [0.0, 1.0, 0.5]
+activation = [0.0, 1.0, 0.5]
+eps = 0.5
+tau = {tau}
+[init]
+m = 3
+d = 20
+[times]
+t_min = 1e-2
+t_max = 1.0
+n_save = 5
+"""
+
+
+def test_tau_runs_the_noisy_ode(tmp_path):
+    # problem.tau reaches the model: the run's final risk is that of FiniteDimODE(problem, tau)
+    # from sst.random_init's network, built here from the library, and not the flow's.
+    final = {}
+    for tau in (0.0, 0.5):
+        path = tmp_path / f"tau={tau}.toml"
+        path.write_text(NOISY.format(tau=tau))
+        out = tmp_path / f"out-{tau}"
+        assert main(["run", str(path), "--out", str(out), "--no-progress"]) == 0
+        final[tau] = json.loads((out / "summary.json").read_text())["final_risk"]
+    problem = sst.Problem(sst.Hermite([0.0, 1.0, 0.5]), sst.Hermite([0.0, 1.0, 0.5]), 0.5)
+    init = sst.random_init(jax.random.PRNGKey(0), 3, 20)
+    ts = np.concatenate([[0.0], np.geomspace(1e-2, 1.0, 5)])
+    for tau in (0.0, 0.5):
+        direct = sst.solve(sst.FiniteDimODE(problem, tau=tau), init.state, ts)
+        np.testing.assert_allclose(final[tau], float(direct.risk[-1]), rtol=1e-9)
+    assert abs(final[0.5] - final[0.0]) > 1e-3, final
 
 
 def test_bad_config_file_exits_with_message(tmp_path, capsys):
