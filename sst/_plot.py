@@ -91,13 +91,13 @@ def plot_risk(
     each label's colour; with `phases=True` the drops and descents found by `detect_phases` are
     shaded (the plateaus are the unshaded rest).
 
-    The rounding floor is drawn dashed and the vertical axis stops just below it: values under
-    it are rounding noise. It is twice `model.risk_rounding_error` along the trajectory for a
-    model that has one (`MeanFieldODE` with a polynomial activation), else `16 u max R` (`u` the
-    unit roundoff), the rounding of the risk itself. `model` defaults to that of the dense
-    output (`sst.solve(..., dense=True)`); given, it also puts the problem (target, activation,
-    eps) in the title, which states the solver tolerances unless `title` is given. The legend
-    sits outside the axes, one entry per quantity.
+    The rounding floor is drawn dashed, the region under it shaded, and the vertical axis stops
+    just below it: values under it are rounding noise. It is twice `model.risk_rounding_error`
+    along the trajectory for a model that has one (`MeanFieldODE` with a polynomial activation),
+    else `16 u max R` (`u` the unit roundoff), the rounding of the risk itself. `model` defaults
+    to that of the dense output (`sst.solve(..., dense=True)`); given, it also puts the problem
+    (target, activation, eps) in the title, which states the solver tolerances unless `title` is
+    given. The legend sits outside the axes, one entry per quantity.
 
     **Returns:** the matplotlib figure.
     """
@@ -141,7 +141,7 @@ def plot_risk(
         if j < len(all_labels) and np.isfinite(t_half[j]):
             ax.axvline(t_half[j], color=colour, ls=":", lw=1)
             half_learned = True
-    ax.plot(ts, floor, color="0.5", ls="--", lw=1, label="rounding floor of $R$")
+    ax.plot(ts, floor, color="0.5", ls="--", lw=1, label=_FLOOR)
     if phases:
         for p in detect_phases(traj):
             if p.kind != "plateau":
@@ -149,7 +149,9 @@ def plot_risk(
                 ax.axvspan(p.t_start, p.t_end, color=shade, zorder=0, label=p.kind)
     drawn = np.concatenate(drawn)
     drawn = drawn[np.isfinite(drawn) & (drawn > 0)]
-    ax.set_ylim(max(0.5 * drawn.min(), 0.3 * floor.min()), 2.0 * drawn.max())
+    low = max(0.5 * drawn.min(), 0.3 * np.nanmin(floor))
+    ax.set_ylim(low, 2.0 * drawn.max())
+    ax.fill_between(ts, low, np.maximum(floor, low), color="0.93", lw=0, zorder=0)
     ax.set_xlim(ts[0], ts[-1])
     ax.set_xlabel("time $t$")
     ax.set_ylabel("risk and squared residuals $r^2/2$")
@@ -166,6 +168,8 @@ def plot_risk(
     fig.tight_layout()
     return fig
 
+
+_FLOOR = "rounding floor of $R$\n(below: rounding noise)"
 
 # Shading of the phases that are not plateaus.
 _PHASE_SHADES = {"drop": "0.85", "descent": "#dce6f0"}

@@ -24,6 +24,7 @@ from sst import (
 )
 
 DEGREES = ((0,), (1,), (2,))
+FLOOR = "rounding floor of $R$\n(below: rounding noise)"
 # Labels of a target of k = 2 directions: the constant, z1 and z1 z2.
 MULTI = ((0, 0), (1, 0), (1, 1))
 
@@ -83,7 +84,7 @@ def test_plot_risk_shows_the_inputs(either):
     legend = ax.get_legend()
     entries = [text.get_text() for text in legend.get_texts()]
     assert sorted(entries) == sorted(
-        ["risk $R$", "rounding floor of $R$", r"half learned ($r^2$ halved)", "drop", "descent"]
+        ["risk $R$", FLOOR, r"half learned ($r^2$ halved)", "drop", "descent"]
         + [f"$r^2/2$, {name}" for name in names]
     )
     fig.canvas.draw()
@@ -111,8 +112,8 @@ def test_plot_risk_stops_at_the_rounding_floor(synthetic):
     ax = fig.axes[0]
     lines = {line.get_label(): line for line in ax.get_lines()}
     floor = 16 * np.finfo(float).eps / 2 * float(np.nanmax(np.asarray(traj.risk)))
-    np.testing.assert_allclose(lines["rounding floor of $R$"].get_ydata(), floor, rtol=1e-12)
-    assert lines["rounding floor of $R$"].get_linestyle() == "--"
+    np.testing.assert_allclose(lines[FLOOR].get_ydata(), floor, rtol=1e-12)
+    assert lines[FLOOR].get_linestyle() == "--"
     assert ax.get_ylim()[0] == pytest.approx(0.3 * floor, rel=1e-12)
     plt.close(fig)
 
@@ -123,9 +124,7 @@ def test_plot_risk_floor_of_a_mean_field_model(cubic_model, cubic_trajectory):
     lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
     keep = np.asarray(cubic_trajectory.ts) > 0
     bound = [cubic_model.risk_rounding_error(cubic_trajectory.state(i)) for i in range(len(keep))]
-    np.testing.assert_allclose(
-        lines["rounding floor of $R$"].get_ydata(), 2 * np.asarray(bound)[keep], rtol=1e-12
-    )
+    np.testing.assert_allclose(lines[FLOOR].get_ydata(), 2 * np.asarray(bound)[keep], rtol=1e-12)
     assert str(cubic_model.problem) in fig.axes[0].get_title()
     plt.close(fig)
 

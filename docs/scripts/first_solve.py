@@ -60,7 +60,9 @@ problem = sst.Problem(
 y0 = sst.quadrature_particles(32, law="normal")  # a(0) ~ N(0, 1), s(0) = 0
 ts = jnp.concatenate([jnp.zeros(1), jnp.logspace(-6, 2, 400)])
 model = sst.MeanFieldODE(problem)
-traj = sst.solve(model, y0, ts)  # stiff, adaptive, float64
+# stiff, adaptive, float64; dense=True keeps the solver's dense output, on which the learning
+# times below are located to the solver's tolerance (not interpolated between saves)
+traj = sst.solve(model, y0, ts, dense=True)
 
 print(f"{int(traj.stats['num_steps'])} steps, final risk {float(traj.risk[-1]):.3e}")
 t_half = sst.learning_times(traj, 0.5)
