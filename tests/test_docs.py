@@ -30,6 +30,36 @@ def test_api_pages_cover_every_public_name():
     assert not missing, f"public names without an entry in docs/api/*.md: {missing}"
 
 
+def test_first_solve_output_is_the_readmes():
+    """The docs home page shows docs/figures/first_solve.txt, which docs/scripts/first_solve.py
+    writes; its solve is the README's first block, whose printed output the README states and
+    tests/test_readme.py checks: the same steps, final risk and learning times, to 2%."""
+    readme_block = re.search(
+        r"^```python\n(.*?)^```", (ROOT / "README.md").read_text(), re.S | re.M
+    )
+    stated = "\n".join(
+        line.strip()[3:]
+        for line in readme_block.group(1).splitlines()
+        if line.strip().startswith("#> ")
+    )
+    accepted, rejected = re.search(r"(\d+) accepted steps, (\d+) rejected", stated).groups()
+    readme = [int(accepted) + int(rejected), float(re.search(r"final risk ([^,\s]+)", stated)[1])]
+    readme += [
+        float(t) for t in re.search(r"half-learning time per degree (.*)", stated)[1].split()
+    ]
+    text = (ROOT / "docs" / "figures" / "first_solve.txt").read_text()
+    shown = [
+        int(re.search(r"(\d+) steps", text)[1]),
+        float(re.search(r"final risk (\S+)", text)[1]),
+    ]
+    shown += [float(t) for t in re.findall(r"half learned at t = (\S+)", text)]
+    assert len(shown) == len(readme), (text, stated)
+    assert shown == pytest.approx(readme, rel=0.02), (
+        "docs/figures/first_solve.txt differs from the README's first block: rerun "
+        "docs/scripts/first_solve.py (or update the README's #> lines)"
+    )
+
+
 @pytest.mark.slow
 def test_docs_build_strict(tmp_path):
     pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e .[docs])")
