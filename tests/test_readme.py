@@ -6,6 +6,7 @@ compares the words exactly and every number to a relative `RTOL`, so that a resu
 (a changed solver, a stale comment) fails here rather than misleading a reader.
 """
 
+import importlib.util
 import json
 import os
 import pathlib
@@ -72,6 +73,29 @@ def test_expected_output_comparison():
     assert line_mismatch("risks 1e-5 2e-5", "risks 1e-5") is not None
 
 
+def _readme_outputs():
+    path = ROOT / "docs" / "scripts" / "readme_outputs.py"
+    spec = importlib.util.spec_from_file_location("readme_outputs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_outputs_script_restates_the_blocks():
+    """docs/scripts/readme_outputs.py writes what the blocks print into their #> lines."""
+    script = _readme_outputs()
+    readme = (
+        "text\n```python\nprint(1)\n#> 2\nprint(3)\n    #> 4\n```\nmore\n```python\nx = 1\n```\n"
+    )
+    new, skipped = script.rewrite_blocks(readme, ["1\n3\n", ""])
+    assert new == readme.replace("#> 2", "#> 1").replace("#> 4", "#> 3") and skipped == []
+    assert script.rewrite_blocks(readme, ["1\n", ""]) == (readme, [1])
+    # The README restated with its own #> lines is the README.
+    text = (ROOT / "README.md").read_text()
+    stated = ["".join(line + "\n" for line in expected_output(b)) for b in python_blocks()]
+    assert script.rewrite_blocks(text, stated) == (text, [])
+
+
 def test_readme_states_expected_output():
     blocks = python_blocks()
     stated = [i + 1 for i, block in enumerate(blocks) if expected_output(block)]
@@ -113,4 +137,6 @@ def test_readme_python_blocks_run_in_order(tmp_path):
             why = line_mismatch(e, a)
             if why:
                 problems.append(f"block {i + 1}: {why}\n  README: {e}\n  prints: {a}")
-    assert not problems, "\n".join(problems)
+    assert not problems, "\n".join(
+        [*problems, "If the change is intended: python docs/scripts/readme_outputs.py"]
+    )
