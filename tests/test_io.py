@@ -2,7 +2,10 @@
 result code, statistics, tolerances, labels and training record."""
 
 import dataclasses
+import json
+import sys
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,14 +13,17 @@ import pytest
 from helpers import (
     TRAIN_TS,
     TS,
+    Point,
     cubic_problem,
     particles,
     random_network,
     small_problem,
     synthetic_trajectory,
 )
+from jaxtyping import Array, Float
 
 import sst
+from sst._solution import DenseOutput
 
 
 def _assert_round_trip(traj, path):
@@ -97,3 +103,90 @@ def test_io_rejects_what_it_cannot_read_or_write(tmp_path):
     tiny = synthetic_trajectory(np.array([0.0, 1.0]), np.ones((2, 1)))
     with pytest.raises(ValueError, match="Cannot write .*existing, writable folder"):
         sst.save_trajectory(tmp_path / "no" / "such" / "x.npz", tiny)
+
+
+def _with_header(source, target, edit):
+    """Copy the trajectory file `source` to `target` with its JSON header changed by `edit`."""
+    with np.load(source) as data:
+        arrays = {name: data[name] for name in data.files}
+    header = json.loads(str(arrays["__sst_header__"]))
+    edit(header)
+    arrays["__sst_header__"] = np.asarray(json.dumps(header))
+    np.savez(target, **arrays)
+
+
+def test_a_file_naming_another_class_is_refused_and_nothing_is_imported(tmp_path, monkeypatch):
+    # A module on the path that would leave a marker if anything imported it.
+    marker = tmp_path / "imported"
+    (tmp_path / "planted_module.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "class Planted:\n    pass\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    tiny = synthetic_trajectory(np.array([0.0, 1.0]), np.ones((2, 1)))
+    sst.save_trajectory(tmp_path / "tiny.npz", tiny)
+    modules = set(sys.modules)
+    for name, where in [
+        ("planted_module:Planted", lambda h: h),
+        ("os:system", lambda h: h["fields"]["ys"]),
+        ("planted_module:Planted", lambda h: h["fields"]["result"]["fields"]["_enumeration"]),
+    ]:
+        crafted = tmp_path / "crafted.npz"
+
+        def edit(header, name=name, where=where):
+            node = where(header)
+            node["type" if "type" in node else "class"] = name
+
+        _with_header(tmp_path / "tiny.npz", crafted, edit)
+        with pytest.raises(ValueError, match=rf"names the class '{name}', which load_trajectory"):
+            sst.load_trajectory(crafted)
+    assert set(sys.modules) == modules and "planted_module" not in sys.modules
+    assert not marker.exists()
+
+
+class Probability(eqx.Module):
+    """A state type of one's own with a check."""
+
+    p: Float[Array, " T"]
+
+    def __check_init__(self):
+        if not np.all((np.asarray(self.p) >= 0) & (np.asarray(self.p) <= 1)):
+            raise ValueError("p must lie in [0, 1].")
+
+
+def test_loaded_objects_run_their_checks(tmp_path):
+    # Fields are rebuilt as saved, then checked as on construction.
+    traj = synthetic_trajectory(
+        np.array([0.0, 1.0]), np.ones((2, 1)), ys=Probability(0.5 * np.ones(2))
+    )
+    sst.save_trajectory(tmp_path / "traj.npz", traj)
+    np.testing.assert_array_equal(
+        sst.load_trajectory(tmp_path / "traj.npz", like=traj).ys.p, traj.ys.p
+    )
+    with np.load(tmp_path / "traj.npz") as data:
+        arrays = {name: data[name] for name in data.files}
+    arrays[".ys.p"] = np.array([0.5, 2.0])
+    np.savez(tmp_path / "unchecked.npz", **arrays)
+    with pytest.raises(ValueError, match=r"p must lie in \[0, 1\]"):
+        sst.load_trajectory(tmp_path / "unchecked.npz", like=traj)
+    _with_header(tmp_path / "traj.npz", tmp_path / "bad.npz", lambda h: h.update(fields=[]))
+    with pytest.raises(ValueError, match="has a malformed header; rewrite it"):
+        sst.load_trajectory(tmp_path / "bad.npz", like=traj)
+
+
+def test_states_of_a_model_of_ones_own_load_with_like(tmp_path):
+    # helpers.Point is a state type outside sst: a file holding it loads only given a like.
+    traj = synthetic_trajectory(np.array([0.0, 1.0]), np.ones((2, 1)), ys=Point(np.ones((2, 3))))
+    sst.save_trajectory(tmp_path / "point.npz", traj)
+    with pytest.raises(ValueError, match=r"names the class 'helpers:Point'.*pass like="):
+        sst.load_trajectory(tmp_path / "point.npz")
+    loaded = sst.load_trajectory(tmp_path / "point.npz", like=traj)
+    assert type(loaded.ys) is Point
+    np.testing.assert_array_equal(loaded.ys.x, traj.ys.x)
+
+
+def test_the_dense_output_is_not_written(tmp_path):
+    traj = synthetic_trajectory(np.array([0.0, 1.0]), np.ones((2, 1)))
+    dense = dataclasses.replace(traj, dense=DenseOutput(None, None, None))
+    with pytest.raises(ValueError, match=r"does not write the solver's dense output"):
+        sst.save_trajectory(tmp_path / "dense.npz", dense)
