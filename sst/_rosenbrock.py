@@ -18,16 +18,19 @@ through `lineax.linear_solve`, which also differentiates them implicitly.
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import diffrax as dfx
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
+import numpy as np
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, PyTree
 
+from ._linear import AbstractJacobian, DenseJacobian
 from ._model import ModelTerm
 
 
@@ -43,8 +46,10 @@ class RosenbrockTableau:
     `d1 = sum_i dense[0][i] k_i`, `d2 = sum_i dense[1][i] k_i`.
 
     **Fields:** `a` and `C` (row `i` has `i` entries), `c` stage times, `gamma` the diagonal,
-    `gammas` the `df/dt` coefficients, `b`, `e`, `dense` (two rows of `s`), `order` of the
-    solution and `error_order` of the error estimate (the power of `h` it scales with).
+    `gammas` the `df/dt` coefficients, `b`, `e`, `dense` (two rows of `s`, or `None`), `order`
+    of the solution and `error_order` of the error estimate (the power of `h` it scales with),
+    and `w_method`: whether `order` holds for any matrix `J` (a Rosenbrock-W method) or only for
+    the exact Jacobian.
     """
 
     a: tuple[tuple[float, ...], ...]
@@ -54,9 +59,10 @@ class RosenbrockTableau:
     gammas: tuple[float, ...]
     b: tuple[float, ...]
     e: tuple[float, ...]
-    dense: tuple[tuple[float, ...], tuple[float, ...]]
+    dense: tuple[tuple[float, ...], tuple[float, ...]] | None
     order: int
     error_order: int
+    w_method: bool = False
 
     def __post_init__(self):
         s = len(self.c)
@@ -67,7 +73,7 @@ class RosenbrockTableau:
         )
         if not rows_ok:
             raise ValueError("RosenbrockTableau needs a and C with rows of 0, 1, ..., s-1 entries.")
-        if not all(len(v) == s for v in (self.gammas, self.b, self.e, *self.dense)):
+        if not all(len(v) == s for v in (self.gammas, self.b, self.e, *(self.dense or ()))):
             raise ValueError(
                 "RosenbrockTableau needs gammas, b, e and both dense rows of s entries."
             )
@@ -132,6 +138,86 @@ RODAS4 = RosenbrockTableau(
     order=4,
     error_order=4,
 )
+
+
+def _from_standard_form(alpha, Gamma, b, b_hat, order: int, w_method: bool) -> RosenbrockTableau:
+    """The tableau of the method published in the standard form `(I - h gamma_ii J) K_i =
+    h f(y0 + sum_j alpha_ij K_j) + h J sum_{j<i} gamma_ij K_j`, `y1 = y0 + sum_i b_i K_i`
+    (`b_hat` the embedded solution), in Hairer and Wanner's variables `k_i = sum_j Gamma_ij K_j
+    / gamma`: `a = alpha Gamma^-1`, `C = diag(Gamma^-1) - Gamma^-1`, `b = b Gamma^-1`,
+    `e = (b - b_hat) Gamma^-1`, `c_i = sum_j alpha_ij`, `gammas_i = sum_j Gamma_ij`; the dense
+    output is the quadratic of `RosenbrockTableau`."""
+    alpha, Gamma = np.asarray(alpha, dtype=float), np.asarray(Gamma, dtype=float)
+    inverse = np.linalg.inv(Gamma)
+    a = alpha @ inverse
+    C = np.diag(np.diag(inverse)) - inverse
+    s = alpha.shape[0]
+
+    def rows(M):
+        return tuple(tuple(float(M[i, j]) for j in range(i)) for i in range(s))
+
+    def row(v):
+        return tuple(float(x) for x in v)
+
+    return RosenbrockTableau(
+        a=rows(a),
+        C=rows(C),
+        c=row(alpha.sum(axis=1)),
+        gamma=float(Gamma[0, 0]),
+        gammas=row(Gamma.sum(axis=1)),
+        b=row(np.asarray(b) @ inverse),
+        e=row((np.asarray(b) - np.asarray(b_hat)) @ inverse),
+        dense=None,
+        order=order,
+        error_order=order,
+        w_method=w_method,
+    )
+
+
+_ROS34PW2_GAMMA = 0.435866521508459
+
+#: ROS34PW2 (Rang and Angermann, BIT 45, 761 (2005)): a Rosenbrock-W method of order 3 for any
+#: `J`, with an embedded solution of order 2, stiffly accurate and L-stable.
+ROS34PW2 = _from_standard_form(
+    alpha=(
+        (0.0, 0.0, 0.0, 0.0),
+        (0.87173304301691801, 0.0, 0.0, 0.0),
+        (0.84457060015369423, -0.11299064236484185, 0.0, 0.0),
+        (0.0, 0.0, 1.0, 0.0),
+    ),
+    Gamma=(
+        (_ROS34PW2_GAMMA, 0.0, 0.0, 0.0),
+        (-0.87173304301691801, _ROS34PW2_GAMMA, 0.0, 0.0),
+        (-0.90338057013044082, 0.054180672388095326, _ROS34PW2_GAMMA, 0.0),
+        (0.24212380706095346, -1.2232505839045147, 0.54526025533510214, _ROS34PW2_GAMMA),
+    ),
+    b=(0.24212380706095346, -1.2232505839045147, 1.5452602553351020, _ROS34PW2_GAMMA),
+    b_hat=(0.37810903145819369, -0.096042292212423178, 0.5, 0.21793326075422950),
+    order=3,
+    w_method=True,
+)
+
+
+class StiffJacobian(AbstractJacobian):
+    """The Jacobian of a vector field's stiff part, for a Rosenbrock-W method, and the exact
+    Jacobian of the whole field, built only for a method that needs it.
+
+    **Fields:** `stiff`, the Jacobian of the stiff part; `vector_field`, `t`, `y`, `args`, the
+    field and the point of `exact`.
+    """
+
+    stiff: AbstractJacobian
+    vector_field: Callable
+    t: Any
+    y: PyTree[Array]
+    args: Any
+
+    def exact(self) -> DenseJacobian:
+        """The dense Jacobian of the whole field at `(t, y)`, by forward-mode autodiff."""
+        return DenseJacobian.of(self.vector_field, self.t, self.y, self.args)
+
+    def shifted(self, c):
+        return self.exact().shifted(c)
 
 
 class RosenbrockInterpolation(dfx.AbstractLocalInterpolation):
@@ -200,6 +286,8 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
 
         f0, dfdt = jax.jvp(lambda s: rate(s, flat0), (t0,), (jnp.ones_like(t0),))
         jacobian = model.jacobian(direction * t0, y0, args)
+        if isinstance(jacobian, StiffJacobian):
+            jacobian = jacobian.stiff if tab.w_method else jacobian.exact()
         operator, linear_solver = jacobian.shifted(direction / (h * tab.gamma))
         state = linear_solver.init(jax.lax.stop_gradient(operator), {})
 
@@ -220,12 +308,12 @@ class AbstractRosenbrock(dfx.AbstractAdaptiveSolver):
         # removes drift off the model's invariant manifold, which the estimate does not measure.
         y1 = model.project(unravel(flat0 + _combine(tab.b, ks)), args)
         y_error = unravel(_combine(tab.e, ks))
-        dense_info = dict(
-            y0=y0,
-            y1=y1,
-            d1=unravel(_combine(tab.dense[0], ks)),
-            d2=unravel(_combine(tab.dense[1], ks)),
-        )
+        if tab.dense is None:
+            d1 = h * f0 - (ravel_pytree(y1)[0] - flat0)
+            d1, d2 = unravel(d1), unravel(jnp.zeros_like(d1))
+        else:
+            d1, d2 = (unravel(_combine(row, ks)) for row in tab.dense)
+        dense_info = dict(y0=y0, y1=y1, d1=d1, d2=d2)
         return y1, y_error, dense_info, None, dfx.RESULTS.successful
 
 
@@ -244,3 +332,14 @@ class Rodas4(AbstractRosenbrock):
     """
 
     tableau: ClassVar[RosenbrockTableau] = RODAS4
+
+
+class Ros34PW2(AbstractRosenbrock):
+    """ROS34PW2: a 3rd-order stiffly accurate L-stable Rosenbrock-W method (`ROS34PW2`), with a
+    2nd-order embedded error estimate and a 2nd-order dense output, as a diffrax solver.
+
+    A W-method keeps its order with any matrix in place of the Jacobian, so the model may hand
+    over an approximation (the Jacobian of the stiff part only).
+    """
+
+    tableau: ClassVar[RosenbrockTableau] = ROS34PW2
