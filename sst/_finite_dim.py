@@ -11,6 +11,7 @@ from jaxtyping import Array, Float
 from ._linear import DenseJacobian
 from ._noise import noise_matrix, noise_supported
 from ._problem import AbstractProblemModel, Problem, overlap_matrix, state_overlaps
+from ._rosenbrock import StiffJacobian
 from ._target import _powers, graded_indices, monomials
 from ._validate import check_overlaps, float_array, is_traced
 
@@ -50,7 +51,8 @@ class FiniteDimODE(AbstractProblemModel):
 
     **Fields:** `problem`, the `sst.Problem`; `tau`, the SGD noise level, a JAX scalar (a
     parameter: batched by `solve_batch`, differentiated by `jax.grad`). Noise terms need a
-    polynomial activation and target, or erf as both.
+    polynomial activation and target, or erf with a polynomial or erf target. Solve a noisy
+    model with a Rosenbrock-W method (`Ros34PW2`), which takes the flow's Jacobian.
     """
 
     problem: Problem
@@ -79,9 +81,10 @@ class FiniteDimODE(AbstractProblemModel):
             )
         if self.noisy and not noise_supported(self.problem):
             raise ValueError(
-                "tau > 0 needs a polynomial activation with a polynomial target, or erf as both "
-                f"(got sigma = {self.problem.activation}, phi = {self.problem.target}); use a "
-                "finite Hermite series such as sst.Hermite(sst.relu(4).coeffs), or tau = 0."
+                "tau > 0 needs a polynomial activation with a polynomial target, or erf with a "
+                f"polynomial or erf target (got sigma = {self.problem.activation}, phi = "
+                f"{self.problem.target}); use a finite Hermite series such as "
+                "sst.Hermite(sst.relu(4).coeffs), or tau = 0."
             )
 
     def parameters(self) -> dict[str, Array]:
@@ -178,12 +181,14 @@ class FiniteDimODE(AbstractProblemModel):
         dQ = (M + M.T) * off
         return da, state_overlaps(p, ds), dQ
 
-    def jacobian(self, t, y, args=None) -> DenseJacobian:
+    def jacobian(self, t, y, args=None) -> DenseJacobian | StiffJacobian:
         """The dense Jacobian of the vector field (every pair of neurons interacts through Q),
-        by forward-mode differentiation, noise terms included: with `N` frozen in them, Rodas4
-        (not a W-method) needs 40 to 70 times more steps (docs: [online SGD at a finite
-        step][sgd-noise])."""
-        return DenseJacobian.of(self._flow if not self.noisy else self, t, y, args)
+        by forward-mode differentiation. With noise, a `StiffJacobian`: the flow's Jacobian for
+        a Rosenbrock-W method (the noise terms are O(tau) and not stiff; the exact Jacobian of
+        the O(m^4) noise matrix costs about 250 vector fields), the exact one for the others
+        (docs: [online SGD at a finite step][sgd-noise])."""
+        flow = DenseJacobian.of(self._flow, t, y, args)
+        return StiffJacobian(flow, self, t, y, args) if self.noisy else flow
 
     def moments(self, state: FiniteDimState) -> Float[Array, " N"]:
         """`mu_alpha = (1/m) sum_i a_i s_i^alpha` on the residual labels."""

@@ -2,12 +2,14 @@
 
 Independent truths: a tensor Gauss-Hermite rule over all `k + m` Gaussian coordinates after a
 Cholesky factor (exact for polynomials), Monte Carlo, Gauss-Hermite quadrature of the erf
-integrals, and online SGD itself.
+integrals, online SGD itself, and a tight explicit solve of the noisy ODE.
 """
 
 import math
 
+import diffrax
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -15,6 +17,7 @@ from scipy.special import erf
 
 import sst
 from sst._noise import erf_i4, noise_matrix
+from sst._rosenbrock import Ros34PW2, StiffJacobian
 
 ACTIVATION = sst.Hermite([0.5, 1.0, 0.7, 0.4])
 TARGETS = {
@@ -81,10 +84,12 @@ def test_polynomial_noise_matrix_matches_a_tensor_gauss_hermite_rule(k):
     assert np.max(np.abs(N - N.T)) < 1e-12 * np.max(np.abs(N))
 
 
-@pytest.mark.parametrize("k", [1, 3, "erf"])
+@pytest.mark.parametrize("k", [1, 3, "erf", "erf-k3"])
 def test_noise_matrix_within_five_standard_errors_of_monte_carlo(k):
     if k == "erf":
         problem, k = sst.Problem(sst.erf(), sst.erf(), 0.1, noise=0.2), 1
+    elif k == "erf-k3":
+        problem, k = sst.Problem(TARGETS[3], sst.erf(), 0.1, noise=0.3), 3
     else:
         problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
     a, W, U = _geometry(k, 3, seed=1)
@@ -109,8 +114,11 @@ def test_erf_four_point_function_matches_quadrature_to_1e_10():
         assert abs(float(erf_i4(jnp.asarray(C))) - reference) < 1e-10
 
 
-def test_erf_noise_matrix_matches_quadrature_to_1e_10():
-    problem = sst.Problem(sst.erf(), sst.erf(), 0.1, noise=0.2)
+@pytest.mark.parametrize("target", [sst.erf(), TARGETS[1]], ids=["erf", "polynomial"])
+def test_erf_noise_matrix_matches_quadrature_to_1e_10(target):
+    # The polynomial target goes through the quadrature over z* with the tilt in closed form; the
+    # reference integrates all k + m coordinates on a tensor rule.
+    problem = sst.Problem(target, sst.erf(), 0.1, noise=0.2)
     a, W, U = _geometry(1, 2, seed=4)
     reference = _tensor_rule(problem, a, W, U, nodes=60)
     assert np.max(np.abs(_N(problem, a, W, U) - reference)) < 1e-10
@@ -160,7 +168,70 @@ def test_bad_tau_and_unsupported_functions_are_refused():
         sst.FiniteDimODE(problem, tau=-1.0)
     with pytest.raises(ValueError, match="tau > 0 needs a polynomial activation"):
         sst.FiniteDimODE(sst.Problem(TARGETS[1], sst.relu(), 0.1), tau=0.5)
+    with pytest.raises(ValueError, match="tau > 0 needs a polynomial activation"):
+        sst.FiniteDimODE(sst.Problem(sst.relu(), sst.erf(), 0.1), tau=0.5)
     sst.FiniteDimODE(sst.Problem(TARGETS[1], sst.relu(), 0.1))  # the flow needs no noise matrix
+
+
+def test_noisy_jacobian_is_the_flows_for_a_w_method_and_exact_otherwise():
+    problem = sst.Problem(TARGETS[1], ACTIVATION, 0.1, noise=0.3)
+    state, _ = _state(problem, 1)
+    y, args = sst.FiniteDimODE(problem).split(state)
+    flow = sst.FiniteDimODE(problem).jacobian(0.0, y, args)
+    noisy = sst.FiniteDimODE(problem, tau=0.7).jacobian(0.0, y, args)
+    assert isinstance(noisy, StiffJacobian)
+    assert np.array_equal(np.asarray(noisy.stiff.matrix), np.asarray(flow.matrix))
+    full = jax.jacfwd(
+        lambda x: jax.flatten_util.ravel_pytree(
+            sst.FiniteDimODE(problem, tau=0.7)(0.0, jax.flatten_util.ravel_pytree(y)[1](x), args)
+        )[0]
+    )(jax.flatten_util.ravel_pytree(y)[0])
+    np.testing.assert_allclose(noisy.exact().matrix, full, rtol=1e-12, atol=1e-12)
+    assert np.max(np.abs(full - flow.matrix)) > 1e-3  # the noise terms do change it
+
+
+NOISY_TS = np.linspace(0.0, 4.0, 5)
+
+
+@pytest.fixture(scope="module")
+def noisy_reference():
+    """A noisy problem of 3 neurons at eps = 1e-2 and its solve by Dopri8 at rtol 1e-12."""
+    problem = sst.Problem(TARGETS[1], ACTIVATION, 1e-2, noise=0.3)
+    state, _ = _state(problem, 1)
+    model = sst.FiniteDimODE(problem, tau=0.7)
+    ref = sst.solve(model, state, NOISY_TS, solver=diffrax.Dopri8(), rtol=1e-12, atol=1e-14)
+    return model, state, ref
+
+
+def test_w_method_with_the_flows_jacobian_solves_the_noisy_ode(noisy_reference):
+    model, state, ref = noisy_reference
+    for solver in (Ros34PW2(), sst.Rodas4()):
+        traj = sst.solve(model, state, NOISY_TS, solver=solver, rtol=1e-8, atol=1e-10)
+        for x, r in zip(jax.tree.leaves(traj.ys), jax.tree.leaves(ref.ys), strict=True):
+            np.testing.assert_allclose(x, r, rtol=0, atol=1e-6)
+
+
+def test_gradient_of_a_noisy_solve_in_tau_and_eps_matches_finite_differences(noisy_reference):
+    model, state, _ = noisy_reference
+    ts = NOISY_TS[:3]
+
+    def final_risk(tau, eps):
+        noisy = model.with_parameters(tau=tau, eps=eps)
+        traj = sst.solve(
+            noisy,
+            state,
+            ts,
+            solver=Ros34PW2(),
+            rtol=1e-10,
+            atol=1e-12,
+            adjoint=sst.grad_adjoint(),
+        )
+        return traj.risk[-1]
+
+    grads = jax.grad(final_risk, argnums=(0, 1))(0.7, 1e-2)
+    fd_tau = (final_risk(0.7 + 1e-4, 1e-2) - final_risk(0.7 - 1e-4, 1e-2)) / 2e-4
+    fd_eps = (final_risk(0.7, 1e-2 + 1e-6) - final_risk(0.7, 1e-2 - 1e-6)) / 2e-6
+    np.testing.assert_allclose(grads, (fd_tau, fd_eps), rtol=1e-4)
 
 
 def test_online_sgd_follows_the_noisy_ode_not_the_flow():
