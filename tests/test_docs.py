@@ -96,15 +96,58 @@ def test_docs_build_strict(tmp_path):
     assert 'href="../../model/#hermite-conventions"' in quickstart
 
 
+def _hooks():
+    pytest.importorskip("mkdocs", reason="the docs extra is not installed (pip install -e .[docs])")
+    spec = importlib.util.spec_from_file_location("hooks", ROOT / "docs" / "hooks.py")
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    return hooks
+
+
+def test_notebook_links_to_docs_pages(caplog):
+    """docs/hooks.py makes a notebook's link ../docs/PAGE.md#anchor the page's URL, and warns
+    (an error of the strict build) when the page or the anchor does not exist."""
+    hooks = _hooks()
+
+    class Page:
+        file = type("F", (), {"src_uri": "notebooks/01_quickstart.ipynb"})()
+
+    class Target:
+        src_uri, abs_src_path = "model.md", str(ROOT / "docs" / "model.md")
+
+        def url_relative_to(self, other):
+            return "../../model/"
+
+    class Files:
+        def get_file_from_path(self, path):
+            return Target() if path == "model.md" else None
+
+    html = (
+        '<a href="../docs/model.md#time-scales">a</a> <a href="../docs/model.md#nowhere">b</a> '
+        '<a href="../docs/missing.md">c</a>'
+    )
+    out = hooks.on_page_content(html, Page(), {}, Files())
+    assert 'href="../../model/#time-scales"' in out
+    assert 'href="../docs/missing.md"' in out
+    warned = " ".join(r.getMessage() for r in caplog.records)
+    assert "model.md#nowhere" in warned and "missing.md" in warned
+    assert "time-scales" not in warned
+    caplog.clear()
+    cell = '<div data-mime-type="application/vnd.jupyter.stderr" tabindex="0"><pre>%s</pre></div>'
+    hooks.on_page_content(cell % "x.py:3: UserWarning: careful", Page(), {}, Files())
+    hooks.on_page_content(cell % "progress 50%", Page(), {}, Files())
+    assert [r.getMessage().split(": ", 1)[1] for r in caplog.records] == [
+        "x.py:3: UserWarning: careful"
+    ]
+
+
 @pytest.mark.slow
 def test_executed_notebook_shows_no_warning_cell(tmp_path):
     """tqdm warns "IProgress not found" when sst imports it in a kernel without ipywidgets: the
     docs build (docs/hooks.py) runs the kernels with that warning filtered."""
     nbconvert2 = pytest.importorskip("mkdocs_jupyter.nbconvert2", reason="no docs extra")
     nbformat = pytest.importorskip("nbformat")
-    hooks_spec = importlib.util.spec_from_file_location("hooks", ROOT / "docs" / "hooks.py")
-    hooks = importlib.util.module_from_spec(hooks_spec)
-    hooks_spec.loader.exec_module(hooks)
+    hooks = _hooks()
     notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("import sst")])
     nbformat.write(notebook, tmp_path / "import.ipynb")
     saved = dict(os.environ)
