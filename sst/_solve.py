@@ -10,7 +10,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Float, PyTree
+from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 
 from ._control import ModelErrorController
 from ._linear import DenseJacobian
@@ -115,6 +115,90 @@ class ProjectedSolver(dfx.AbstractWrappedSolver):
         return projected, y_error, dense_info, solver_state, result
 
 
+class _FiniteGradientSolver(dfx.AbstractWrappedSolver):
+    """A diffrax solver whose steps that end in NaN or inf pass no gradient back.
+
+    Such a step (a trial step far too long, which overflowed) is rejected by every adaptive
+    controller, so nothing downstream depends on its outputs and their exact gradient is zero.
+    Differentiated as it is, its backward pass meets `0 * inf` and lineax's solves with the
+    non-finite stages, which raise (lineax transposes its solves with `throw=True`).
+    """
+
+    wrapped: dfx.AbstractSolver
+
+    @property
+    def solver(self):
+        # diffrax's isinstance checks see through one wrapper, to `solver`: the innermost one
+        # (through a ProjectedSolver), so that an implicit solver is still seen as implicit.
+        solver = self.wrapped
+        while isinstance(solver, dfx.AbstractWrappedSolver):
+            solver = solver.solver
+        return solver
+
+    @property
+    def term_structure(self):
+        return self.wrapped.term_structure
+
+    @property
+    def interpolation_cls(self):
+        return self.wrapped.interpolation_cls
+
+    @property
+    def root_finder(self):
+        return self.wrapped.root_finder
+
+    def order(self, terms):
+        return self.wrapped.order(terms)
+
+    def strong_order(self, terms):
+        return self.wrapped.strong_order(terms)
+
+    def error_order(self, terms):
+        return self.wrapped.error_order(terms)
+
+    def init(self, terms, t0, t1, y0, args):
+        return self.wrapped.init(terms, t0, t1, y0, args)
+
+    def func(self, terms, t0, y0, args):
+        return self.wrapped.func(terms, t0, y0, args)
+
+    def step(self, terms, t0, t1, y0, args, solver_state, made_jump):
+        return _step((terms, t0, t1, y0, args, solver_state), self.wrapped, made_jump)
+
+
+@eqx.filter_custom_vjp
+def _step(inputs, solver, made_jump):
+    return solver.step(*inputs, made_jump)
+
+
+@_step.def_fwd
+def _step_fwd(perturbed, inputs, solver, made_jump):
+    out, vjp = eqx.filter_vjp(lambda inputs: solver.step(*inputs, made_jump), inputs)
+    y1, y_error, dense_info, _, _ = out
+    return out, (vjp, _all_finite((y1, y_error, dense_info)))
+
+
+@_step.def_bwd
+def _step_bwd(residuals, cotangents, perturbed, inputs, solver, made_jump):
+    vjp, finite = residuals
+    # Cotangents of outputs that nothing differentiated arrive as None: zeros to the vjp.
+    outputs = jax.tree_util.tree_map(
+        lambda x: x if jnp.issubdtype(x.dtype, jnp.inexact) else None,
+        jax.eval_shape(_step.fn, inputs, solver, made_jump),
+    )
+    cotangents = jax.tree_util.tree_map(
+        lambda c, x: None if x is None else (jnp.zeros(x.shape, x.dtype) if c is None else c),
+        cotangents,
+        outputs,
+        is_leaf=lambda c: c is None,
+    )
+    zeros = jax.tree_util.tree_map(
+        lambda x: jnp.zeros(x.shape, x.dtype), jax.eval_shape(vjp, cotangents)
+    )
+    (grads,) = jax.lax.cond(finite, lambda: vjp(cotangents), lambda: zeros)
+    return grads
+
+
 def solve(
     model: AbstractModel,
     y0: Any,
@@ -150,6 +234,8 @@ def solve(
       ones recorded in the trajectory). Between steps, saved values come from the solver's
       dense output (third order for `Rodas4`), so any controller keeps the solver's accuracy.
     - `adjoint`: diffrax adjoint for reverse-mode differentiation (see `sst.grad_adjoint`).
+      In reverse mode a trial step that overflowed (and was rejected) passes no gradient, as
+      it affects nothing; forward mode (`diffrax.ForwardMode`) differentiates every step.
     - `throw`: on failure raise (`RuntimeError` outside `jit`, a runtime error inside); with
       `throw=False` the trajectory is returned with its `result`, NaN rows masked by `valid`.
     - `progress`: show a progress bar; it advances in `log t` (from the first positive save
@@ -201,6 +287,9 @@ def solve(
         # Rosenbrock solvers project themselves; any other solver is made to (isinstance sees
         # through a ProjectedSolver, so one passed in is not wrapped twice).
         solver = ProjectedSolver(solver)
+    if not isinstance(adjoint, dfx.ForwardMode):
+        # Its guard is a custom vjp, which forward mode cannot differentiate.
+        solver = _FiniteGradientSolver(solver)
     traj = _solve(
         model, y0, ts, solver, controller, dt0, max_steps, options, _tolerances(controller), dense
     )
@@ -219,6 +308,7 @@ def _solve(
     """The solve and everything computed from it, in one compiled program: outside `jit`,
     each array operation on the result would be compiled on its own."""
     y, args = model.split(y0)
+    finite = _finite_start(model, ts[0], y, args)
     sol = dfx.diffeqsolve(
         ModelTerm(model),
         solver,
@@ -231,6 +321,9 @@ def _solve(
         stepsize_controller=controller,
         max_steps=max_steps,
         throw=False,
+        # A start that is NaN or inf ends the solve before its first step: every step from it
+        # would be rejected, shrinking the step until max_steps ran out.
+        event=dfx.Event(_StopIf(~finite)),
         **options,
     )
     # diffrax marks save times it never reached with inf.
@@ -242,7 +335,7 @@ def _solve(
         risk=jax.vmap(model.risk)(states),
         residuals=jax.vmap(model.residuals)(states),
         valid=valid,
-        result=_result(sol.result, model, ts[0], y, args),
+        result=_result(sol.result, finite),
         stats={k: sol.stats[k] for k in ("num_steps", "num_accepted_steps", "num_rejected_steps")},
         residual_labels=tuple(model.residual_labels),
         rtol=tolerances[0],
@@ -312,11 +405,29 @@ def check_eps(eps: Float[ArrayLike, ...]) -> None:
         )
 
 
-def _result(result: dfx.RESULTS, model: AbstractModel, t0, y: PyTree[Array], args) -> RESULTS:
-    """The result code: diffrax's, told apart from non-finite input (which would otherwise look
-    like an exhausted step budget, the controller shrinking the step on NaN errors)."""
-    leaves = jax.tree_util.tree_leaves((y, model(t0, y, args), model.parameters()))
-    finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+def _finite_start(model: AbstractModel, t0, y: PyTree[Array], args) -> Bool[Array, ""]:
+    """Whether the initial state, its rate and the model's parameters are all finite."""
+    return _all_finite((y, model(t0, y, args), model.parameters()))
+
+
+def _all_finite(tree: PyTree) -> Bool[Array, ""]:
+    leaves = [x for x in jax.tree_util.tree_leaves(tree) if eqx.is_inexact_array(x)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class _StopIf(eqx.Module):
+    """The condition of a `diffrax.Event`: true from the start (and then the solve ends before
+    its first step, with `diffrax.RESULTS.event_occurred`) or never."""
+
+    stop: Bool[Array, ""]
+
+    def __call__(self, t, y, args, **kwargs):
+        return self.stop
+
+
+def _result(result: dfx.RESULTS, finite: Bool[Array, ""]) -> RESULTS:
+    """The result code: diffrax's, or `nonfinite` where the start was not finite (which ends the
+    solve at once, as an event)."""
     failure = RESULTS.where(
         result == dfx.RESULTS.max_steps_reached,
         RESULTS.max_steps_reached,

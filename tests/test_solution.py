@@ -44,7 +44,7 @@ def test_solver_results_print_by_name(tmp_path):
     assert str(batch) == "RESULTS[successful, nonfinite, successful]"
 
     sst.save_trajectory(tmp_path / "budget.npz", budget)
-    loaded = sst.load_trajectory(tmp_path / "budget.npz")
+    loaded = sst.load_trajectory(tmp_path / "budget.npz", like=budget)
     assert str(loaded.result) == "RESULTS.max_steps_reached"
 
 
