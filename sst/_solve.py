@@ -269,6 +269,8 @@ def solve(
     if not is_traced(ts):
         check_times(ts)
     ts = jnp.asarray(ts, dtype=float)
+    if is_traced((ts, model.eps, dt0)):
+        ts, dt0 = _check_traced(model, ts, dt0)
     if solver is None:
         _check_dense_size(model, ts[0], *jax.eval_shape(model.split, y0))
     # Stepping onto the save times costs fewer steps for the same accuracy of the saved values
@@ -355,14 +357,18 @@ def _check_options(solver, rtol, atol, dt0, max_steps, controller) -> int:
             "stepsize_controller must be a diffrax step-size controller such as "
             f"diffrax.PIDController(rtol=1e-8, atol=1e-10), got {controller!r}."
         )
-    if not is_traced((rtol, atol)):
-        rtol_f, atol_f = float(rtol), float(atol)
-        finite = math.isfinite(rtol_f) and math.isfinite(atol_f)
-        if not finite or rtol_f < 0 or atol_f < 0 or rtol_f == atol_f == 0:
-            raise ValueError(
-                "rtol and atol must be finite and non-negative, and not both zero; got "
-                f"rtol={rtol}, atol={atol} (the defaults are rtol=1e-8, atol=1e-10)."
-            )
+    if is_traced((rtol, atol)):
+        raise ValueError(
+            "rtol and atol must be concrete numbers (the trajectory records them as static "
+            "fields); close over Python floats rather than pass them as arguments of jax.jit."
+        )
+    rtol_f, atol_f = float(rtol), float(atol)
+    finite = math.isfinite(rtol_f) and math.isfinite(atol_f)
+    if not finite or rtol_f < 0 or atol_f < 0 or rtol_f == atol_f == 0:
+        raise ValueError(
+            "rtol and atol must be finite and non-negative, and not both zero; got "
+            f"rtol={rtol}, atol={atol} (the defaults are rtol=1e-8, atol=1e-10)."
+        )
     if dt0 is not None and not is_traced(dt0):
         if not (math.isfinite(float(dt0)) and float(dt0) > 0):
             raise ValueError(
@@ -370,6 +376,30 @@ def _check_options(solver, rtol, atol, dt0, max_steps, controller) -> int:
                 f"or None to let the solver choose it; got {dt0}."
             )
     return check_count("max_steps", max_steps)
+
+
+def _check_traced(model: AbstractModel, ts, dt0):
+    """`ts` and `dt0`, checked when the program runs: traced (under jit, vmap, grad), the
+    checks that guard against a silently wrong solve are `eqx.error_if`. A NaN eps or state is
+    not one of them: the result says `nonfinite`."""
+    ts = eqx.error_if(
+        ts,
+        ~jnp.all(jnp.isfinite(ts)) | jnp.any(jnp.diff(ts) <= 0),
+        "ts must be finite and strictly increasing; sort it and drop duplicates.",
+    )
+    ts = eqx.error_if(
+        ts,
+        jnp.any(jnp.asarray(model.eps) < EPS_MIN * (1 - 1e-9)),
+        f"eps is below the range sst supports, eps >= {EPS_MIN:g} (see sst.solve, 'Supported "
+        f"eps'); use eps >= {EPS_MIN:g}.",
+    )
+    if is_traced(dt0):
+        dt0 = eqx.error_if(
+            dt0,
+            ~(jnp.isfinite(dt0) & (dt0 > 0)),
+            "dt0 must be a finite positive initial step, or None to let the solver choose it.",
+        )
+    return ts, dt0
 
 
 class LogTimeProgressMeter(dfx.TqdmProgressMeter):

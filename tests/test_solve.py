@@ -167,6 +167,28 @@ def test_bad_times_raise(cubic_model, ts, match):
         sst.solve(cubic_model, particles(), ts)
 
 
+def test_checks_of_a_traced_solve_run_with_the_program():
+    # Under jit the concrete checks cannot run; eqx.error_if raises when the program does.
+    @jax.jit
+    def final_risk(eps, ts, dt0):
+        model = sst.MeanFieldODE(cubic_problem(eps))
+        return sst.solve(model, particles(), ts, dt0=dt0, throw=False).risk[-1]
+
+    assert np.isfinite(float(final_risk(1e-2, TS, 1e-5)))
+    with pytest.raises(Exception, match=r"eps is below the range sst supports, eps >= 1e-30"):
+        jax.block_until_ready(final_risk(1e-31, TS, 1e-5))
+    with pytest.raises(Exception, match=r"ts must be finite and strictly increasing"):
+        jax.block_until_ready(final_risk(1e-2, np.where(np.arange(TS.size) == 3, TS[2], TS), 1e-5))
+    with pytest.raises(Exception, match=r"dt0 must be a finite positive initial step"):
+        jax.block_until_ready(final_risk(1e-2, TS, -1e-5))
+    with pytest.raises(ValueError, match=r"rtol and atol must be concrete numbers"):
+        jax.jit(
+            lambda rtol: (
+                sst.solve(sst.MeanFieldODE(cubic_problem()), particles(), TS, rtol=rtol).risk
+            )
+        )(1e-8)
+
+
 def test_model_must_be_an_sst_model():
     with pytest.raises(ValueError, match="model must be an sst.AbstractModel"):
         sst.solve(lambda t, y, args: -y, particles(), TS)
