@@ -7,7 +7,8 @@ activation and the initial state. This module provides the functionals people di
 - `risk_at`: the risk at a time (interpolated in log time between saves);
 - `log_time_area`: the area under the risk curve against `log t`, which weighs every time scale
   (every plateau and drop, docs: [time scales][time-scales]) equally;
-- `hitting_time`: the first time the risk falls to a level, a differentiable event.
+- `hitting_time`: the first time the risk falls to a level, a differentiable event (located on
+  the solver's dense output when the trajectory keeps it).
 
 **Which adjoint.**
 
@@ -30,12 +31,13 @@ solver tolerance; at `rtol = 1e-9` they match central finite differences to rela
 from __future__ import annotations
 
 import diffrax as dfx
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._model import AbstractModel
-from ._solution import Trajectory
+from ._solution import DenseOutput, Trajectory
 
 
 def grad_adjoint(mode: str = "reverse", checkpoints: int = 1024) -> dfx.AbstractAdjoint:
@@ -92,19 +94,22 @@ def hitting_time(
 ) -> Float[Array, ""]:
     """First time the risk falls to `level`, a differentiable event.
 
-    The crossing is located between the two bracketing saves and interpolated in `log t` (in `t`
-    if the left save is at `t = 0`):
+    The crossing is bracketed by the first save at or below `level` and the save before it.
 
-    - without `model`, linearly in the risk (as `crossing_time`): the location is second-order
-      accurate in the save spacing, its derivative only first-order;
-    - with the `model` that produced `traj`, by the cubic Hermite interpolant built from the risk
-      and its exact rate `dR/dt = grad R . f` at both saves: fourth-order accurate, and its
-      derivative third-order. Use this one for gradients of hitting times.
+    - With the solver's dense output (`sst.solve(..., dense=True)`) it is located on the dense
+      output, to the solver's tolerance whatever the save grid: bisection in `log t` (in `t`
+      while the left end is `t = 0`), then one Newton step with the exact rate `dR/dt` of
+      `DenseOutput.risk_rate`. `model` is not needed (the dense output carries the solved one).
+    - Otherwise it is interpolated between the two saves in `log t` (in `t` if the left save is
+      at `t = 0`): without `model`, linearly in the risk (as `crossing_time`), second-order
+      accurate in the save spacing and its derivative only first-order; with the `model` that
+      produced `traj`, by the cubic Hermite interpolant built from the risk and its exact rate
+      `dR/dt = grad R . f` at both saves, fourth-order accurate and its derivative third-order.
 
-    The derivative is that of the implicit function theorem, `dt*/dp = -(dR/dp)/(dR/dt)` for the
-    interpolant: the crossing is found by Newton iterations under `stop_gradient` and one final
-    Newton step carries the derivative. The index of the bracketing interval is piecewise constant
-    in the parameters.
+    The derivative is that of the implicit function theorem, `dt*/dp = -(dR/dp)/(dR/dt)` at the
+    crossing of the dense output or of the interpolant: the crossing is found under
+    `stop_gradient` and one final Newton step carries the derivative. The bracketing saves are
+    piecewise constant in the parameters.
 
     Returns `ts[0]` if the risk starts at or below `level` and NaN if it never gets there
     (including when the solve failed before reaching it).
@@ -114,6 +119,8 @@ def hitting_time(
             f"hitting_time needs a single trajectory, got a batch of {traj.ts.shape[0]}; pass "
             "traj[i], or jax.vmap over members."
         )
+    if traj.dense is not None:
+        return _dense_crossing(traj, level)
     rate = None
     if model is not None:
 
@@ -122,6 +129,31 @@ def hitting_time(
             return jax.jvp(model.risk, (state,), (model.rate(traj.ts[i], state),))[1]
 
     return _crossing(traj.ts, traj.risk, level, rate)
+
+
+def _dense_crossing(traj: Trajectory, level) -> Array:
+    """`hitting_time` on the dense output (see there)."""
+    # Imported here: the time-scale module builds on this one.
+    from ._timescales import _bisect
+
+    ts, risk, dense = traj.ts, traj.risk, traj.dense
+    level = jnp.asarray(level, dtype=risk.dtype)
+    below = risk <= level
+    j = jnp.clip(jnp.argmax(below), 1, ts.shape[0] - 1)
+    arrays, static = eqx.partition(dense, eqx.is_inexact_array)
+    fixed = eqx.combine(jax.lax.stop_gradient(arrays), static)
+    t0 = _bisect(
+        _risk_excess, fixed, ts[j - 1][None], ts[j][None], jax.lax.stop_gradient(level)[None]
+    )[0]
+    slope = jax.lax.stop_gradient(dense.risk_rate(t0))
+    t_hit = t0 - (dense.risk(t0) - level) / jnp.where(slope == 0, 1.0, slope)
+    t_hit = jnp.where(below[0], ts[0], t_hit)
+    return jnp.where(jnp.any(below), t_hit, jnp.nan)
+
+
+def _risk_excess(dense: DenseOutput, t, level) -> Float[Array, ""]:
+    """`R(t) - level`: positive before the risk reaches `level`."""
+    return dense.risk(t) - level
 
 
 def crossing_time(

@@ -4,6 +4,7 @@ crossing_time): their values against closed forms and their definitions, their d
 
 import functools
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,9 +33,15 @@ def _functionals(theta, adjoint=None):
     )
     y0 = sst.MeanFieldState(Y0.a.at[0].set(a0), Y0.s, Y0.weights)
     model = sst.MeanFieldODE(problem)
-    traj = sst.solve(model, y0, TS, rtol=RTOL, atol=ATOL, adjoint=adjoint)
+    traj = sst.solve(model, y0, TS, rtol=RTOL, atol=ATOL, adjoint=adjoint, dense=True)
+    saves_only = eqx.tree_at(lambda t: t.dense, traj, None)
     return jnp.stack(
-        [sst.risk_at(traj, 0.5), sst.log_time_area(traj), sst.hitting_time(traj, LEVEL, model)]
+        [
+            sst.risk_at(traj, 0.5),
+            sst.log_time_area(traj),
+            sst.hitting_time(saves_only, LEVEL, model),
+            sst.hitting_time(traj, LEVEL),
+        ]
     )
 
 
@@ -76,6 +83,9 @@ def test_grad_and_jvp_match_central_differences(eps):
     theta = _theta(eps)
     values = np.asarray(forward(theta))
     assert np.all(np.isfinite(values)) and TS[1] < values[2] < TS[-1]
+    # The hitting time between saves (the cubic with exact rates: 2.6e-5 off on this grid at
+    # eps = 1e-2) and on the dense output (within 1e-9 of a solve at rtol 1e-12 on 3,000 saves).
+    np.testing.assert_allclose(values[2], values[3], rtol=1e-4)
     jac = np.asarray(reverse(theta))
     for k, name in enumerate(NAMES):
         fd = np.asarray(_central_differences(forward, theta, k))
@@ -92,32 +102,57 @@ def test_grad_and_jvp_match_central_differences(eps):
     np.testing.assert_allclose(jvp, jac @ np.asarray(direction), rtol=1e-12)
 
 
-def _relaxation(eps, saves=801):
+def _relaxation(eps, ts=None, dense=False):
     # Degree 0 only: r_0(t) = r0 exp(-sigma0^2 t / eps) and risk = r_0^2 / 2 (closed form),
     # whatever the overlaps, which then stay put.
     model = sst.MeanFieldODE(sst.Problem(sst.Hermite([0.7]), sst.Hermite([1.3]), eps=eps))
-    ts = log_grid(1e-4, 1.0, saves)
+    ts = log_grid(1e-4, 1.0, 801) if ts is None else ts
     y0 = sst.MeanFieldState([-0.5, 0.5], [0.3, -0.2])
-    return model, sst.solve(model, y0, ts)
+    return model, sst.solve(model, y0, ts, dense=dense)
+
+
+# Two save grids of one shape (one compilation): 201 log-spaced saves, 0.046 apart in log t, and
+# one with no save between t = 5e-3 and 0.2, across the crossing of the test below at 0.016.
+FINE = log_grid(1e-4, 1.0, 201)
+GAPPED = np.concatenate([[0.0], np.geomspace(1e-4, 5e-3, 100), np.geomspace(0.2, 1.0, 101)])
 
 
 def test_hitting_time_and_its_eps_derivative_match_the_closed_form():
     eps, level, r0, sigma0 = 1e-2, 1e-3, 0.7, 1.3
     exact = eps / (2 * sigma0**2) * np.log(r0**2 / (2 * level))
 
-    def hit(e):
-        # Both interpolants from one solve (and one compilation).
-        model, traj = _relaxation(e, saves=201)
-        both = jnp.stack([sst.hitting_time(traj, level, model), sst.hitting_time(traj, level)])
+    def hit(e, ts):
+        # The three ways from one solve (and one compilation): on the dense output, and between
+        # saves by the cubic with exact rates and linearly (the same trajectory without it).
+        model, traj = _relaxation(e, ts, dense=True)
+        saves_only = eqx.tree_at(lambda t: t.dense, traj, None)
+        both = jnp.stack(
+            [
+                sst.hitting_time(traj, level),
+                sst.hitting_time(saves_only, level, model),
+                sst.hitting_time(saves_only, level),
+            ]
+        )
         return both, both
 
-    (dt_deps, dt_lin), (t_hit, t_lin) = jax.jit(jax.jacrev(hit, has_aux=True))(eps)
-    # Cubic Hermite with exact rates, saves 0.046 apart in log t: O(h^4) location error.
-    np.testing.assert_allclose(t_hit, exact, rtol=1e-6)
-    np.testing.assert_allclose(dt_deps, exact / eps, rtol=1e-5)
-    # The linear interpolant is second-order in the location, first-order in the derivative.
-    np.testing.assert_allclose(t_lin, exact, rtol=5e-3)
-    np.testing.assert_allclose(dt_lin, exact / eps, rtol=1e-1)
+    derivative = jax.jit(jax.jacrev(hit, has_aux=True))
+    for ts in (FINE, GAPPED):
+        (dt_dense, dt_cubic, dt_lin), (t_dense, t_cubic, t_lin) = derivative(eps, ts)
+        # On the dense output, to the solver's tolerance (1e-9 measured) whatever the saves, and
+        # its derivative by the implicit function theorem.
+        np.testing.assert_allclose(t_dense, exact, rtol=1e-7)
+        np.testing.assert_allclose(dt_dense, exact / eps, rtol=1e-7)
+        if ts is FINE:
+            # Cubic Hermite with exact rates: O(h^4) location error.
+            np.testing.assert_allclose(t_cubic, exact, rtol=1e-6)
+            np.testing.assert_allclose(dt_cubic, exact / eps, rtol=1e-5)
+            # The linear interpolant is second-order in the location, first-order in the
+            # derivative.
+            np.testing.assert_allclose(t_lin, exact, rtol=5e-3)
+            np.testing.assert_allclose(dt_lin, exact / eps, rtol=1e-1)
+        else:
+            # Between saves 40 times apart, both interpolants miss it (by -29% and +1000%).
+            assert abs(t_cubic / exact - 1) > 0.1 and abs(t_lin / exact - 1) > 0.1
 
 
 def test_functionals_agree_with_their_definitions_on_a_trajectory():
