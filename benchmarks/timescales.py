@@ -5,7 +5,10 @@ the same code as `sst sweep`, prints the exponents `d log t_k / d log eps` of th
 times with their standard errors next to the heuristics of the docs' [time scales][time-scales],
 the separation
 `t_2 / t_1` at the smallest eps, and the wall time of `sst run examples/quickstart.toml` in a
-fresh process (imports and compilation included). Figures go to out/benchmarks/timescales/.
+fresh process (imports and compilation included). The learning times are located on the
+solver's dense output, to the solver's tolerance whatever the save grid. Figures go to
+out/benchmarks/timescales/; a full run copies the scaling plot and the risk curve at the
+smallest eps to docs/benchmarks/timescales_*.png.
 The same sizes on every device: the members are single small solves, latency-bound on a GPU.
 """
 
@@ -20,10 +23,10 @@ import sys
 import time
 
 import jax
-from _common import Record, device_header, print_result
+from _common import RESULTS_DIR, Record, device_header, print_result
 
 from sst import label_name
-from sst._cli import run, sweep_analysis
+from sst._cli import member_dir, run, sweep_analysis
 from sst._config import RunConfig, read_toml
 
 # The sweep runs in this process through the `sst sweep` code, which (as all of sst) leaves
@@ -58,14 +61,15 @@ def main() -> None:
         raw["problem"]["eps"] = [1e-2, 1e-3, 1e-4, 1e-5]
     config = RunConfig.from_dict(raw)
     start = time.perf_counter()
-    summaries, failures = run(config, out / "sweep", progress=sys.stderr.isatty())
+    summaries, failures = run(config, out / "sweep", progress=sys.stderr.isatty(), dense=True)
     sweep_s = time.perf_counter() - start
     result = sweep_analysis(summaries, out / "sweep")
 
     print(
         f"eps sweep: {config.init['particles']} {config.init['law']} particles, "
         f"rtol={config.solver['rtol']:g}, atol={config.solver['atol']:g}, t in "
-        f"[{config.times['t_min']:g}, {config.times['t_max']:g}], {sweep_s:.1f} s"
+        f"[{config.times['t_min']:g}, {config.times['t_max']:g}], {sweep_s:.1f} s; learning "
+        "times on the dense output"
     )
     print(f"{'eps':>8} {'steps':>7} {'ok':>3} {'wall s':>7} {'t_0':>10} {'t_1':>10} {'t_2':>10}")
     for s in summaries:
@@ -103,6 +107,17 @@ def main() -> None:
     print(f"t_2 / t_1 at eps = {smallest['eps']:g}: {separation:.1f}")
     print(f"sst run examples/quickstart.toml: {cli_s:.1f} s (fresh process)")
     print(f"figures: {out / 'sweep' / 'scaling.png'}, {out / 'sweep'}/eps=*/risk.png")
+    if record.mode == "full":
+        figures = {
+            "timescales_scaling.png": out / "sweep" / "scaling.png",
+            f"timescales_risk_eps{smallest['eps']:g}.png": member_dir(
+                out / "sweep", smallest["eps"], len(config.eps_list)
+            )
+            / "risk.png",
+        }
+        for name, source in figures.items():
+            shutil.copyfile(source, RESULTS_DIR / name)
+            print(f"copied to docs/benchmarks/{name}")
     fields |= {
         "eps_min": f"{smallest['eps']:g}",
         "separation_t2_over_t1": f"{separation:.1f}",
