@@ -1,7 +1,21 @@
-"""What every benchmark shares: the device it runs on, best-of timing, sizes, the RESULT line.
+"""What every benchmark shares: the device it runs on, best-of timing, sizes, the RESULT line,
+and the result file that records which code produced the numbers.
 
 The benchmarks import it as `from _common import ...` (Python puts the script's folder,
 `benchmarks/`, first on the path).
+
+Which code a result file was measured with (its `code` field, see `code_field`): the commit
+checked out (the full hash of `HEAD`), and whether the files that determine the numbers differ
+from that commit: `sst/` and `sst_cli.py` (the library), `benchmarks/` (the scripts and this
+file), `examples/` (the configs `timescales.py` runs) and `pyproject.toml` (the dependencies'
+versions), modified or untracked files under them included (`CODE_PATHS`). Uncommitted changes
+anywhere else (docs, notebooks, tests, the README) are not counted: no benchmark imports or
+reads them, so they cannot change its numbers. The state is taken when this
+module is imported (before the script imports `sst`) and again when the file is written, since
+subprocesses of a benchmark import `sst` from the disk while it runs: a run is recorded as the
+clean commit only if both snapshots are clean and name the same content of those paths;
+otherwise `code` is `"<hash>+modified"` and `code_state` lists what differed. (An edit made and
+undone between the two snapshots cannot be seen.)
 """
 
 from __future__ import annotations
@@ -87,17 +101,30 @@ def result_line(fields: dict[str, Any]) -> str:
 class Record:
     """Everything a benchmark prints, kept to write its result file at the end.
 
-    `Record(__file__, __doc__)` at the start of `main` copies standard output into a buffer;
+    `Record(__file__, __doc__, mode)` at the start of `main` copies standard output into a buffer;
     `print_result(fields, record)` then writes `docs/benchmarks/NAME.json` (NAME the script's
-    name) with the machine, date, device, commit, the whole printed output and the RESULT line:
-    the docs' Benchmarks page renders it (docs/scripts/bench_tables.py).
+    name) with the run's mode, start and end, machine, backend, the code it measured (`code`,
+    `code_state`: see the module's docstring), the whole printed output and the RESULT line: the
+    docs' Benchmarks page renders it (docs/scripts/bench_tables.py).
+
+    Only a full run writes the file, and a full run is the script with its defaults: a run given
+    any argument other than `--quick` (a batch size, other step sizes, another output folder) is
+    recorded as mode `custom` and replaces nothing.
     """
 
     def __init__(self, script: str, doc: str | None, mode: str = "full"):
         self.name = pathlib.Path(script).stem
         self.doc = (doc or "").strip()
+        self.arguments = sys.argv[1:]
+        if mode == "full" and self.arguments:
+            mode = "custom"
+            print(
+                f"not a full run (arguments {' '.join(self.arguments)}): "
+                f"docs/benchmarks/{self.name}.json will not be written"
+            )
         self.mode = mode
-        self.command = " ".join(["python", f"benchmarks/{self.name}.py", *sys.argv[1:]])
+        self.command = " ".join(["python", f"benchmarks/{self.name}.py", *self.arguments])
+        self.started = _now()
         self.buffer = io.StringIO()
         self._stdout = sys.stdout
         sys.stdout = _Tee(self._stdout, self.buffer)
@@ -105,14 +132,22 @@ class Record:
     def write(self, line: str) -> pathlib.Path:
         sys.stdout = self._stdout
         title, _, rest = self.doc.partition("\n")
+        code, state = code_field(_CODE_AT_IMPORT, code_state())
+        d = device()
         data = {
             "title": title.strip(),
             "command": self.command,
             "mode": self.mode,
             "date": datetime.date.today().isoformat(),
+            "started": self.started,
+            "finished": _now(),
             "machine": _machine(),
-            "device": jax.default_backend(),
-            "code": _commit(),
+            "device": d["backend"],
+            "device_kind": d["device"],
+            "code": code,
+            "code_state": state,
+            "packages": _packages(),
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "setup": rest.strip().split("\n\n")[0] if rest.strip() else "",
             "output": self.buffer.getvalue(),
             "result": line,
@@ -147,18 +182,82 @@ def _machine() -> str:
     )
 
 
-def _commit() -> str:
+def _now() -> str:
+    return datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _packages() -> dict[str, str]:
+    """Versions of the libraries the numbers depend on (pyproject.toml pins ranges, not these)."""
+    from importlib import metadata
+
+    versions = {}
+    for name in ("jax", "jaxlib", "equinox", "diffrax", "lineax", "optax", "numpy", "scipy"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+# The files whose content determines a benchmark's numbers (see the module's docstring).
+CODE_PATHS = ("sst", "sst_cli.py", "benchmarks", "examples", "pyproject.toml")
+REPO = pathlib.Path(__file__).resolve().parent.parent
+
+
+def _git(root: pathlib.Path, *args: str) -> str:
+    # --no-optional-locks: `git status` then never takes the index's lock, which would make a
+    # commit started at the same moment in the same checkout fail.
+    return subprocess.run(
+        ["git", "--no-optional-locks", *args], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+
+
+def code_state(root: pathlib.Path = REPO, paths: tuple[str, ...] = CODE_PATHS) -> dict | None:
+    """The checked-out commit, the object ids of `paths` in it (their committed content) and the
+    `git status` lines of `paths` (modified, staged, deleted or untracked files; ignored ones
+    such as `__pycache__` are not listed). None without git or outside a repository."""
     try:
-        rev = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=RESULTS_DIR.parent.parent,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        commit = _git(root, "rev-parse", "--verify", "HEAD^{commit}").strip()
+        # `HEAD:path` of a path the commit lacks is an error: record it as absent instead.
+        listed = _git(root, "ls-tree", "HEAD", "--", *paths).splitlines()
+        objects = {line.split("\t", 1)[1]: line.split()[2] for line in listed}
+        status = _git(
+            root, "status", "--porcelain", "--untracked-files=all", "--", *paths
+        ).splitlines()
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-    return rev
+        return None
+    return {
+        "commit": commit,
+        "objects": {p: objects.get(p, "absent") for p in paths},
+        "changes": status,
+    }
+
+
+def code_field(start: dict | None, end: dict | None) -> tuple[str, dict]:
+    """`code` and `code_state` of a result file from the states at the start and end of a run.
+
+    `code` is the full hash of the commit measured when `paths` matched it at both ends (the
+    commit may have moved on meanwhile if those paths' content did not change), else
+    `"<hash>+modified"` (the commit at the start), `"unknown"` without git. `code_state` says why.
+    """
+    if start is None or end is None:
+        return "unknown", {"reason": "git could not be run, or this is not a git checkout"}
+    same_content = start["objects"] == end["objects"]
+    clean = not start["changes"] and not end["changes"] and same_content
+    state = {
+        "paths": sorted(start["objects"]),
+        "modified": not clean,
+        "changes_at_start": start["changes"],
+        "changes_at_end": end["changes"],
+    }
+    if end["commit"] != start["commit"]:
+        state["commit_at_end"] = end["commit"]
+        state["same_content_at_end"] = same_content
+    return (start["commit"] if clean else f"{start['commit']}+modified"), state
+
+
+# Taken now, when a benchmark imports this module and before it imports sst.
+_CODE_AT_IMPORT = code_state()
 
 
 def print_result(fields: dict[str, Any], record: Record | None = None) -> None:
