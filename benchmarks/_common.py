@@ -21,6 +21,7 @@ undone between the two snapshots cannot be seen.)
 from __future__ import annotations
 
 import datetime
+import hashlib
 import io
 import json
 import os
@@ -146,6 +147,7 @@ class Record:
             "device_kind": d["device"],
             "code": code,
             "code_state": state,
+            "code_digest": code_digest(),
             "packages": _packages(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "setup": rest.strip().split("\n\n")[0] if rest.strip() else "",
@@ -231,6 +233,51 @@ def code_state(root: pathlib.Path = REPO, paths: tuple[str, ...] = CODE_PATHS) -
         "objects": {p: objects.get(p, "absent") for p in paths},
         "changes": status,
     }
+
+
+def _blob_id(data: bytes) -> str:
+    """Git's object id of a file with this content (`git hash-object`), computed without git."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+# Skipped when the files are listed without git (what .gitignore ignores under CODE_PATHS).
+_IGNORED = ("__pycache__", ".ipynb_checkpoints", ".egg-info", ".pyc", "/out/")
+
+
+def code_digest(
+    root: pathlib.Path = REPO, paths: tuple[str, ...] = CODE_PATHS, commit: str | None = None
+) -> str | None:
+    """A fingerprint of the content of `paths`: sha256 of the sorted `path blob-id` lines of their
+    files, in `commit` (from `git ls-tree`) or, without `commit`, in the working tree (tracked
+    and untracked files git does not ignore; without git, every file but caches and `out/`).
+
+    Equal digests mean the same files with the same bytes, so a result file's `code_digest`
+    can be checked against the commit it names, also for a run in a copy of the tree whose own
+    git history did not match the copied files (a device machine's)."""
+    entries = []
+    try:
+        if commit is not None:
+            for line in _git(root, "ls-tree", "-r", commit, "--", *paths).splitlines():
+                meta, path = line.split("\t", 1)
+                entries.append(f"{path} {meta.split()[2]}")
+        else:
+            try:
+                files = _git(
+                    root, "ls-files", "-co", "--exclude-standard", "--", *paths
+                ).splitlines()
+            except (OSError, subprocess.CalledProcessError):
+                files = [
+                    str(f.relative_to(root))
+                    for p in paths
+                    for f in ([root / p] if (root / p).is_file() else (root / p).rglob("*"))
+                    if f.is_file() and not any(x in f"/{f.relative_to(root)}" for x in _IGNORED)
+                ]
+            for path in sorted(set(files)):
+                if (root / path).is_file():  # a deleted tracked file is missing from the digest
+                    entries.append(f"{path} {_blob_id((root / path).read_bytes())}")
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return hashlib.sha256("\n".join(sorted(entries)).encode()).hexdigest()
 
 
 def code_field(start: dict | None, end: dict | None) -> tuple[str, dict]:

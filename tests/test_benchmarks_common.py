@@ -4,6 +4,7 @@ the code, mode and machine a result file records."""
 import importlib.util
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -188,3 +189,21 @@ def test_the_result_file_records_code_mode_machine_and_date(monkeypatch, tmp_pat
     state = common.code_state()
     expected = state["commit"] + ("+modified" if data["code_state"]["modified"] else "")
     assert data["code"] == expected
+
+
+def test_code_digest_matches_the_commit_exactly_when_the_code_paths_do(repo, tmp_path_factory):
+    committed = common.code_digest(repo, commit="HEAD")
+    assert common.code_digest(repo) == committed
+    (repo / "docs/page.md").write_text("edited\n")  # outside the code paths
+    assert common.code_digest(repo) == committed
+    # A copy of the tree without git (as on a device machine), with caches that git ignores.
+    copy = tmp_path_factory.mktemp("copy")
+    shutil.copytree(repo, copy, dirs_exist_ok=True, ignore=shutil.ignore_patterns(".git"))
+    (copy / "sst/__pycache__").mkdir()
+    (copy / "sst/__pycache__/model.cpython-312.pyc").write_bytes(b"\0")
+    assert common.code_state(copy) is None
+    assert common.code_digest(copy) == committed
+    (copy / "sst/model.py").write_text("x = 5\n")
+    assert common.code_digest(copy) != committed
+    (repo / "sst/extra.py").write_text("")  # untracked in the repository
+    assert common.code_digest(repo) != committed
