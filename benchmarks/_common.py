@@ -27,6 +27,7 @@ import json
 import os
 import pathlib
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -126,9 +127,15 @@ class Record:
         self.mode = mode
         self.command = " ".join(["python", f"benchmarks/{self.name}.py", *self.arguments])
         self.started = _now()
+        self.figures: list[tuple[pathlib.Path, str]] = []
         self.buffer = io.StringIO()
         self._stdout = sys.stdout
         sys.stdout = _Tee(self._stdout, self.buffer)
+
+    def keep_figure(self, source: str | pathlib.Path, caption: str) -> None:
+        """Have a full run copy the figure at `source` next to its result file and list it there
+        (the page shows it under the tables); a quick or custom run keeps nothing."""
+        self.figures.append((pathlib.Path(source), caption))
 
     def write(self, line: str) -> pathlib.Path:
         sys.stdout = self._stdout
@@ -155,6 +162,11 @@ class Record:
             "result": line,
         }
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+        if self.figures:
+            data["figures"] = []
+            for source, caption in self.figures:
+                shutil.copyfile(source, RESULTS_DIR / source.name)
+                data["figures"].append({"path": source.name, "caption": caption})
         path = RESULTS_DIR / f"{self.name}.json"
         path.write_text(json.dumps(data, indent=1) + "\n")
         return path

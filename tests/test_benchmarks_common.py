@@ -207,3 +207,16 @@ def test_code_digest_matches_the_commit_exactly_when_the_code_paths_do(repo, tmp
     assert common.code_digest(copy) != committed
     (repo / "sst/extra.py").write_text("")  # untracked in the repository
     assert common.code_digest(repo) != committed
+
+
+def test_a_full_run_keeps_its_figures_next_to_the_result_file(monkeypatch, tmp_path):
+    monkeypatch.setattr("sys.argv", ["bench.py"])
+    results = tmp_path / "results"
+    monkeypatch.setattr(common, "RESULTS_DIR", results)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "curve.png").write_bytes(b"png")
+    record = common.Record("benchmarks/bench.py", "Title.", "full")
+    record.keep_figure(tmp_path / "out" / "curve.png", "The curve.")
+    data = json.loads(record.write("RESULT x=1").read_text())
+    assert data["figures"] == [{"path": "curve.png", "caption": "The curve."}]
+    assert (results / "curve.png").read_bytes() == b"png"
