@@ -26,8 +26,6 @@ Schur complement in O(m N_K^2) (docs: [the staircase solver][staircase-solver]).
 
 from __future__ import annotations
 
-import functools
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -210,9 +208,9 @@ class MeanFieldODE(AbstractProblemModel):
           `d f_alpha / dx = [(grad(s^alpha) A + s^alpha g) / eps + a^2 (Hess(s^alpha)
           (I - s s^T) g + ((I - s s^T) H - (s . g) I - s g^T)^T grad(s^alpha))]^T J`;
         - `M = diag(b) sum_i p_i [P P^T / eps + a^2 G^T (I - s s^T) G] diag(b)`, positive
-          semidefinite (`P` the monomials, `G` their gradients), from moments (`_gram`).
+          semidefinite (`P` the monomials, `G` their gradients).
 
-        All closed-form, O(m N_K k^2 + m N_2K).
+        All closed-form, O(m N_K k^2 + m N_K^2).
         """
         if not self.uses_moments:
             return DenseJacobian.of(self, t, y, weights)
@@ -250,7 +248,11 @@ class MeanFieldODE(AbstractProblemModel):
         )
         f_x = _bmm(jnp.swapaxes(chart.J, 0, 1), f_s)
         E = -(b[:, None] * weights) * jnp.concatenate([f_a[None], f_x])
-        M = _gram(s, a, weights, indices, eps)
+        proj_G = G - s[:, None] * jnp.sum(s[:, None] * G, axis=0)[None]
+        n = table.P.shape[0]
+        G_rows = jnp.swapaxes(G, 0, 1).reshape(n, -1)  # (N, k m)
+        proj_G_rows = jnp.swapaxes(proj_G * (weights * a**2), 0, 1).reshape(n, -1)
+        M = (table.P * weights) @ table.P.T / eps + G_rows @ proj_G_rows.T
         return BorderedJacobian(D=D, B=B, E=E, M=b[:, None] * b[None, :] * M)
 
     def project(self, y: tuple[Array, ...], weights: Array) -> tuple[Array, ...]:
@@ -350,49 +352,6 @@ class MeanFieldODE(AbstractProblemModel):
             return 0.5 * (jnp.sum(r**2) + beyond + p.noise**2)
         pa = w * a
         return p.baseline_risk - jnp.sum(pa * p.V(s)) + 0.5 * pa @ p.U(s @ s.T) @ pa
-
-
-def _gram(
-    s: Float[Array, "k m"], a: Float[Array, " m"], weights: Float[Array, " m"], indices, eps
-) -> Float[Array, "N N"]:
-    """`sum_i p_i [P P^T / eps + a_i^2 G^T (I - s s^T) G]` over the monomials `indices`, from
-    the moments `nu_gamma = sum_i p_i s_i^gamma` and `omega_gamma = sum_i p_i a_i^2 s_i^gamma`
-    of degree `<= 2K` (O(m N_2K) rather than O(m k N_K^2)).
-
-    `G_r,alpha = alpha_r s^(alpha - e_r)` and, by Euler's identity for the homogeneous
-    monomials, `s . grad(s^alpha) = |alpha| s^alpha`, so the entry `(alpha, beta)` is
-    `nu_(alpha+beta) / eps + sum_r alpha_r beta_r omega_(alpha+beta-2e_r)
-    - |alpha| |beta| omega_(alpha+beta)`.
-    """
-    moments, sums, lowered, counts, degrees = _gram_tables(tuple(indices))
-    mono = monomials(s, moments)
-    nu, omega = mono @ weights, mono @ (weights * a**2)
-    tangential = sum(counts[r] * omega[lowered[r]] for r in range(s.shape[0]))
-    return nu[sums] / eps + tangential - degrees * omega[sums]
-
-
-@functools.cache
-def _gram_tables(indices: tuple) -> tuple:
-    """The static index tables of `_gram`: the moments' multi-indices (degree `<= 2K`), the
-    position of `alpha + beta` `(N, N)`, of `alpha + beta - 2 e_r` `(k, N, N)` (any position
-    where `alpha_r beta_r = 0`) with the counts `alpha_r beta_r`, and `|alpha| |beta|`."""
-    table = np.asarray(indices, dtype=np.int64)
-    k = table.shape[1]
-    moments = graded_indices(k, 2 * int(table.sum(axis=1).max()))
-    position = {alpha: i for i, alpha in enumerate(moments)}
-    pairs = table[:, None, :] + table[None, :, :]  # (N, N, k)
-    sums = np.vectorize(lambda *g: position[g])(*np.moveaxis(pairs, -1, 0))
-    counts = np.moveaxis(table[:, None, :] * table[None, :, :], -1, 0).astype(np.float64)
-    lowered = np.stack(
-        [
-            np.vectorize(lambda *g: position[tuple(max(x, 0) for x in g)])(
-                *np.moveaxis(pairs - 2 * np.eye(k, dtype=np.int64)[r], -1, 0)
-            )
-            for r in range(k)
-        ]
-    )
-    degree = table.sum(axis=1).astype(np.float64)
-    return moments, sums, lowered, counts, degree[:, None] * degree[None, :]
 
 
 class _MonomialTable(eqx.Module):
@@ -500,9 +459,8 @@ class _Chart(eqx.Module):
 
 def _bmm(x: Float[Array, "a b m"], y: Float[Array, "b c m"]) -> Float[Array, "a c m"]:
     """The product of each particle's small matrices: over `k <= 3` or so a fused elementwise
-    product and sum, where XLA's batched dot loops over particles (and a reduction over the
-    middle axis compiles to a slower loop than the unrolled sum)."""
-    return sum(x[:, j, None] * y[j][None] for j in range(x.shape[1]))
+    product and sum, where XLA's batched dot loops over particles."""
+    return jnp.sum(x[:, :, None] * y[None], axis=1)
 
 
 def _safe(q: Array) -> Array:
