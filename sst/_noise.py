@@ -29,6 +29,7 @@ ReLU is refused: its four-point functions are orthant integrals with no elementa
 
 from __future__ import annotations
 
+import functools
 import math
 
 import jax.numpy as jnp
@@ -77,15 +78,31 @@ def noise_matrix(
     m = a.shape[0]
     eye = jnp.eye(m, dtype=Q.dtype)
     Q = Q * (1.0 - eye) + eye
-    if problem.activation.is_polynomial:
-        T = _polynomial_error_moment(problem, a, s, Q)
-        T3 = _derivative_kernel(problem.activation, Q)
-    else:
+    if not problem.activation.is_polynomial:
         T, T3 = _erf_error_moment(problem, a, s, Q)
-    return a[:, None] * a[None, :] * (T + problem.noise**2 * T3)
+        return a[:, None] * a[None, :] * (T + problem.noise**2 * T3)
+    i, j, table = _neuron_pairs(m)
+    F = _factorial_powers(Q, problem.activation.degree + 1)  # (K + 1, m, m)
+    T = _polynomial_error_moment(problem, a, s, Q, F)
+    T3 = _derivative_kernel(problem.activation, F[:, i, j])
+    return (a[i] * a[j] * (T + problem.noise**2 * T3))[table]
 
 
 # ------------------------------------------------------------------------ polynomial functions
+#
+# Every expectation is computed for the pairs i <= j only (`N` is symmetric) and by few large
+# operations over static index tables: a vector field calls this at every stage, and at m = 8
+# the cost of many small operations, not the arithmetic, was what limited a noisy solve.
+
+
+@functools.cache
+def _neuron_pairs(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The pairs `i <= j` of `m` neurons, as index arrays `(i, j)`, and the `(m, m)` table of
+    the pair of each entry (`(i, j)` and `(j, i)` share one)."""
+    i, j = np.triu_indices(m)
+    table = np.empty((m, m), dtype=np.int64)
+    table[i, j] = table[j, i] = np.arange(i.shape[0])
+    return i, j, table
 
 
 def _scaled(coeffs: Array, length: int) -> Array:
@@ -103,37 +120,85 @@ def _factorial_powers(C: Array, n: int) -> Array:
     return jnp.stack(out)
 
 
-def _derivative_kernel(activation: Hermite, Q: Array) -> Array:
-    """`E[sigma'(z_i) sigma'(z_j)] = sum_n E[sigma^(n+1)(G)]^2 Q_ij^n / n!`."""
+@functools.cache
+def _edges_to_pair(K: int) -> np.ndarray:
+    """The edge multiplicities `(y, z)` from one neuron `l` to the two derivative vertices
+    `i, j`: each at most `K - 1` (the degree of `sigma'`), their sum at most `K`; ordered by
+    the sum (the degree they give `l`)."""
+    rows = [(y, z) for y in range(K) for z in range(K) if y + z <= K]
+    return np.array(sorted(rows, key=lambda r: (sum(r), r)), dtype=np.int64)
+
+
+@functools.cache
+def _square_diagrams(K: int) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The diagrams of `E[sigma'_i sigma'_j sigma_l sigma_n]`: edges `e` (i-j), `Y = (y, z)`
+    (l to i, j), `x` (l-n) and `Z = (u, v)` (n to i, j), weighted by the vertex factors
+    `E[sigma^(deg)(G)]` at the degrees `e + y + u + 1` (i), `e + z + v + 1` (j), `y + z + x`
+    (l) and `u + v + x` (n), each at most `K`.
+
+    **Returns:** the slices of `_edges_to_pair(K)` of each degree `y + z = 0..K`, and the
+    `(4, K, X, Z)` vertex degrees per `e < K`, row `X = (Y, x)` (`x <= K - y - z`, ordered by
+    `Y` then `x`) and column `Z`; a degree above `K`, whose factor is zero, is set to `K + 1`.
+    """
+    Y = _edges_to_pair(K)
+    degree = Y.sum(axis=1)
+    slices = [
+        (int(np.searchsorted(degree, d)), int(np.searchsorted(degree, d, "right")))
+        for d in range(K + 1)
+    ]
+    rows = np.array([(r, x) for r in range(len(Y)) for x in range(K + 1 - degree[r])])
+    (y, z), x = Y[rows[:, 0]].T[:, :, None], rows[:, 1][:, None]
+    u, v = Y[:, 0][None], Y[:, 1][None]
+    e = np.arange(K)[:, None, None]
+    degrees = np.stack(np.broadcast_arrays(e + y + u + 1, e + z + v + 1, y + z + x, u + v + x))
+    return slices, np.where(np.all(degrees <= K, axis=0), degrees, K + 1)
+
+
+@functools.cache
+def _cross_diagrams(K: int) -> tuple[np.ndarray, np.ndarray]:
+    """The diagrams of `E[sigma'_i sigma'_j sigma_l | z*]` with a nonzero weight: edges `e`
+    (i-j) and `Y = (y, z)` (l to i, j) with `e + y + 1 <= K` and `e + z + 1 <= K`.
+
+    **Returns:** `e` and the index of `Y` into `_edges_to_pair(K)` per diagram."""
+    Y = _edges_to_pair(K)
+    rows = [(e, p) for p in range(len(Y)) for e in range(K) if e + Y[p].max() < K]
+    e, p = (np.array(c) for c in zip(*rows, strict=True))
+    return e, p
+
+
+def _derivative_kernel(activation: Hermite, F: Array) -> Array:
+    """`E[sigma'(z_i) sigma'(z_j)] = sum_n E[sigma^(n+1)(G)]^2 Q_ij^n / n!` from the powers
+    `F[n] = Q_ij^n / n!` of the pairs."""
     K = activation.degree
     hat = _scaled(activation.coeffs, K + 1)[1:]
-    return jnp.tensordot(hat**2, _factorial_powers(Q, K), axes=1)
+    return hat**2 @ F[:K]
 
 
-def _pairs(K: int) -> np.ndarray:
-    """The edge multiplicities `(y, z)` from one neuron `l` to the two derivative vertices
-    `i, j`: each at most `K - 1` (the degree of `sigma'`), their sum at most `K`."""
-    return np.array([(y, z) for y in range(K) for z in range(K) if y + z <= K], dtype=np.int64)
+def _square_term(activation: Hermite, a: Array, F: Array) -> Array:
+    """`sum_{l,n} a_l a_n E[sigma'(z_i) sigma'(z_j) sigma(z_l) sigma(z_n)]` on the pairs
+    `i <= j`, by the diagram formula (`_square_diagrams`) with `F[x] = Q^x / x!`.
 
-
-def _square_term(activation: Hermite, a: Array, Q: Array) -> Array:
-    """`sum_{l,n} a_l a_n E[sigma'(z_i) sigma'(z_j) sigma(z_l) sigma(z_n)]` by the diagram
-    formula: edges `e` (i-j), `y, z` (l to i, j), `u, v` (n to i, j), `x` (l-n); vertex degrees
-    `e + y + u` at `i`, `e + z + v` at `j`, `y + z + x` at `l`, `u + v + x` at `n`. The sums over
-    `l` and `n` are contractions, O(m^4 K^6) in all."""
+    With `L[p, Y, l] = a_l F[y]_il F[z]_jl` for the pair `p = (i, j)`, the sum over `l` is a
+    product with `F[x]` for each degree of `Y` (only the `x` its vertex allows), the sum over `n`
+    one product per pair, and the sums over `e` and the diagrams a product and a reduction: a few
+    dense operations, O(m^4 K^5) in all."""
     K = activation.degree
-    Y = _pairs(K)
-    hat = _scaled(activation.coeffs, 3 * K + 2)
-    F = _factorial_powers(Q, K + 1)  # (K + 1, m, m)
-    L = a[None, None, None, :] * F[Y[:, 0], :, None, :] * F[Y[:, 1], None, :, :]  # (P, i, j, l)
-    P = jnp.einsum("Yijl,xln->Yxijn", L, F)
-    B = jnp.einsum("Yxijn,Zijn->YZxij", P, L)
-    e = np.arange(K)[:, None, None, None]
-    y, z = Y[None, :, None, None, 0], Y[None, :, None, None, 1]
-    u, v = Y[None, None, :, None, 0], Y[None, None, :, None, 1]
-    x = np.arange(K + 1)[None, None, None, :]
-    weights = hat[e + y + u + 1] * hat[e + z + v + 1] * hat[y + z + x] * hat[u + v + x]
-    return jnp.einsum("eij,eYZx,YZxij->ij", F[:K], weights, B)
+    m = a.shape[0]
+    i, j, _ = _neuron_pairs(m)
+    Y = _edges_to_pair(K)
+    slices, degrees = _square_diagrams(K)
+    L = a * jnp.moveaxis(F[:, i][Y[:, 0]] * F[:, j][Y[:, 1]], 0, 1)  # (pair, Y, l)
+    P = jnp.concatenate(
+        [
+            jnp.einsum("pYl,xln->pYxn", L[:, start:stop], F[: K + 1 - d]).reshape(i.size, -1, m)
+            for d, (start, stop) in enumerate(slices)
+        ],
+        axis=1,
+    )  # (pair, X, n): sum_l L[p, Y, l] Q_ln^x / x!
+    B = jnp.einsum("pXn,pZn->pXZ", P, L)
+    weights = jnp.prod(_scaled(activation.coeffs, K + 2)[degrees], axis=0)  # (e, X, Z)
+    C = F[:K, i, j].T @ weights.reshape(K, -1)  # (pair, X Z): the sum over e
+    return jnp.sum(C * B.reshape(C.shape), axis=1)
 
 
 def _target_degrees(target) -> tuple[int, ...]:
@@ -192,8 +257,9 @@ def _smoothed_derivatives(activation: Hermite, mean: Array, c: Array) -> Array:
     return jnp.einsum("nq,...q->...n", coef, H)
 
 
-def _polynomial_error_moment(problem: Problem, a: Array, s: Array, Q: Array) -> Array:
-    """`E[(phi(z*) - f(x))^2 sigma'(z_i) sigma'(z_j)]` for polynomial functions.
+def _polynomial_error_moment(problem: Problem, a: Array, s: Array, Q: Array, F: Array) -> Array:
+    """`E[(phi(z*) - f(x))^2 sigma'(z_i) sigma'(z_j)]` for polynomial functions, on the pairs
+    `i <= j`, with `F[x] = Q^x / x!`.
 
     The `f^2` part is `_square_term` (no target). The parts with the target are, given `z*`, a
     two- and a three-point function of the neurons, whose arguments `z_l = mu_l + Y_l` have
@@ -204,28 +270,30 @@ def _polynomial_error_moment(problem: Problem, a: Array, s: Array, Q: Array) -> 
     act = problem.activation
     K = act.degree
     m = a.shape[0]
+    i, j, _ = _neuron_pairs(m)
     nodes, weights = _target_rule(problem)
     nodes = jnp.asarray(nodes, s.dtype)
     phi = problem.phi(nodes)  # (N,)
-    mean = nodes @ s.T  # (N, m)
-    c = jnp.sum(s * s, axis=1)
-    D = _smoothed_derivatives(act, mean, c)  # (N, m, K + 1)
-    D = jnp.concatenate([D, jnp.zeros(D.shape[:-1] + (K + 1,), D.dtype)], axis=-1)
-    P = _factorial_powers(Q - s @ s.T, K + 1)  # (K + 1, m, m)
-    # Two-point: sum_e P_ij^e / e! D_i[e + 1] D_j[e + 1].
-    e = np.arange(K)
-    two = jnp.einsum("eij,Nie,Nje->Nij", P[:K], D[:, :, e + 1], D[:, :, e + 1])
-    # Three-point with the sum over l: edges e (i-j), y (i-l), z (j-l).
-    Y = _pairs(K)
-    Dl = a[None, None, :] * jnp.moveaxis(D[:, :, Y[:, 0] + Y[:, 1]], 2, 1)  # (N, Y, l)
-    lam = jnp.einsum("NYl,Yil,Yjl->NYij", Dl, P[Y[:, 0]], P[Y[:, 1]])
-    Di = D[:, :, e[:, None] + Y[None, :, 0] + 1]  # (N, i, e, Y)
-    Dj = D[:, :, e[:, None] + Y[None, :, 1] + 1]
-    three = jnp.einsum("eij,NieY,NjeY,NYij->Nij", P[:K], Di, Dj, lam)
     w = jnp.asarray(weights, s.dtype)
-    target_square = jnp.einsum("N,Nij->ij", w * phi**2, two)
-    cross = jnp.einsum("N,Nij->ij", w * phi, three) / m
-    return target_square - 2.0 * cross + _square_term(act, a, Q) / m**2
+    D = _smoothed_derivatives(act, nodes @ s.T, jnp.sum(s * s, axis=1))  # (N, m, K + 1)
+    P = _factorial_powers(Q - s @ s.T, K + 1)  # (K + 1, m, m)
+    Di, Dj = D[:, i], D[:, j]  # (N, pair, K + 1)
+    # Two-point: sum_e P_ij^e / e! D_i[e + 1] D_j[e + 1].
+    target_square = jnp.einsum("N,ep,Npe,Npe->p", w * phi**2, P[:K, i, j], Di[..., 1:], Dj[..., 1:])
+    # Three-point with the sum over l: edges e (i-j), Y = (y, z) (i-l, j-l).
+    Y = _edges_to_pair(K)
+    e, c = _cross_diagrams(K)
+    Pl = P[:, i][Y[:, 0]] * P[:, j][Y[:, 1]]  # (Y, pair, l)
+    lam = jnp.einsum("NlY,l,Ypl->NYp", D[:, :, Y.sum(axis=1)], a, Pl)
+    cross = jnp.einsum(
+        "N,cp,Npc,Npc,Ncp->p",
+        w * phi,
+        P[e][:, i, j],
+        Di[..., e + Y[c, 0] + 1],
+        Dj[..., e + Y[c, 1] + 1],
+        lam[:, c],
+    )
+    return target_square - (2.0 / m) * cross + _square_term(act, a, F) / m**2
 
 
 # ------------------------------------------------------------------------------------------ erf
