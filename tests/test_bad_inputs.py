@@ -434,6 +434,7 @@ def test_numpy_integers_are_accepted_as_sizes():
     assert sst.relu(np.int64(5)).coeffs.shape == (6,)
 
 
+@pytest.mark.slow
 def test_non_finite_input_under_jit_says_why():
     def result(a):
         y0 = sst.MeanFieldState(a, Y0.s, Y0.weights)
@@ -451,6 +452,7 @@ def test_non_finite_input_under_jit_says_why():
         )
 
 
+@pytest.mark.slow
 def test_step_budget_is_reported_as_such():
     traj = sst.solve(MODEL, Y0, helpers.TS, max_steps=5, throw=False)
     assert traj.result == sst.RESULTS.max_steps_reached
@@ -486,6 +488,7 @@ def test_mean_field_risk_is_a_sum_of_squares():
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=12, deadline=None, derandomize=True)
 @given(
     a_scale=st.floats(0.1, 3.0),

@@ -51,6 +51,7 @@ def _repeat(tree, n=3):
     return jax.tree_util.tree_map(lambda x: jnp.stack([x] * n), tree)
 
 
+@pytest.mark.slow
 def test_vmap_over_states_equals_single_solves():
     y0s = _states(3)
     batch = _vmapped(jnp.asarray(np.full(3, 1e-2)), y0s)
@@ -78,6 +79,7 @@ def grouped():
     return sst.solve_batch(_model(), particles(), TS, eps=EPS, group_size=2)
 
 
+@pytest.mark.slow
 def test_solve_batch_groups_mixed_eps_and_keeps_input_order(grouped):
     whole = sst.solve_batch(_model(), particles(), TS, eps=EPS, group_size=len(EPS))
     assert grouped.batch_size == whole.batch_size == len(EPS)
@@ -88,6 +90,7 @@ def test_solve_batch_groups_mixed_eps_and_keeps_input_order(grouped):
         np.testing.assert_allclose(grouped[i].ys.a, whole[i].ys.a, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_solve_batch_over_states_eps_and_hermite_coefficients():
     y0s = _states(3)
     targets = np.array([[0.5, 1.0, 1.0, 1.0], [0.0, 1.0, 0.0, 1.0], [1.0, -0.5, 0.3, 0.0]])
@@ -101,6 +104,7 @@ def test_solve_batch_over_states_eps_and_hermite_coefficients():
         _assert_same(batch[i], sst.solve(model, member(y0s, i), TS))
 
 
+@pytest.mark.slow
 def test_failed_member_is_flagged_without_touching_the_others(grouped):
     # The stiffest member needs more steps than the budget; the others need fewer.
     steps = np.asarray(grouped.stats["num_steps"])
@@ -181,6 +185,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.slow
 def test_sharded_batch_equals_unsharded_on_four_host_devices():
     root = TESTS.parent
     env = dict(

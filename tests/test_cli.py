@@ -61,6 +61,7 @@ def _config(tmp_path, eps="1e-2", text=TINY) -> pathlib.Path:
     return path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2])
 def test_run_round_trip(tmp_path, monkeypatch, k):
     # The config's solver table reaches sst.solve (whatever its values).
@@ -125,6 +126,7 @@ def test_run_round_trip(tmp_path, monkeypatch, k):
     assert summary["phases"][0]["kind"] == "plateau"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2])
 def test_sweep_fits_exponents(tmp_path, capsys, k):
     out = tmp_path / "out"
@@ -148,6 +150,7 @@ def test_sweep_fits_exponents(tmp_path, capsys, k):
     assert f"{CONSTANT[k]}: exponent 1.0" in printed
 
 
+@pytest.mark.slow
 def test_two_eps_are_swept_but_not_fitted(tmp_path, capsys):
     # Two points give a slope without a standard error: fit_scalings needs three.
     out = tmp_path / "out"
@@ -164,6 +167,7 @@ def _times(result: dict, name: str) -> np.ndarray:
     return np.array(result[name], dtype=float)  # JSON null (not learned) becomes NaN
 
 
+@pytest.mark.slow
 def test_sharded_sweep_merges_to_the_one_process_sweep(tmp_path, capsys):
     path = _config(tmp_path, eps="[1e-2, 1e-3, 1e-4]")
     one, shards = tmp_path / "one", tmp_path / "shards"
@@ -198,6 +202,7 @@ def test_sharded_sweep_merges_to_the_one_process_sweep(tmp_path, capsys):
         assert a["learning_times"] == b["learning_times"]
 
 
+@pytest.mark.slow
 def test_sweep_under_jax_distributed_takes_its_process_share(tmp_path, monkeypatch):
     monkeypatch.setattr(sst._cli.jax, "process_index", lambda: 0)
     monkeypatch.setattr(sst._cli.jax, "process_count", lambda: 2)
@@ -250,6 +255,7 @@ def test_merge_rejects_incomplete_or_mixed_folders(tmp_path, capsys, layout, mes
     assert not (out / "sweep.json").exists()
 
 
+@pytest.mark.slow
 def test_failed_member_keeps_earlier_files(tmp_path, monkeypatch, capsys):
     real_solve = sst._cli.solve
     calls = []
@@ -360,6 +366,7 @@ n_save = 5
 """
 
 
+@pytest.mark.slow
 def test_tau_runs_the_noisy_ode(tmp_path):
     # problem.tau reaches the model: the run's final risk is that of FiniteDimODE(problem, tau)
     # from sst.random_init's network, built here from the library, and not the flow's.
@@ -419,6 +426,7 @@ print("after", "jax" in sys.modules)
 """
 
 
+@pytest.mark.slow
 def test_help_and_usage_errors_do_not_import_jax(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", _NO_JAX_PROBE],

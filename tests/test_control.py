@@ -20,6 +20,7 @@ def _pid(rtol=1e-8, atol=1e-10):
     return dfx.ClipStepSizeController(dfx.PIDController(rtol=rtol, atol=atol), step_ts=TS)
 
 
+@pytest.mark.slow
 def test_default_error_norm_steps_exactly_as_diffrax_pid():
     model, y0 = _relu_model(), sst.quadrature_particles(4, law="uniform")
     ours = sst.solve(model, y0, TS)
@@ -67,6 +68,7 @@ def test_nonfinite_error_rejects_the_step_and_shrinks_it_by_factormin():
     np.testing.assert_allclose([t0, t1], [0.0, 0.025])
 
 
+@pytest.mark.slow
 def test_controller_exposes_its_pid_tolerances_and_is_recorded_by_solve():
     model = sst.MeanFieldODE(
         sst.Problem(sst.Hermite([0.0, 1.0, 1.0]), sst.Hermite([0.5, 1.0, 1.0]), 1e-2)
@@ -82,6 +84,7 @@ def test_controller_exposes_its_pid_tolerances_and_is_recorded_by_solve():
     assert int(plain.stats["num_steps"]) != int(traj.stats["num_steps"])
 
 
+@pytest.mark.slow
 def test_controller_runs_under_vmap_with_batched_eps():
     model = sst.MeanFieldODE(
         sst.Problem(sst.Hermite([0.0, 1.0, 1.0]), sst.Hermite([0.5, 1.0, 1.0]), 1e-2)

@@ -98,6 +98,7 @@ def _overlaps(init, W):
     return (W @ init.U).reshape(init.state.s.shape)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_vector_field_is_the_weight_space_flow_at_a_point(kind):
     # d(a, W U, W W^T)/dt of the flow on the weights, by autodiff of the raw risk.
@@ -111,6 +112,7 @@ def test_vector_field_is_the_weight_space_flow_at_a_point(kind):
     np.testing.assert_allclose(rate.Q, dW @ W.T + W @ dW.T, rtol=1e-11, atol=1e-13)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_finite_dim_ode_matches_weight_space_gradient_flow(kind, finite_dim_reference):
     problem, init, T = _problem(kind), _network(kind), float(TRAIN_TS[-1])
@@ -131,6 +133,7 @@ def test_finite_dim_ode_matches_weight_space_gradient_flow(kind, finite_dim_refe
     assert errors[-1] < 2e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_finite_dim_risk_matches_monte_carlo_network_risk(kind):
     init = _network(kind, m=6, d=7, seed=5)
@@ -158,6 +161,7 @@ def test_finite_dim_risk_matches_monte_carlo_network_risk(kind):
         assert abs(float(jnp.mean(loss)) - risk) < 5 * stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 def test_residuals_use_equal_weights(kind):
     init = _network(kind)
@@ -209,6 +213,7 @@ def _risk_gap(problem, init, ts):
     return jnp.max(jnp.abs(fd.risk - mf.risk))
 
 
+@pytest.mark.slow
 def test_mean_field_is_the_large_d_large_m_limit_of_finite_dim():
     # Q_ij -> s_i s_j as d grows and the self-interaction is O(1/m): the gap shrinks jointly.
     ts = jnp.linspace(0.0, 2.0, 11)
@@ -221,6 +226,7 @@ def test_mean_field_is_the_large_d_large_m_limit_of_finite_dim():
     assert gaps[2] < 0.05, gaps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", KINDS)
 @settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(log_eps=st.floats(-2.0, 0.0), seed=st.integers(0, 2**16))
@@ -231,6 +237,7 @@ def test_risk_never_increases_finite_dim(kind, log_eps, seed):
     assert float(jnp.max(jnp.diff(traj.risk))) <= 1e-9
 
 
+@pytest.mark.slow
 def test_trajectory_keeps_the_gram_structure(finite_dim_trajectory):
     Q = np.asarray(finite_dim_trajectory.ys.Q)
     assert Q.shape == (TS.size, FD_M, FD_M)

@@ -77,6 +77,7 @@ def _central_differences(forward, theta, k, rel=1e-4):
     return (forward(theta + e) - forward(theta - e)) / (2 * h)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [1e-2, 1e-4])
 def test_grad_and_jvp_match_central_differences(eps):
     forward, reverse, tangent = _compiled()
@@ -117,6 +118,7 @@ FINE = log_grid(1e-4, 1.0, 201)
 GAPPED = np.concatenate([[0.0], np.geomspace(1e-4, 5e-3, 100), np.geomspace(0.2, 1.0, 101)])
 
 
+@pytest.mark.slow
 def test_hitting_time_and_its_eps_derivative_match_the_closed_form():
     eps, level, r0, sigma0 = 1e-2, 1e-3, 0.7, 1.3
     exact = eps / (2 * sigma0**2) * np.log(r0**2 / (2 * level))
@@ -155,6 +157,7 @@ def test_hitting_time_and_its_eps_derivative_match_the_closed_form():
             assert abs(t_cubic / exact - 1) > 0.1 and abs(t_lin / exact - 1) > 0.1
 
 
+@pytest.mark.slow
 def test_functionals_agree_with_their_definitions_on_a_trajectory():
     _, traj = _relaxation(1e-2)
     ts, risk = np.asarray(traj.ts), np.asarray(traj.risk)

@@ -55,6 +55,7 @@ def test_particles_from_law():
     np.testing.assert_array_equal(equal.weights, 0.25)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [None, 1, 3])
 def test_random_init_is_consistent_with_its_weights(k):
     init = sst.random_init(jax.random.key(2), m=7, d=50, k=k)
@@ -76,6 +77,7 @@ def test_random_init_is_consistent_with_its_weights(k):
             sst.random_init(jax.random.key(2), m=7, d=directions, k=k)
 
 
+@pytest.mark.slow
 def test_random_init_overlaps_are_of_order_one_over_sqrt_d():
     # s_i = <w_i, e_1> with w_i uniform on the sphere: E[s^2] = 1/d.
     init = sst.random_init(jax.random.key(0), m=4000, d=100)

@@ -65,6 +65,7 @@ def test_round_trip_of_k_directions(tmp_path):
     assert loaded.residual_labels == ((0, 0), (1, 0), (1, 1)) and loaded.ys.s.shape == (3, 4, 2)
 
 
+@pytest.mark.slow
 def test_training_round_trip(tmp_path):
     run = sst.train(
         small_problem(),

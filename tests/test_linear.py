@@ -141,6 +141,7 @@ def _structured_and_dense(model, y, weights, c, b):
     return operator.mv(b), operator.as_matrix(), x, x_t, J
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("structure", "k"),
     [("woodbury", None), ("schur", None), ("schur", 3)],
@@ -186,6 +187,7 @@ def test_structured_solve_equals_dense_solve(structure, k, activation, eps, requ
                 np.testing.assert_allclose(solution, np.linalg.solve(M, b), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_dense_jacobian_solves_by_lu():
     model = sst.MeanFieldODE(cubic_problem(), interaction="dense")
     assert not model.uses_moments
@@ -211,6 +213,7 @@ def _solve_functional(model, weights, unravel, w):
     return f
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", STRUCTURES)
 def test_derivatives_through_a_structured_solve(structure):
     model = _model(structure, 1e-2)
@@ -255,6 +258,7 @@ def test_structured_solvers_only_take_their_operator(solver):
         lx.linear_solve(lx.MatrixLinearOperator(jnp.eye(3)), jnp.ones(3), solver)
 
 
+@pytest.mark.slow
 def test_small_matrix_inverse_pivots():
     # A zero (and a tiny) leading pivot break elimination without row exchanges; 12 x 12 is
     # above the unrolled elimination's size.
@@ -266,6 +270,7 @@ def test_small_matrix_inverse_pivots():
         np.testing.assert_allclose(inv @ M, jnp.eye(M.shape[0]), atol=1e-12)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("p", [3, 4])
 def test_small_inverses_of_blocks_with_a_stiff_row(p):
     # Blocks of 1 + k coordinates (k = 2, 3) are inverted by their adjugate: as accurate as LU
@@ -331,6 +336,7 @@ def _learned_state(structure, eps):
     return model, y, weights
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("eps", [1e-2, 1e-10])
 def test_structured_solves_equal_dense_solves_with_rank_deficient_coupling(structure, eps):
@@ -363,6 +369,7 @@ def test_structured_solves_equal_dense_solves_with_rank_deficient_coupling(struc
                     np.testing.assert_allclose(x, jnp.linalg.solve(matrix, b), rtol=1e-8)
 
 
+@pytest.mark.slow
 def test_orthonormal_range_factors_b():
     B = jax.random.normal(jax.random.PRNGKey(1), (2, 5, 9)).at[:, 3].set(0.0)
     B = B.at[:, 4].set(B[:, 0] - 2 * B[:, 1])  # a dependent column
@@ -375,6 +382,7 @@ def test_orthonormal_range_factors_b():
     assert np.allclose(np.triu(T), T)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("structure", STRUCTURES)
 @pytest.mark.parametrize("eps", [1e-20, 1e-30])
 def test_solves_are_backward_stable_when_the_right_hand_side_is_stiff(structure, eps):

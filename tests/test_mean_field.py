@@ -85,6 +85,7 @@ def _factors(activation, indices) -> np.ndarray:
     )
 
 
+@pytest.mark.slow
 def test_linear_relaxation_matches_closed_form():
     # Degree 0 only: s never moves and m_0 relaxes as r_0(t) = r_0(0) exp(-sigma_0^2 t / eps).
     # Written with four coefficients, so that it shares the shapes (and the compiled solve) of
@@ -105,6 +106,7 @@ def _both_paths(problem, state):
     return (fast.rate(0.0, state), fast.risk(state)), (dense.rate(0.0, state), dense.risk(state))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TARGETS)
 def test_rates_are_the_equations_on_both_paths(kind):
     # The equations of the docs' model pages written out in (a, s) with the problem's kernels:
@@ -131,6 +133,7 @@ def test_rates_are_the_equations_on_both_paths(kind):
         np.testing.assert_allclose(risk, expected, rtol=1e-12, err_msg=path)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", TARGETS)
 def test_solver_coordinates_carry_the_rates_and_the_residuals(kind):
     # The field in (a, x, r) against the rate in (a, s): ds/dt = (d ball / dx) dx/dt, and the
@@ -183,6 +186,7 @@ def _positions(kind, m, seed):
     return {"random": state.s, "zero": zero, "edge": edge.reshape(state.s.shape)}, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", [ACTIVATION.coeffs, WIDE_ACTIVATION], ids=["K3", "K8"])
 @pytest.mark.parametrize("kind", TARGETS)
 def test_closed_form_jacobian_equals_autodiff(kind, activation):
@@ -268,6 +272,7 @@ def test_residuals_are_hermite_projections_for_relu():
     np.testing.assert_allclose(residuals, expected, atol=1e-4)  # quadrature error ~3e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["k1-hermite", "k3"])
 def test_risk_matches_monte_carlo_of_a_network_realising_the_particles(kind):
     # w_i = U s_i + sqrt(1 - |s_i|^2) e_{k+i}: distinct neurons overlap by s_i . s_j, as in
@@ -320,6 +325,7 @@ def _initial_overlaps(kind, m=M):
     return {"k1-hermite": s[:, 0], "k1-target": s[:, :1], "k3": s}[kind]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", K13)
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
@@ -361,12 +367,14 @@ def _kvaerno5_in_overlaps(model, y0, ts):
     ).ys
 
 
+@pytest.mark.slow
 def test_default_solver_matches_kvaerno5_in_overlap_coordinates(cubic_model, cubic_trajectory):
     a, s = _kvaerno5_in_overlaps(cubic_model, particles(), TS)
     np.testing.assert_allclose(cubic_trajectory.ys.s, s, atol=1e-7)
     np.testing.assert_allclose(cubic_trajectory.ys.a, a, rtol=1e-7, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_default_solver_matches_kvaerno5_in_overlap_coordinates_k3():
     # The ball chart of k = 3 against the rates in s themselves.
     problem = sst.Problem(_solve_target("k3", [0.5, 1.0, 1.0, 1.0]), ACTIVATION, 1e-2)
@@ -476,6 +484,7 @@ def _fixed_steps(model, y0):
     return sst.solve(model, y0, TS, solver=sst.Rodas4(), **options).risk
 
 
+@pytest.mark.slow
 def test_general_model_at_k1_is_the_scalar_model_and_k3_with_one_direction_is_k1():
     phi, sigma, eps = [0.5, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], 1e-2
     y0 = particles()
@@ -499,6 +508,7 @@ def test_general_model_at_k1_is_the_scalar_model_and_k3_with_one_direction_is_k1
         np.testing.assert_allclose(risk, reference, rtol=0, atol=1e-12, err_msg=name)
 
 
+@pytest.mark.slow
 @settings(max_examples=30, deadline=None)
 @given(st.lists(st.floats(-3.0, 3.0), min_size=3, max_size=3))
 def test_ball_coordinates(x):
@@ -511,6 +521,7 @@ def test_ball_coordinates(x):
         np.testing.assert_allclose(ball_inverse(s), x, rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_ball_is_sin_for_k1_and_smooth_at_zero():
     x = jnp.linspace(-1.5, 1.5, 7)[None]
     assert bool(jnp.all(ball(x) == jnp.sin(x)))
@@ -538,6 +549,7 @@ def test_radial_functions_against_extended_precision():
     np.testing.assert_allclose(phi, phi_ref.astype(float), rtol=3e-12)
 
 
+@pytest.mark.slow
 def test_staircase_and_symmetry_at_s0():
     zero = sst.quadrature_particles(4, k=2)
     # z1 z2 alone: grad V(0) = 0, so no particle leaves s = 0.
@@ -553,6 +565,7 @@ def test_staircase_and_symmetry_at_s0():
     assert float(jnp.max(jnp.abs(rate))) > 0.1
 
 
+@pytest.mark.slow
 def test_hermite_target_and_target_of_k1_solve_alike():
     # The same function as an sst.Hermite (overlaps (m,), kernels of the Hermite series) and as
     # an sst.Target with k = 1 (overlaps (m, 1), monomials): the same vector field, the same
@@ -590,6 +603,7 @@ def _model2(eps=1e-2, coeffs=None):
     return sst.MeanFieldODE(sst.Problem(target, ACTIVATION, eps))
 
 
+@pytest.mark.slow
 def test_solve_learns_a_staircase_and_the_risk_never_increases():
     traj = sst.solve(_model2(), Y0_2, TS2, **OPTIONS)
     assert bool(traj.success)
@@ -601,6 +615,7 @@ def test_solve_learns_a_staircase_and_the_risk_never_increases():
     assert times[labels.index((0, 0))] < times[labels.index((1, 0))] < times[labels.index((1, 1))]
 
 
+@pytest.mark.slow
 def test_solve_batch_matches_single_solves():
     eps = np.array([1e-2, 3e-2])
     coeffs = np.array([[0.5, 1.0, 1.0], [0.0, 1.0, 0.5]])
@@ -624,6 +639,7 @@ def _functionals(theta):
     return sst.risk_at(traj, 0.5) + 0.1 * sst.log_time_area(traj)
 
 
+@pytest.mark.slow
 def test_grad_matches_central_differences():
     theta = jnp.array([1e-2, 1.0, float(Y0_2.a[0])])
     g = jax.grad(_functionals)(theta)
@@ -762,6 +778,7 @@ def test_error_norm_of_the_dense_path_is_diffraxs():
     )
 
 
+@pytest.mark.slow
 def test_sin_cos_evaluated_once_are_exactly_sin_and_cos_with_their_derivatives():
     # The product with the identity that keeps XLA from re-evaluating them must not change a bit.
     theta = jnp.linspace(-np.pi / 2, np.pi / 2, 24).reshape(4, 6)
@@ -780,6 +797,7 @@ def test_sin_cos_evaluated_once_are_exactly_sin_and_cos_with_their_derivatives()
     np.testing.assert_array_equal(s_vmapped, s)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["k1-hermite", "k3"])
 def test_projection_solves_its_least_squares_problem(kind):
     # project moves a by the minimiser of sum_i (da_i / (|a_i| + alpha))^2
@@ -817,6 +835,7 @@ def test_projection_solves_its_least_squares_problem(kind):
     np.testing.assert_allclose(a_same, a, rtol=1e-13)
 
 
+@pytest.mark.slow
 def test_default_control_at_eps_1e_12_against_a_much_tighter_reference():
     default, reference = _solve(1e-12, 1e-8), _solve(1e-12, 1e-10)
     t, t_ref = sst.learning_times(default)[1:], sst.learning_times(reference)[1:]
@@ -830,6 +849,7 @@ def test_default_control_at_eps_1e_12_against_a_much_tighter_reference():
     assert _risk_rise(default.risk) < 1e-13
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [1e-20, sst.EPS_MIN])
 def test_learning_times_converge_with_the_tolerance_at_tiny_eps(eps):
     rtols = (1e-6, 1e-7, 1e-8)
@@ -850,6 +870,7 @@ def test_learning_times_converge_with_the_tolerance_at_tiny_eps(eps):
 coefficient = st.one_of(st.just(0.0), st.floats(-1.0, 1.0))
 
 
+@pytest.mark.slow
 @settings(max_examples=10, deadline=None)
 @example(  # a particle reaches |s| = 1, where A(s) cancels: its rounding once stalled the solve
     target=[0.0, 1.0, 0.0, 0.0, 0.0, 0.0, -1.0],

@@ -20,6 +20,7 @@ def _model(eps=1e-2):
     return Relaxation(DECAY, TARGET, eps)
 
 
+@pytest.mark.slow
 def test_solve_matches_the_closed_form():
     model = _model()
     traj = sst.solve(model, X0, TS)
@@ -58,6 +59,7 @@ def test_validation_goes_through_the_model():
         sst.solve_batch(_model(), X0, TS, eps=[1e-2, -1.0])
 
 
+@pytest.mark.slow
 def test_solve_batch_over_eps_and_target_matches_the_closed_form():
     eps = np.array([1e-1, 1e-3, 1e-2, 1e-4])
     targets = np.stack([TARGET + i for i in range(4)])
@@ -70,6 +72,7 @@ def test_solve_batch_over_eps_and_target_matches_the_closed_form():
         sst.solve_batch(_model(), X0, TS, parameters={"activation": np.ones((2, 4))})
 
 
+@pytest.mark.slow
 def test_grad_through_solve_matches_the_closed_form():
     # R(T) = sum_k (x0_k - c_k)^2 exp(-2 decay_k T / eps) / 2, differentiated in eps and in c.
     T = 0.02
@@ -93,6 +96,7 @@ def test_grad_through_solve_matches_the_closed_form():
     np.testing.assert_allclose(d_target, e_target, rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_result_codes_and_throw_inside_jit():
     @eqx.filter_jit
     def solve(eps, throw):
@@ -110,6 +114,7 @@ def test_result_codes_and_throw_inside_jit():
         solve(jnp.asarray(1e-2), True).ys.x.block_until_ready()
 
 
+@pytest.mark.slow
 def test_controller_without_tolerances_records_nan():
     traj = sst.solve(
         _model(1.0),

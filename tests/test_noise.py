@@ -73,6 +73,7 @@ def _N(problem, a, W, U):
     return np.asarray(noise_matrix(problem, jnp.asarray(a), S, Q))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 3])
 def test_polynomial_noise_matrix_matches_a_tensor_gauss_hermite_rule(k):
     problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
@@ -84,6 +85,7 @@ def test_polynomial_noise_matrix_matches_a_tensor_gauss_hermite_rule(k):
     assert np.max(np.abs(N - N.T)) < 1e-12 * np.max(np.abs(N))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 3, "erf", "erf-k3"])
 def test_noise_matrix_within_five_standard_errors_of_monte_carlo(k):
     if k == "erf":
@@ -100,6 +102,7 @@ def test_noise_matrix_within_five_standard_errors_of_monte_carlo(k):
     assert z.max() < 5.0, z.max()
 
 
+@pytest.mark.slow
 def test_erf_four_point_function_matches_quadrature_to_1e_10():
     rng = np.random.default_rng(3)
     xi, weight = _gauss_hermite(4, 40)
@@ -114,6 +117,7 @@ def test_erf_four_point_function_matches_quadrature_to_1e_10():
         assert abs(float(erf_i4(jnp.asarray(C))) - reference) < 1e-10
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [sst.erf(), TARGETS[1]], ids=["erf", "polynomial"])
 def test_erf_noise_matrix_matches_quadrature_to_1e_10(target):
     # The polynomial target goes through the quadrature over z* with the tilt in closed form; the
@@ -130,6 +134,7 @@ def _state(problem, k):
     return init.state, (a, W, U)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 3])
 def test_noise_terms_of_the_vector_field(k):
     problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
@@ -149,6 +154,7 @@ def test_noise_terms_of_the_vector_field(k):
     assert np.array_equal(np.asarray(rate.a), np.asarray(base.a))
 
 
+@pytest.mark.slow
 def test_tau_zero_is_exactly_the_flow_also_when_traced():
     problem = sst.Problem(TARGETS[1], ACTIVATION, 0.1)
     state, _ = _state(problem, 1)
@@ -173,6 +179,7 @@ def test_bad_tau_and_unsupported_functions_are_refused():
     sst.FiniteDimODE(sst.Problem(TARGETS[1], sst.relu(), 0.1))  # the flow needs no noise matrix
 
 
+@pytest.mark.slow
 def test_noisy_jacobian_is_the_flows_for_a_w_method_and_exact_otherwise():
     problem = sst.Problem(TARGETS[1], ACTIVATION, 0.1, noise=0.3)
     state, _ = _state(problem, 1)
@@ -203,6 +210,7 @@ def noisy_reference():
     return model, state, ref
 
 
+@pytest.mark.slow
 def test_w_method_with_the_flows_jacobian_solves_the_noisy_ode(noisy_reference):
     model, state, ref = noisy_reference
     for solver in (Ros34PW2(), sst.Rodas4()):
@@ -211,6 +219,7 @@ def test_w_method_with_the_flows_jacobian_solves_the_noisy_ode(noisy_reference):
             np.testing.assert_allclose(x, r, rtol=0, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradient_of_a_noisy_solve_in_tau_and_eps_matches_finite_differences(noisy_reference):
     model, state, _ = noisy_reference
     ts = NOISY_TS[:3]
@@ -240,6 +249,7 @@ def test_gradient_of_a_noisy_solve_in_tau_and_eps_matches_finite_differences(noi
     np.testing.assert_allclose(grads, (fd_tau, fd_eps), rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_online_sgd_follows_the_noisy_ode_not_the_flow():
     # tau = eta d / B = 1 at d = 300: the renormalisation shrinks S at the rate (tau/2) N_ii and
     # the shared component of the steps grows q_ij = Q_ij - S_i . S_j at the rate tau N_ij.

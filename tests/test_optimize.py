@@ -21,6 +21,7 @@ def _optimize(*args, **kwargs):
         return sst.optimize_activation(*args, **kwargs)
 
 
+@pytest.mark.slow
 def test_optimised_activation_keeps_its_norm_and_lowers_the_risk():
     y0 = sst.quadrature_particles(4)
     result = _optimize(sst.MeanFieldODE(PROBLEM), y0, TS, t=1.0, steps=6, learning_rate=0.1)
@@ -33,6 +34,7 @@ def test_optimised_activation_keeps_its_norm_and_lowers_the_risk():
     assert losses[-1] < 0.5 * losses[0]
 
 
+@pytest.mark.slow
 def test_optimize_activation_takes_a_finite_dim_model_of_k_directions():
     target = sst.Target.from_monomials({(1, 0): 1.0, (1, 1): 1.0})
     activation = sst.Hermite([0.2, 1.0, 0.5, 0.5])

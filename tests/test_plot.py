@@ -271,6 +271,7 @@ def test_plot_risk_names_the_problem_and_refuses_empty_curves(synthetic):
         plot_particles(batch)
 
 
+@pytest.mark.slow
 def test_plot_ode_vs_network_shows_the_runs(finite_dim_reference):
     init = random_network()
     runs = [

@@ -80,6 +80,7 @@ def _monte_carlo_V(problem, s, n=400_000, seed=0):
     return values.mean(), values.std() / math.sqrt(n)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("target", "activation"),
     [
@@ -101,6 +102,7 @@ def test_V_against_monte_carlo(target, activation):
         assert abs(float(problem.V(s)) - mean) < 5 * stderr
 
 
+@pytest.mark.slow
 @settings(max_examples=20, deadline=None)
 @given(
     s=st.lists(st.floats(-0.55, 0.55), min_size=3, max_size=3),

@@ -44,6 +44,7 @@ def _fixed_steps(model, y0, ts, n_steps, max_steps=100, solver=None):
     return np.asarray(sol.ys)
 
 
+@pytest.mark.slow
 def test_rodas4_and_its_dense_output_are_fourth_order_on_a_nonlinear_problem():
     # Saves at the midpoints of the 10 coarse steps on [0, 2], and at t = 2. With 10, 30 and 90
     # steps these stay midpoints of steps (tripling the steps splits each step in three), so the
@@ -87,6 +88,7 @@ def _orders(solver, model):
     return np.log(errors[:-1] / errors[1:]) / np.log(3.0)
 
 
+@pytest.mark.slow
 def test_ros34pw2_is_third_order_with_any_jacobian_and_rodas4_is_not():
     # The order conditions of a W-method hold for any matrix: with J / 2 + R the observed order
     # stays 3 (2.9-3.1 measured), at the steps and from the second-order dense output between
@@ -105,6 +107,7 @@ def test_ros34pw2_tableau_is_stiffly_accurate():
     assert not sst.RODAS4.w_method
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "solver, bound", [(sst.Rodas4(), 1e-8), (Ros34PW2(), 1e-5)], ids=["rodas4", "ros34pw2"]
 )
@@ -134,6 +137,7 @@ def test_rosenbrock_needs_a_model_term():
     assert ModelTerm.unwrap(ModelTerm(model)) == (model, 1)
 
 
+@pytest.mark.slow
 def test_rodas4_integrates_backward_in_time():
     # From t = 2 down to t = 0, diffeqsolve hands the solver dy/ds = -f(-s, y) in s = -t: the
     # Jacobian, the df/dt terms and the time must all change sign (with none changed, the
@@ -171,6 +175,7 @@ def test_malformed_tableau_raises(change, match):
         dataclasses.replace(sst.RODAS4, **change)
 
 
+@pytest.mark.slow
 def test_structured_and_dense_jacobians_give_the_same_trajectory():
     # interaction="dense" hands Rodas4 a DenseJacobian (LU, and the O(m^2) vector field); the
     # default a ParticleJacobian (Woodbury solves of the moment path).

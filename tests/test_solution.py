@@ -4,6 +4,7 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import pytest
 from helpers import TS, Point, Relaxation
 
 import sst
@@ -26,6 +27,7 @@ def test_every_code_prints_its_name():
     assert "step budget" in sst.RESULTS[sst.RESULTS.max_steps_reached]
 
 
+@pytest.mark.slow
 def test_solver_results_print_by_name(tmp_path):
     @eqx.filter_jit
     def solve(eps, max_steps):
@@ -48,6 +50,7 @@ def test_solver_results_print_by_name(tmp_path):
     assert str(loaded.result) == "RESULTS.max_steps_reached"
 
 
+@pytest.mark.slow
 def test_steps_are_described_as_accepted_and_rejected():
     traj = sst.solve(Relaxation(DECAY, TARGET, 1e-2), X0, TS)
     n, accepted, rejected = (

@@ -56,6 +56,7 @@ def test_trajectory_fields_and_shapes(cubic_model, cubic_trajectory):
         traj[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [1e-2, 1e-6, 1e-10, 1e-12])
 def test_default_solver_matches_a_tight_reference_across_eps(eps):
     traj = sst.solve(sst.MeanFieldODE(cubic_problem(eps)), particles(), REFERENCE_TS)
@@ -66,6 +67,7 @@ def test_default_solver_matches_a_tight_reference_across_eps(eps):
     assert float(jnp.max(jnp.diff(traj.risk))) <= 1e-12 * float(traj.risk[0])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("eps", [1e-1, 1e-4, 1e-8, 1e-12])
 def test_default_solver_integrates_to_t100_with_monotone_risk(eps):
     # 16 particles: 8 learn the target only to 1e-5 of the initial risk at eps = 0.1.
@@ -75,6 +77,7 @@ def test_default_solver_integrates_to_t100_with_monotone_risk(eps):
     assert float(traj.risk[-1]) < 1e-6 * float(traj.risk[0])
 
 
+@pytest.mark.slow
 def test_explicit_controller_keeps_the_accuracy_between_steps():
     # An explicit controller does not clip the steps onto the save times: the saved values come
     # from Rodas4's dense output. With the linear interpolation it had before, the saved risk
@@ -115,6 +118,7 @@ def test_failure_without_throw_is_flagged_and_masked(cubic_model):
     assert np.all(np.isfinite(np.asarray(traj.risk)[valid]))
 
 
+@pytest.mark.slow
 def test_a_nonfinite_start_under_jit_ends_the_solve_at_once(cubic_model):
     # Every step from a NaN state is rejected: without the stop at the start the controller
     # shrank the step until the budget ran out (100,000 rejected steps).
@@ -130,6 +134,7 @@ def test_a_nonfinite_start_under_jit_ends_the_solve_at_once(cubic_model):
     assert solve(y0.a).result == sst.RESULTS.successful
 
 
+@pytest.mark.slow
 def test_reverse_mode_through_overflowing_rejected_steps_is_finite_and_right():
     # At eps = 1e-12 trial steps of the default solve overflow and are rejected; differentiating
     # them met 0 * inf and raised lineax's non-finite-input error (not at 1e-10, where none
@@ -167,6 +172,7 @@ def test_bad_times_raise(cubic_model, ts, match):
         sst.solve(cubic_model, particles(), ts)
 
 
+@pytest.mark.slow
 def test_checks_of_a_traced_solve_run_with_the_program():
     # Under jit the concrete checks cannot run; eqx.error_if raises when the program does.
     @jax.jit
@@ -297,6 +303,7 @@ def _invariant_drift(ys) -> float:
     return float(jnp.max(jnp.abs(jnp.sum(z**2, axis=-1) / r - 1)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", [dfx.Tsit5(), dfx.Kvaerno5(), sst.Rodas4()], ids=type)
 def test_solve_applies_the_models_projection_with_any_solver(solver):
     model = Rotor(jnp.asarray(1.0))
@@ -310,6 +317,7 @@ def test_solve_applies_the_models_projection_with_any_solver(solver):
     assert max_abs(traj.ys[0], exact) < 1e-4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("solver", [dfx.Tsit5(), dfx.Kvaerno5()], ids=type)
 def test_without_the_projection_the_invariant_drifts(solver):
     # The same solve by diffrax alone: what the test above would see if sst.solve skipped the
@@ -327,6 +335,7 @@ def test_without_the_projection_the_invariant_drifts(solver):
     assert _invariant_drift(sol.ys) > 1e-9
 
 
+@pytest.mark.slow
 def test_an_identity_projection_leaves_diffrax_solvers_as_they_are():
     # Relaxation keeps AbstractModel's projection (y itself): ProjectedSolver then steps exactly
     # as the solver it wraps, first-same-as-last rates included.

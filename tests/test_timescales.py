@@ -105,6 +105,7 @@ def relaxation():
     return sst.solve(model, Point(jnp.zeros(3)), RELAXATION_TS, dense=True)
 
 
+@pytest.mark.slow
 def test_learning_times_on_the_dense_output_match_the_closed_form(relaxation):
     # r_j^2 halves at t = ln 2 / (2 d_j), far from any of the few saves.
     exact = np.log(2.0) / (2 * DECAY[:2])
@@ -142,6 +143,7 @@ def test_detect_phases_boundaries_on_the_dense_output_match_the_closed_form(rela
     assert abs(grid[1].t_start / start - 1) > 1e-3
 
 
+@pytest.mark.slow
 def test_detect_phases_calls_the_final_convergence_a_descent():
     # The first solve of the README: after the last drop the risk falls from about 5e-3 to
     # 2e-10 over two and a half decades of time, too slowly for a drop (relative to the total

@@ -32,6 +32,7 @@ def _train(problem=PROBLEM, ts=TRAIN_TS, **kwargs):
     return sst.train(problem, INIT, ts, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("activation", [PROBLEM.activation, sst.erf(), sst.relu()])
 def test_hand_gradient_matches_autodiff_of_the_network(activation):
     problem = sst.Problem(PROBLEM.target, activation, eps=0.1)
@@ -56,6 +57,7 @@ def reference_k2() -> sst.Trajectory:
     return sst.solve(sst.FiniteDimODE(PROBLEM_K2), INIT_K2.state, TRAIN_TS, **FD_REFERENCE)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("k", [1, 2])
 def test_population_gradient_converges_to_finite_dim_ode_at_first_order(
     k, finite_dim_reference, reference_k2
@@ -92,6 +94,7 @@ def test_float32_population_gradient_tracks_float64():
     np.testing.assert_allclose(r32.ys.s, r64.ys.s, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sgd_mean_over_seeds_matches_the_ode_within_statistical_error():
     # Label noise included: it must shift the population risk by noise^2 / 2 and nothing else.
     ode = sst.solve(sst.FiniteDimODE(NOISY), INIT.state, TRAIN_TS, **FD_REFERENCE)
@@ -138,6 +141,7 @@ def test_same_seed_gives_the_same_run_whatever_the_record_grid():
     np.testing.assert_array_equal(run.ys.a, legacy.ys.a)
 
 
+@pytest.mark.slow
 def test_fixed_samples_train_risk_is_an_unbiased_estimate_at_start_and_then_overfits():
     n = 4000
     big = _train(
@@ -211,6 +215,7 @@ def test_bad_inputs_raise_value_errors():
         sst.train(PROBLEM_K2, skew, TRAIN_TS, eta=1e-2)
 
 
+@pytest.mark.slow
 def test_sampling_estimators_on_k_directions():
     # Labels phi(U^T x) of two directions; the recorded overlaps are s = W U of the final weights.
     fixed = sst.train(PROBLEM_K2, INIT_K2, TRAIN_TS, eta=1e-2, estimator=FEW, key=jax.random.key(1))

@@ -47,6 +47,7 @@ print(json.dumps(report))
 """
 
 
+@pytest.mark.slow
 def test_import_leaves_x64_off_and_entry_points_say_what_to_add():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS), str(TESTS.parent)]))
     env.pop("JAX_ENABLE_X64", None)
