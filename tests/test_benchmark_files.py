@@ -31,8 +31,6 @@ STALE = {
     "batch_gpu": "code is prose (cfede80, the device's git said dd04398-dirty): rerun "
     "benchmarks/batch.py on a GPU and save its batch.json as batch_gpu.json",
     "staircase": "written with git describe --dirty (65aa688-dirty): rerun benchmarks/staircase.py",
-    "sgd_noise": "run with uncommitted sst/_linear.py and sst/_noise.py (dd44541+modified): "
-    "rerun benchmarks/sgd_noise.py at a commit",
 }
 
 
