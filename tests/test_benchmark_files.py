@@ -30,7 +30,6 @@ STALE = {
     "ode_vs_particles": "rerun benchmarks/ode_vs_particles.py at a commit",
     "batch_gpu": "code is prose (cfede80, the device's git said dd04398-dirty): rerun "
     "benchmarks/batch.py on a GPU and save its batch.json as batch_gpu.json",
-    "staircase": "written with git describe --dirty (65aa688-dirty): rerun benchmarks/staircase.py",
 }
 
 
