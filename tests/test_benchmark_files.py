@@ -27,7 +27,6 @@ _spec.loader.exec_module(tables)
 # be removed here, after which the section is held to the rule like the others.
 STALE = {
     "stiff": "written with git describe --dirty (ea5e94e-dirty): rerun benchmarks/stiff.py",
-    "ode_vs_particles": "rerun benchmarks/ode_vs_particles.py at a commit",
     "batch_gpu": "code is prose (cfede80, the device's git said dd04398-dirty): rerun "
     "benchmarks/batch.py on a GPU and save its batch.json as batch_gpu.json",
 }
