@@ -26,7 +26,6 @@ _spec.loader.exec_module(tables)
 # xfail: when a full run replaces the file, its test passes, fails as XPASS, and the name must
 # be removed here, after which the section is held to the rule like the others.
 STALE = {
-    "stiff": "written with git describe --dirty (ea5e94e-dirty): rerun benchmarks/stiff.py",
     "batch_gpu": "code is prose (cfede80, the device's git said dd04398-dirty): rerun "
     "benchmarks/batch.py on a GPU and save its batch.json as batch_gpu.json",
 }
