@@ -45,8 +45,8 @@ lint: $(STAMP)
 	$(BIN)/ruff check --fix $(LINTED)
 	$(BIN)/ruff format $(LINTED)
 
-# The notebooks are executed during the build, in their small mode: 13.7 minutes for notebooks
-# 01-06 on a 2-core machine shared with other work (2026-12-07, load average 10-17).
+# The notebooks are executed during the build, in their small mode: 5.8 minutes for notebooks
+# 01-07 on a 2-core machine (2026-12-07, a benchmark on the other core for a minute of it).
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
