@@ -68,7 +68,6 @@ from _common import Record, best_of, device_header, print_result
 
 import sst
 import sst._train as sst_train
-from sst._rosenbrock import Ros34PW2
 
 jax.config.update("jax_enable_x64", True)
 
@@ -623,7 +622,7 @@ def main() -> None:
     solve_times = {}
     for t_end in (10.0,) if args.quick else (10.0, 100.0):
         ts = np.linspace(0.0, t_end, 26)
-        for name, solver in (("Ros34PW2", Ros34PW2()), ("Tsit5", dfx.Tsit5())):
+        for name, solver in (("Ros34PW2", sst.Ros34PW2()), ("Tsit5", dfx.Tsit5())):
             fn = lambda solver=solver, ts=ts: sst.solve(  # noqa: E731
                 model, init.state, ts, solver=solver, rtol=1e-6, atol=1e-8, max_steps=100_000
             )

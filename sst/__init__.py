@@ -53,10 +53,13 @@ from ._plot import (
 from ._problem import AbstractProblemModel as AbstractProblemModel, Problem as Problem
 from ._rosenbrock import (
     RODAS4 as RODAS4,
+    ROS34PW2 as ROS34PW2,
     AbstractRosenbrock as AbstractRosenbrock,
     Rodas4 as Rodas4,
+    Ros34PW2 as Ros34PW2,
     RosenbrockInterpolation as RosenbrockInterpolation,
     RosenbrockTableau as RosenbrockTableau,
+    StiffJacobian as StiffJacobian,
 )
 from ._solution import (
     RESULTS as RESULTS,

@@ -17,7 +17,6 @@ from scipy.special import erf
 
 import sst
 from sst._noise import erf_i4, noise_matrix
-from sst._rosenbrock import Ros34PW2, StiffJacobian
 
 ACTIVATION = sst.Hermite([0.5, 1.0, 0.7, 0.4])
 TARGETS = {
@@ -186,7 +185,7 @@ def test_noisy_jacobian_is_the_flows_for_a_w_method_and_exact_otherwise():
     y, args = sst.FiniteDimODE(problem).split(state)
     flow = sst.FiniteDimODE(problem).jacobian(0.0, y, args)
     noisy = sst.FiniteDimODE(problem, tau=0.7).jacobian(0.0, y, args)
-    assert isinstance(noisy, StiffJacobian)
+    assert isinstance(noisy, sst.StiffJacobian)
     assert np.array_equal(np.asarray(noisy.stiff.matrix), np.asarray(flow.matrix))
     full = jax.jacfwd(
         lambda x: jax.flatten_util.ravel_pytree(
@@ -213,7 +212,7 @@ def noisy_reference():
 @pytest.mark.slow
 def test_w_method_with_the_flows_jacobian_solves_the_noisy_ode(noisy_reference):
     model, state, ref = noisy_reference
-    for solver in (Ros34PW2(), sst.Rodas4()):
+    for solver in (sst.Ros34PW2(), sst.Rodas4()):
         traj = sst.solve(model, state, NOISY_TS, solver=solver, rtol=1e-8, atol=1e-10)
         for x, r in zip(jax.tree.leaves(traj.ys), jax.tree.leaves(ref.ys), strict=True):
             np.testing.assert_allclose(x, r, rtol=0, atol=1e-6)
@@ -230,7 +229,7 @@ def test_gradient_of_a_noisy_solve_in_tau_and_eps_matches_finite_differences(noi
             noisy,
             state,
             ts,
-            solver=Ros34PW2(),
+            solver=sst.Ros34PW2(),
             rtol=1e-10,
             atol=1e-12,
             adjoint=sst.grad_adjoint(),

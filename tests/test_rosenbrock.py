@@ -12,7 +12,6 @@ from helpers import STIFF_TS, FieldModel, cubic_problem, particles
 
 import sst
 from sst._model import ModelTerm
-from sst._rosenbrock import ROS34PW2, Ros34PW2
 
 
 def _nonlinear(t, y, args):
@@ -94,14 +93,14 @@ def test_ros34pw2_is_third_order_with_any_jacobian_and_rodas4_is_not():
     # stays 3 (2.9-3.1 measured), at the steps and from the second-order dense output between
     # them (local error O(h^3)). Rodas4 with the same matrix drops to order 1 or below.
     for model in (FieldModel(_nonlinear), _WrongJacobian(_nonlinear)):
-        orders = _orders(Ros34PW2(), model)
+        orders = _orders(sst.Ros34PW2(), model)
         assert np.all((orders > 2.7) & (orders < 3.4)), orders
     assert np.all(_orders(sst.Rodas4(), _WrongJacobian(_nonlinear))[:, 1] < 1.5)
 
 
 def test_ros34pw2_tableau_is_stiffly_accurate():
-    tab = ROS34PW2
-    assert Ros34PW2.tableau is tab and tab.stages == 4 and tab.w_method and tab.dense is None
+    tab = sst.ROS34PW2
+    assert sst.Ros34PW2.tableau is tab and tab.stages == 4 and tab.w_method and tab.dense is None
     np.testing.assert_allclose(tab.b, (*tab.a[-1], 1.0), rtol=1e-14, atol=1e-14)
     assert tab.c[-1] == 1.0
     assert not sst.RODAS4.w_method
@@ -109,7 +108,7 @@ def test_ros34pw2_tableau_is_stiffly_accurate():
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "solver, bound", [(sst.Rodas4(), 1e-8), (Ros34PW2(), 1e-5)], ids=["rodas4", "ros34pw2"]
+    "solver, bound", [(sst.Rodas4(), 1e-8), (sst.Ros34PW2(), 1e-5)], ids=["rodas4", "ros34pw2"]
 )
 def test_rosenbrock_is_stable_and_accurate_on_a_very_stiff_problem(solver, bound):
     # Prothero-Robinson: y' = lam (y - sin t) + cos t, y(0) = 0, exact y = sin t, lam = -1e10.
