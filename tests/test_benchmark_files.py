@@ -26,7 +26,8 @@ _spec.loader.exec_module(tables)
 # xfail: when a full run replaces the file, its test passes, fails as XPASS, and the name must
 # be removed here, after which the section is held to the rule like the others.
 STALE = {
-    "batch_gpu": "code is prose (cfede80, the device's git said dd04398-dirty): rerun "
+    "batch_gpu": "the GPU result file names its commit in prose (cfede80, written by hand: the "
+    "device's git said dd04398-dirty), and no GPU has been lent since to rerun it: rerun "
     "benchmarks/batch.py on a GPU and save its batch.json as batch_gpu.json",
 }
 
