@@ -13,7 +13,7 @@ from ._noise import noise_matrix, noise_supported
 from ._problem import AbstractProblemModel, Problem, overlap_matrix, state_overlaps
 from ._rosenbrock import StiffJacobian
 from ._target import _powers, graded_indices, monomials
-from ._validate import check_overlaps, float_array, is_traced
+from ._validate import check_overlaps, float_array, is_traced, require
 
 
 class FiniteDimState(eqx.Module):
@@ -97,39 +97,46 @@ class FiniteDimODE(AbstractProblemModel):
         problem = self.problem.with_parameters(**values) if values else self.problem
         return FiniteDimODE(problem, tau)
 
-    def check_state(self, state: FiniteDimState) -> None:
-        """Raise `ValueError` if `state` is not a valid `(a, s, Q)` for this problem."""
+    def check_state(self, state: FiniteDimState) -> FiniteDimState:
+        """`state`, checked as an `(a, s, Q)` for this problem: a `ValueError` now if concrete
+        and invalid; under jit, an error when run if its values are not those of unit vectors."""
         if not isinstance(state, FiniteDimState):
             raise ValueError(f"FiniteDimODE needs a FiniteDimState, got {type(state).__name__}.")
-        a, s, Q = (np.asarray(x) for x in (state.a, state.s, state.Q))
-        check_overlaps(self.problem, a, s, "FiniteDimState")
+        a, Q = state.a, state.Q
+        s = check_overlaps(self.problem, a, state.s, "FiniteDimState")
         m = a.shape[0]
         if Q.shape != (m, m):
             raise ValueError(f"Q must be a ({m}, {m}) matrix (W W^T); got shape {Q.shape}.")
-        if not np.all(np.isfinite(Q)):
+        if not is_traced(Q) and not np.all(np.isfinite(Q)):
             raise ValueError("Q contains NaN or inf; pass the finite overlap matrix W @ W.T.")
-        if np.max(np.abs(Q - Q.T)) > 1e-10 or np.max(np.abs(np.diag(Q) - 1.0)) > 1e-10:
-            raise ValueError(
-                "Q must be symmetric with unit diagonal (the Gram matrix of unit vectors); "
-                "symmetrise it and set its diagonal to 1."
-            )
-        if np.max(np.abs(Q)) > 1.0 + 1e-12:
-            raise ValueError("Entries of Q are overlaps of unit vectors and must lie in [-1, 1].")
+        Q = require(
+            Q,
+            (jnp.max(jnp.abs(Q - Q.T)) > 1e-10) | (jnp.max(jnp.abs(jnp.diag(Q) - 1.0)) > 1e-10),
+            "Q must be symmetric with unit diagonal (the Gram matrix of unit vectors); "
+            "symmetrise it and set its diagonal to 1.",
+        )
+        Q = require(
+            Q,
+            jnp.max(jnp.abs(Q)) > 1.0 + 1e-12,
+            "Entries of Q are overlaps of unit vectors and must lie in [-1, 1].",
+        )
         # (S, Q) come from unit vectors w_i and orthonormal directions U*: [[I, S^T], [S, Q]] is
         # their Gram matrix, so positive semi-definite. W W^T in float64 carries rounding of at
         # most d u ~ 1e-10 per entry up to d = 1e6, which moves an eigenvalue by at most
         # (m + k) times that: below -(m + k) 1e-9 no set of unit vectors produced this state.
         S = s.reshape(m, -1)
         k = S.shape[1]
-        gram = np.block([[np.eye(k), S.T], [S, Q]])
-        smallest = float(np.linalg.eigvalsh(0.5 * (gram + gram.T))[0])
-        if smallest < -(m + k) * 1e-9:
-            raise ValueError(
-                "(s, Q) is not the Gram matrix of unit vectors and the target directions: "
-                f"[[I, s^T], [s, Q]] has eigenvalue {smallest:.3g} < 0; build the state from "
-                "unit vectors W (rows) and directions U as s = W @ U, Q = W @ W.T "
-                "(sst.RandomInit.from_weights)."
-            )
+        gram = jnp.block([[jnp.eye(k), S.T], [S, Q]])
+        smallest = jnp.linalg.eigvalsh(0.5 * (gram + gram.T))[0]
+        Q = require(
+            Q,
+            smallest < -(m + k) * 1e-9,
+            "(s, Q) is not the Gram matrix of unit vectors and the target directions "
+            "([[I, s^T], [s, Q]] has a negative eigenvalue); build the state from unit vectors "
+            "W (rows) and directions U as s = W @ U, Q = W @ W.T (sst.RandomInit.from_weights).",
+            lambda: f"its smallest eigenvalue is {float(smallest):.3g}",
+        )
+        return FiniteDimState(a, s, Q)
 
     def split(self, state: FiniteDimState) -> tuple[tuple[Array, Array, Array], None]:
         """Evolving part `(a, s, Q)` and constant `args` (none) of a state."""

@@ -108,15 +108,17 @@ class MeanFieldODE(AbstractProblemModel):
         `k = 1`): the residuals integrated on the moment path."""
         return graded_indices(self.problem.k, self.problem.activation.degree)
 
-    def check_state(self, state: MeanFieldState) -> None:
-        """Raise `ValueError` if `state` is not a valid set of weighted particles."""
+    def check_state(self, state: MeanFieldState) -> MeanFieldState:
+        """`state`, checked as a set of weighted particles: a `ValueError` now if concrete and
+        invalid; under jit, an error when run if `|s_i| > 1` or the weights are off."""
         if not isinstance(state, MeanFieldState):
             raise ValueError(f"MeanFieldODE needs a MeanFieldState, got {type(state).__name__}.")
-        a, s, w = (np.asarray(x) for x in (state.a, state.s, state.weights))
-        check_overlaps(self.problem, a, s, "MeanFieldState")
-        if w.shape != a.shape:
-            raise ValueError(f"weights must have the shape {a.shape} of a, got {w.shape}.")
-        check_weights(w)
+        s = check_overlaps(self.problem, state.a, state.s, "MeanFieldState")
+        if state.weights.shape != state.a.shape:
+            raise ValueError(
+                f"weights must have the shape {state.a.shape} of a, got {state.weights.shape}."
+            )
+        return MeanFieldState(state.a, s, check_weights(state.weights))
 
     def split(self, state: MeanFieldState) -> tuple[tuple[Array, ...], Array]:
         """Solver coordinates and constant `args` (the weights), also of a state with leading

@@ -65,8 +65,10 @@ class AbstractModel(eqx.Module, Generic[State]):
         """What each residual is (a Hermite degree, a multi-index)."""
 
     @abc.abstractmethod
-    def check_state(self, state: State) -> None:
-        """Raise `ValueError` (one sentence naming the fix) if a concrete state is invalid."""
+    def check_state(self, state: State) -> State:
+        """`state`, validated: raise `ValueError` (one sentence naming the fix) if a concrete
+        state is invalid; a traced one (under jit, vmap, grad) is returned with its value checks
+        attached by `eqx.error_if`, which raise when the program runs."""
 
     @property
     @abc.abstractmethod
@@ -148,8 +150,8 @@ class WithDenseJacobian(AbstractModel[State]):
     def residual_labels(self):
         return self.model.residual_labels
 
-    def check_state(self, state) -> None:
-        self.model.check_state(state)
+    def check_state(self, state):
+        return self.model.check_state(state)
 
     @property
     def eps(self):

@@ -220,8 +220,8 @@ def solve(
     **Arguments:**
 
     - `model`: any `sst.AbstractModel` (`MeanFieldODE`, `FiniteDimODE`, or your own).
-    - `y0`: its initial state, validated by `model.check_state` before any compilation when
-      concrete.
+    - `y0`: its initial state, validated by `model.check_state`: before any compilation when
+      concrete, when the program runs under `jax.jit` (`eqx.error_if`).
     - `ts`: strictly increasing save times; the solve runs on `[ts[0], ts[-1]]`.
     - `solver`: any diffrax solver; default `default_solver()` (`Rodas4`).
     - `rtol`, `atol`: tolerances of the default step-size controller: diffrax's PID control of
@@ -264,8 +264,7 @@ def solve(
         )
     max_steps = _check_options(solver, rtol, atol, dt0, max_steps, stepsize_controller)
     check_eps(model.eps)
-    if not is_traced(y0):
-        model.check_state(y0)
+    y0 = model.check_state(y0)
     if not is_traced(ts):
         check_times(ts)
     ts = jnp.asarray(ts, dtype=float)

@@ -4,17 +4,33 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import ArrayLike
+from jaxtyping import Array, ArrayLike
 
 
 def is_traced(tree: Any) -> bool:
     """Whether any leaf of `tree` is a tracer (inside jit, vmap, grad): then no concrete check."""
     return any(isinstance(x, jax.core.Tracer) for x in jax.tree_util.tree_leaves(tree))
+
+
+T = TypeVar("T")
+
+
+def require(x: T, bad: ArrayLike, message: str, detail: Callable[[], str] | None = None) -> T:
+    """`x`, checked against `bad`: a concrete `bad` raises `ValueError(message)` (and `detail()`,
+    the offending value) at once; a traced one raises when the program runs (`eqx.error_if`),
+    so that the check holds under `jax.jit` and `jax.vmap` too."""
+    if is_traced(bad):
+        return eqx.error_if(x, bad, message)
+    if np.any(np.asarray(bad)):
+        raise ValueError(message if detail is None else f"{message[:-1]}; {detail()}.")
+    return x
 
 
 def check_times(ts: ArrayLike) -> np.ndarray:
@@ -36,19 +52,6 @@ def require_x64(where: str) -> None:
         raise RuntimeError(
             f"{where} needs float64: add `jax.config.update('jax_enable_x64', True)` right after "
             "`import jax`, before creating any array."
-        )
-
-
-def check_particles(a: np.ndarray, s: np.ndarray) -> None:
-    """Concrete second-layer weights `a` and overlaps `s`: non-empty, finite, `|s| <= 1`."""
-    if a.shape[0] == 0:
-        raise ValueError("The state has no particles; pass at least one.")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
-        raise ValueError("The state contains NaN or inf in a or s; pass finite values.")
-    if np.max(np.abs(s)) > 1.0:
-        raise ValueError(
-            f"Overlaps s must lie in [-1, 1] (they are <u*, w_i> for unit vectors); got "
-            f"max |s| = {np.max(np.abs(s)):.6g}."
         )
 
 
@@ -109,18 +112,24 @@ def particle_weights(a: jax.Array, weights: ArrayLike | None) -> jax.Array:
     return float_array(weights)
 
 
-def check_weights(w: np.ndarray) -> None:
-    """Particle weights must be finite, non-negative and sum to 1."""
-    if not np.all(np.isfinite(w)) or np.any(w < 0) or abs(w.sum() - 1.0) > 1e-10:
-        raise ValueError(
-            "Particle weights must be finite, non-negative and sum to 1 (got sum "
-            f"{w.sum():.12g}, min {w.min():.3g}); normalise them with weights / weights.sum()."
-        )
+def check_weights(w: Array) -> Array:
+    """Particle weights `w`, checked: finite where concrete, non-negative and summing to 1 (under
+    jit too)."""
+    if not is_traced(w) and not np.all(np.isfinite(w)):
+        raise ValueError("Particle weights contain NaN or inf; pass finite weights.")
+    return require(
+        w,
+        jnp.any(w < 0) | (jnp.abs(jnp.sum(w) - 1.0) > 1e-10),
+        "Particle weights must be non-negative and sum to 1; normalise them with "
+        "weights / weights.sum().",
+        lambda: f"got sum {float(jnp.sum(w)):.12g}, min {float(jnp.min(w)):.3g}",
+    )
 
 
-def check_overlaps(problem: Any, a: np.ndarray, s: np.ndarray, name: str) -> None:
-    """Concrete `a` `(m,)` and overlaps `s` of a state of `problem`: `(m,)` for an
-    `sst.Hermite` target, `(m, k)` for an `sst.Target`; finite, rows in the closed unit ball."""
+def check_overlaps(problem: Any, a: Array, s: Array, name: str) -> Array:
+    """Overlaps `s` of a state of `problem` with second-layer weights `a` `(m,)`, checked: `s` of
+    shape `(m,)` for an `sst.Hermite` target, `(m, k)` for an `sst.Target`, finite where concrete,
+    rows in the closed unit ball (under jit too)."""
     shape = (a.shape[0], problem.k) if problem.vector_overlaps else a.shape
     if a.ndim != 1 or s.shape != shape:
         expected = "(m, k)" if problem.vector_overlaps else "(m,)"
@@ -130,11 +139,14 @@ def check_overlaps(problem: Any, a: np.ndarray, s: np.ndarray, name: str) -> Non
         )
     if a.shape[0] == 0:
         raise ValueError("The state has no particles; pass at least one.")
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
+    # A traced NaN is no error: the solve stops at once and says `nonfinite`.
+    if not is_traced((a, s)) and not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
         raise ValueError("The state contains NaN or inf in a or s; pass finite values.")
-    norms = np.linalg.norm(s.reshape(a.shape[0], -1), axis=1)
-    if np.max(norms) > 1.0 + 1e-12:
-        raise ValueError(
-            "Overlaps are those of unit vectors with orthonormal target directions: each s_i "
-            f"must have norm <= 1; got max |s_i| = {np.max(norms):.6g}."
-        )
+    norms = jnp.sqrt(jnp.sum(jnp.reshape(s, (a.shape[0], -1)) ** 2, axis=1))
+    return require(
+        s,
+        jnp.max(norms) > 1.0 + 1e-12,
+        "Overlaps are those of unit vectors with orthonormal target directions: each s_i "
+        "must have norm <= 1.",
+        lambda: f"got max |s_i| = {float(jnp.max(norms)):.6g}",
+    )

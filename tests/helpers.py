@@ -184,11 +184,13 @@ class Relaxation(sst.AbstractModel):
     def residual_labels(self):
         return tuple(f"x{i}" for i in range(self.target.shape[-1]))
 
-    def check_state(self, state: Point) -> None:
+    def check_state(self, state: Point) -> Point:
         if not isinstance(state, Point) or np.shape(state.x) != self.target.shape:
             raise ValueError(f"Relaxation needs a Point of shape {self.target.shape}.")
-        if not np.all(np.isfinite(np.asarray(state.x))):
+        traced = isinstance(state.x, jax.core.Tracer)
+        if not traced and not np.all(np.isfinite(np.asarray(state.x))):
             raise ValueError("Relaxation needs a finite starting point.")
+        return state
 
     @property
     def eps(self):
@@ -239,8 +241,8 @@ class FieldModel(sst.AbstractModel):
     def residual_labels(self):
         return ()
 
-    def check_state(self, state) -> None:
-        pass
+    def check_state(self, state):
+        return state
 
     @property
     def eps(self):

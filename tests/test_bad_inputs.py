@@ -47,7 +47,7 @@ BAD_CALLS = {
             FD_MODEL, finite_dim_state([0.99, 0.99], [[1, -0.99], [-0.99, 1]]), helpers.TS
         ),
         ValueError,
-        r"has eigenvalue .* < 0",
+        r"has a negative eigenvalue.*smallest eigenvalue is -",
     ),
     "Q not symmetric": (
         lambda: sst.solve(FD_MODEL, finite_dim_state([0, 0], [[1, 0.5], [0.4, 1]]), helpers.TS),

@@ -78,7 +78,7 @@ class ParticlesOnly(sst.AbstractModel):
         return self.model.residual_labels
 
     def check_state(self, state):
-        self.model.check_state(state)
+        return self.model.check_state(state)
 
     @property
     def eps(self):

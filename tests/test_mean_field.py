@@ -465,7 +465,7 @@ class ScalarMeanField(sst.AbstractModel):
         return tuple((ell,) for ell in range(self.sigma.shape[0]))
 
     def check_state(self, state):
-        pass
+        return state
 
     @property
     def eps(self):

@@ -195,6 +195,39 @@ def test_checks_of_a_traced_solve_run_with_the_program():
         )(1e-8)
 
 
+@pytest.mark.slow
+def test_state_checks_of_a_traced_solve_run_with_the_program():
+    # Traced, a state with |s_i| > 1 would be clamped onto the sphere by the chart (arcsin of
+    # min(|s|, 1)) and solved silently; its checks are eqx.error_if.
+    y0 = particles()
+
+    @jax.jit
+    def mean_field(s, weights):
+        model = sst.MeanFieldODE(cubic_problem(1e-2))
+        return sst.solve(model, sst.MeanFieldState(y0.a, s, weights), TS[:4], throw=False).risk
+
+    assert np.all(np.isfinite(np.asarray(mean_field(y0.s, y0.weights))))
+    with pytest.raises(Exception, match=r"each s_i must have norm <= 1"):
+        jax.block_until_ready(mean_field(y0.s.at[0].set(1.5), y0.weights))
+    with pytest.raises(Exception, match=r"Particle weights must be non-negative and sum to 1"):
+        jax.block_until_ready(mean_field(y0.s, 2 * y0.weights))
+
+    m = 3
+    problem = sst.Problem(sst.Hermite([0.0, 1.0]), sst.Hermite([0.0, 1.0, 0.5]), eps=1.0)
+
+    @jax.jit
+    def finite_dim(s, Q):
+        state = sst.FiniteDimState(jnp.ones(m), s, Q)
+        return sst.solve(sst.FiniteDimODE(problem), state, TS[:4], throw=False).risk
+
+    s = jnp.full(m, 0.1)
+    assert np.all(np.isfinite(np.asarray(finite_dim(s, jnp.eye(m)))))
+    with pytest.raises(Exception, match=r"Q must be symmetric with unit diagonal"):
+        jax.block_until_ready(finite_dim(s, jnp.eye(m).at[0, 1].set(0.5)))
+    with pytest.raises(Exception, match=r"is not the Gram matrix of unit vectors"):
+        jax.block_until_ready(finite_dim(jnp.full(m, 0.9), jnp.eye(m)))
+
+
 def test_model_must_be_an_sst_model():
     with pytest.raises(ValueError, match="model must be an sst.AbstractModel"):
         sst.solve(lambda t, y, args: -y, particles(), TS)
@@ -278,8 +311,8 @@ class Rotor(sst.AbstractModel):
     def residual_labels(self):
         return ("x", "y")
 
-    def check_state(self, state) -> None:
-        pass
+    def check_state(self, state):
+        return state
 
     @property
     def eps(self):
