@@ -26,16 +26,21 @@ committee machine's `I4` (Saad and Solla 1995, eq. (A5), its Lambda's) on random
 activation and the k = 2 staircase target at random `(a, S, Q)`.
 
 Part 3 (the staircase under SGD): m = 8, `a(0)` uniform in [-1, 1], overlaps from
-`sst.random_init` at d = 150 (small and random), target `h1 + h2 + h3 + h4`, activation
+`sst.random_init` at d = 300 (small and random), target `h1 + h2 + h3 + h4`, activation
 `h0/2 + h1 + h2 + h3 + h4`. The noisy ODE (Tsit5, rtol 1e-6, atol 1e-8) gives the half-learning
 time of each degree against eps in [0.03, 0.3] (6 points) at tau = 0.001, 0.0015, 0.003, to
-t_max = 100. Going down in eps, a degree "stops being learned" where its half-learning time
-first exceeds t_max (the boundary is not monotone: a degree can be learned again further down).
-For degree 3 at tau = 0.0015, SGD (16 seeds, B = 20, d = 150, the largest d this shared CPU
-affords to t = 10: 50,000 steps, 2.4e9 normals a point) runs at the four middle grid eps; both
-thresholds are read at the SGD's horizon t_max = 10 (not the 100 of the ODE's table), the
-prediction refined by bisection, SGD's the geometric midpoint of its first grid pair from the
-top (not learned below, learned above).
+t_max = 100. Under noise `r_l^2` does not fall to zero but settles on a plateau, and for these
+degrees the plateau sits near half its initial value, where a noisy curve crosses 1/2 by chance:
+a half-learning time is no threshold for SGD. So both are compared through the plateau `P_l`,
+the mean of `r_l^2 / r_l^2(0)` over t in [5, 10] (the SGD's horizon t = 10): a degree counts as
+learned where `P_l < 1/2`. The noisy ODE's `P_3` jumps across 1/2 between two grid eps (one
+trajectory either escapes its saddle or not); its threshold is refined by bisection. SGD (16
+seeds, B = 20, d = 300, tau = 0.0015: 100,000 steps a point) runs at the four middle grid eps;
+its threshold is where the seed-mean `P_3` crosses 1/2, linear in log eps between grid points.
+`--staircase-d D` runs part 3 alone (SGD at the grid eps `--sgd-eps`), from `sst.random_init`
+at `d = D`, with `--overlap-scale C` each `w_i`'s first coordinate times `C` before
+renormalising (initial overlaps about `C` times larger); it prints its RESULT and writes no
+result file.
 
 RESULT keys: `noisy_sup_err_d8000` and `flow_sup_err_d8000`, the largest sup-norm error of the
 noisy ODE and of the flow over the target points (tau = 0.5, 2, eps = 1e-2) at the largest d;
@@ -86,7 +91,8 @@ ODE = dict(solver=dfx.Tsit5(), rtol=1e-8, atol=1e-10)
 
 ST_TARGET = sst.Hermite([0.0, 1.0, 1.0, 1.0, 1.0])
 ST_SIGMA = sst.Hermite([0.5, 1.0, 1.0, 1.0, 1.0])
-ST_M, ST_D, ST_BATCH, ST_T_SGD, ST_T_MAX = 8, 150, 20, 10.0, 100.0
+ST_M, ST_D, ST_BATCH, ST_T_SGD, ST_T_MAX = 8, 300, 20, 10.0, 100.0
+ST_OVERLAP_SCALE = 1.0  # --overlap-scale: the first coordinate of each w_i times this, renormalised
 ST_TAU = 0.0015  # where degree 3's threshold (t_max = 10) falls inside eps in [0.03, 0.3]
 ST_ODE = dict(solver=dfx.Tsit5(), rtol=1e-6, atol=1e-8, max_steps=400_000, throw=False)
 
@@ -358,6 +364,10 @@ def mc_check(samples: int = 200_000, m: int = 4) -> float:
 def st_setup(eps, tau):
     problem = sst.Problem(ST_TARGET, ST_SIGMA, eps)
     init = sst.random_init(jax.random.key(7), ST_M, ST_D, a_scale=1.0, a_law="uniform")
+    if ST_OVERLAP_SCALE != 1.0:
+        W = init.W.at[:, 0].multiply(ST_OVERLAP_SCALE)
+        W = W / jnp.linalg.norm(W, axis=1, keepdims=True)
+        init = sst.RandomInit.from_weights(init.state.a, W, init.U[:, 0])  # k = 1: U is (d, 1)
     return problem, init, sst.FiniteDimODE(problem, tau=tau)
 
 
@@ -380,33 +390,45 @@ def st_ts(t_max):
     return np.concatenate([[0.0], np.geomspace(1e-3, t_max, 120)])
 
 
-def st_ode_times(eps, tau, t_max=ST_T_MAX):
+def plateau(ts: np.ndarray, r2: np.ndarray, t_max: float) -> np.ndarray:
+    """Where `r_l^2 / r_l^2(0)` has settled by `t_max`: its mean over the saves in
+    `[t_max / 2, t_max]`, per column of `r2` (a curve, or seeds by curve)."""
+    late = (ts >= t_max / 2) & (ts <= t_max)
+    ratio = r2 / r2[..., :1, :]
+    return ratio[..., late, :].mean(-2)
+
+
+def st_ode_run(eps, tau):
+    """The noisy ODE of part 3 to `ST_T_MAX`: half-learning times and the plateau at the SGD's
+    horizon `ST_T_SGD`, per degree."""
     problem, init, model = st_setup(eps, tau)
-    ts = st_ts(t_max)
+    ts = st_ts(ST_T_MAX)
     traj = sst.solve(model, init.state, ts, **ST_ODE)
     valid = np.asarray(traj.valid)
     r2 = np.asarray(traj.residuals)[valid] ** 2
-    return half_times(ts[valid], r2)
+    return half_times(ts[valid], r2), plateau(ts[valid], r2, ST_T_SGD)
 
 
-def stop_eps(eps_grid, times, degree, t_max):
-    """Going down an increasing eps grid from its top: the geometric mean of the first pair of
-    neighbours (not learned by `t_max` at the smaller eps, learned at the larger), and the
-    index of the smaller (nan, -1 if none): the eps below which the degree stops being
-    learned. The boundary need not be monotone (a degree can be learned again further down);
-    the first crossing from the top is the one reported."""
-    learned = times[:, degree] <= t_max
+def crossing(eps_grid, levels):
+    """Going down an increasing eps grid from its top: the first pair of neighbours on either
+    side of level 1/2 (learned below it, not above), and the eps where the level crosses 1/2,
+    linear in log eps between them (nan, -1 if none). Usually the smaller eps is the one that
+    does not learn; from larger initial overlaps it can be the other way round."""
+    learned = levels < 0.5
     for i in range(len(eps_grid) - 2, -1, -1):
-        if learned[i + 1] and not learned[i]:
-            return math.sqrt(eps_grid[i] * eps_grid[i + 1]), i
+        if learned[i + 1] != learned[i]:
+            f = (0.5 - levels[i]) / (levels[i + 1] - levels[i])
+            return float(np.exp(np.log(eps_grid[i]) + f * np.log(eps_grid[i + 1] / eps_grid[i]))), i
     return float("nan"), -1
 
 
-def bisect_stop(eps_lo, eps_hi, tau, degree, t_max, n=3):
-    """Refine the ODE's threshold between an unlearned `eps_lo` and a learned `eps_hi`."""
+def bisect_stop(eps_lo, eps_hi, tau, degree, n=3):
+    """Refine the ODE's threshold between neighbours `eps_lo < eps_hi`, one with its plateau
+    of the degree below 1/2 and the other above."""
+    hi_learns = st_ode_run(eps_hi, tau)[1][degree] < 0.5
     for _ in range(n):
         mid = math.sqrt(eps_hi * eps_lo)
-        if st_ode_times(mid, tau, t_max)[degree] <= t_max:
+        if (st_ode_run(mid, tau)[1][degree] < 0.5) == hi_learns:
             eps_hi = mid
         else:
             eps_lo = mid
@@ -417,30 +439,43 @@ def part3(taus, eps_grid, sgd_tau, sgd_degree, sgd_eps, run_sgd, key, figure):
     print(
         f"part 3: staircase h1+h2+h3+h4, sigma = h0/2+h1+..+h4, m = {ST_M}, a(0) uniform in "
         f"[-1, 1], overlaps of sst.random_init at d = {ST_D}; noisy ODE by Tsit5 (rtol 1e-6, "
-        f"atol 1e-8) to t = {ST_T_MAX:g}; half-learning times (inf: not learned by t_max)"
+        f"atol 1e-8) to t = {ST_T_MAX:g}; half-learning times (inf: not learned by t_max) and "
+        f"the plateau P_l, the mean of r_l^2 / r_l^2(0) over t in [{ST_T_SGD / 2:g}, "
+        f"{ST_T_SGD:g}]"
     )
-    print(f"{'tau':>6} {'eps':>7} " + " ".join(f"{'t_' + str(k):>8}" for k in range(1, 5)))
-    table = {}
+    print(
+        f"{'tau':>6} {'eps':>7} "
+        + " ".join(f"{'t_' + str(k):>8}" for k in range(1, 5))
+        + " "
+        + " ".join(f"{'P_' + str(k):>6}" for k in range(1, 5))
+    )
+    table, levels = {}, {}
     for tau in taus:
-        table[tau] = np.array([st_ode_times(eps, tau) for eps in eps_grid])
-        for eps, t in zip(eps_grid, table[tau], strict=True):
-            print(f"{tau:>6g} {eps:>7.3g} " + " ".join(f"{x:>8.3g}" for x in t[1:5]), flush=True)
-    print(f"ODE: first eps (from the top) below which a degree is not learned by t = {ST_T_MAX:g}")
+        runs = [st_ode_run(eps, tau) for eps in eps_grid]
+        table[tau] = np.array([t for t, _ in runs])
+        levels[tau] = np.array([p for _, p in runs])
+        for eps, t, p in zip(eps_grid, table[tau], levels[tau], strict=True):
+            print(
+                f"{tau:>6g} {eps:>7.3g} "
+                + " ".join(f"{x:>8.3g}" for x in t[1:5])
+                + " "
+                + " ".join(f"{x:>6.3f}" for x in p[1:5]),
+                flush=True,
+            )
+    print(f"ODE: eps (from the top) where the plateau P_l at t = {ST_T_SGD:g} crosses 1/2")
     for tau in taus:
-        cells = [
-            f"degree {k}: {stop_eps(eps_grid, table[tau], k, ST_T_MAX)[0]:.3g}" for k in (2, 3, 4)
-        ]
+        cells = [f"degree {k}: {crossing(eps_grid, levels[tau][:, k])[0]:.3g}" for k in (2, 3, 4)]
         print(f"  tau = {tau:g}: " + ", ".join(cells))
 
     # The prediction at the SGD's horizon: on the grid, then refined by bisection.
-    coarse, i = stop_eps(eps_grid, table[sgd_tau], sgd_degree, ST_T_SGD)
+    coarse, i = crossing(eps_grid, levels[sgd_tau][:, sgd_degree])
     if i < 0:
         print(f"no threshold of degree {sgd_degree} at tau = {sgd_tau:g} on the eps grid")
         return float("nan"), float("nan"), float("nan"), table, None
-    pred = bisect_stop(eps_grid[i], eps_grid[i + 1], sgd_tau, sgd_degree, ST_T_SGD)
+    pred = bisect_stop(eps_grid[i], eps_grid[i + 1], sgd_tau, sgd_degree)
     print(
-        f"predicted threshold of degree {sgd_degree} at tau = {sgd_tau:g}, t_max = {ST_T_SGD:g} "
-        f"(the SGD's horizon): eps = {pred:.3g} by bisection (grid midpoint {coarse:.3g})"
+        f"predicted threshold of degree {sgd_degree} at tau = {sgd_tau:g}: P_{sgd_degree} = 1/2 "
+        f"at eps = {pred:.3g} by bisection (interpolated on the grid: {coarse:.3g})"
     )
     if not run_sgd:
         print("SGD of part 3 skipped (--quick)")
@@ -449,75 +484,82 @@ def part3(taus, eps_grid, sgd_tau, sgd_degree, sgd_eps, run_sgd, key, figure):
     sgd_grid = eps_grid[sgd_eps]
     print(
         f"SGD: {SEEDS} seeds, B = {ST_BATCH}, d = {ST_D}, tau = {sgd_tau:g} (eta = {eta:.2g}), "
-        f"to t = {ST_T_SGD:g}, at eps = {', '.join(f'{e:.3g}' for e in sgd_grid)}; "
-        "half-learning times of the seed-mean r_l^2 (and the noisy ODE's, from the table)"
+        f"to t = {ST_T_SGD:g}, at eps = {', '.join(f'{e:.3g}' for e in sgd_grid)}: the plateau "
+        "P_l of each seed, mean +- SE over seeds, the fraction of seeds with P_l < 1/2, and the "
+        "noisy ODE's P_l"
     )
     print(
         f"{'eps':>7} {'steps':>7} {'tau m/(eps d)':>13} {'tau B U(1)/(eps d)':>18} {'sgd s':>6} "
-        + " ".join(f"{'t_' + str(k):>8}" for k in range(1, 5))
-        + " "
-        + " ".join(f"{'ode t_' + str(k):>8}" for k in range(1, 5))
+        + " ".join(f"{'P_' + str(k):>13}" for k in range(1, 5))
+        + f" {'seeds P_' + str(sgd_degree) + '<1/2':>13} "
+        + " ".join(f"{'ode P_' + str(k):>8}" for k in range(1, 5))
     )
-    sgd_times = []
-    for eps, t_ode in zip(sgd_grid, table[sgd_tau][sgd_eps], strict=True):
+    sgd_levels, sgd_se = [], []
+    for eps, p_ode in zip(sgd_grid, levels[sgd_tau][sgd_eps], strict=True):
         problem, init, _ = st_setup(eps, sgd_tau)
         start = time.perf_counter()
         # The record grid in whole steps (the first geometric times are below one step).
         ts = np.unique(np.rint(st_ts(ST_T_SGD) / eta)) * eta
         ts, _, _, _, res = sgd_seeds(problem, init, ts, eta, ST_BATCH, SEEDS, key)
         wall = time.perf_counter() - start
-        t_sgd = half_times(ts, (res**2).mean(0))
-        sgd_times.append(t_sgd)
+        per_seed = plateau(ts, res**2, ST_T_SGD)  # (seeds, degrees)
+        mean, se = mean_se(per_seed)
+        sgd_levels.append(mean)
+        sgd_se.append(se)
         c_a, c_fast = conditions(problem, sgd_tau, ST_M, ST_D, ST_BATCH)
         print(
             f"{eps:>7.3g} {int(round(ST_T_SGD / eta)):>7} {c_a:>13.3g} {c_fast:>18.3g} "
             f"{wall:>6.1f} "
-            + " ".join(f"{x:>8.3g}" for x in t_sgd[1:5])
-            + " "
-            + " ".join(f"{x:>8.3g}" for x in t_ode[1:5]),
+            + " ".join(f"{m:>7.3f}+-{e:.3f}" for m, e in zip(mean[1:5], se[1:5], strict=True))
+            + f" {np.mean(per_seed[:, sgd_degree] < 0.5):>13.2f} "
+            + " ".join(f"{x:>8.3f}" for x in p_ode[1:5]),
             flush=True,
         )
-    sgd_times = np.array(sgd_times)
-    measured, _ = stop_eps(sgd_grid, sgd_times, sgd_degree, ST_T_SGD)
-    flags = lambda times: "".join(  # noqa: E731
-        "L" if t <= ST_T_SGD else "-" for t in times[:, sgd_degree]
+    sgd_levels, sgd_se = np.array(sgd_levels), np.array(sgd_se)
+    measured, _ = crossing(sgd_grid, sgd_levels[:, sgd_degree])
+    flags = lambda p: "".join("L" if x < 0.5 else "-" for x in p)  # noqa: E731
+    print(
+        f"degree {sgd_degree} learned by t = {ST_T_SGD:g} (L: P < 1/2) or not (-), eps upwards: "
+        f"SGD {flags(sgd_levels[:, sgd_degree])}, noisy ODE "
+        f"{flags(levels[sgd_tau][sgd_eps, sgd_degree])}"
     )
     print(
-        f"degree {sgd_degree} learned by t = {ST_T_SGD:g} (L) or not (-), eps upwards: "
-        f"SGD {flags(sgd_times)}, noisy ODE {flags(table[sgd_tau][sgd_eps])}"
-    )
-    print(
-        f"SGD threshold of degree {sgd_degree}: eps = {measured:.3g} (grid midpoint of SGD's "
-        f"first learned/not-learned pair from the top), predicted {pred:.3g} (grid midpoint "
-        f"{coarse:.3g}); ratio {math.exp(abs(math.log(pred / measured))):.2f}"
+        f"SGD threshold of degree {sgd_degree}: eps = {measured:.3g} (the seed-mean P crosses "
+        f"1/2, interpolated in log eps), predicted {pred:.3g}; ratio "
+        f"{math.exp(abs(math.log(pred / measured))):.2f}"
     )
     if figure is not None:
-        fig, axes = plt.subplots(1, len(taus), figsize=(4 * len(taus), 3.6), sharey=True)
-        for ax, tau in zip(np.atleast_1d(axes), taus, strict=True):
+        fig, axes = plt.subplots(1, len(taus) + 1, figsize=(4 * (len(taus) + 1), 3.6))
+        for ax, tau in zip(axes[:-1], taus, strict=True):
             for k in range(1, 5):
                 times = np.minimum(table[tau][:, k], 2 * ST_T_MAX)  # not learned: drawn at 2 t_max
                 ax.loglog(eps_grid, times, "o-", ms=3, color=f"C{k - 1}", label=f"degree {k}")
-                if tau == sgd_tau:
-                    sgd_k = np.where(sgd_times[:, k] <= ST_T_SGD, sgd_times[:, k], 2 * ST_T_MAX)
-                    ax.loglog(sgd_grid, sgd_k, "x", color=f"C{k - 1}", ms=8)
             ax.axhline(ST_T_MAX, color="k", ls=":", lw=0.8)
-            ax.axhline(ST_T_SGD, color="grey", ls=":", lw=0.8)
-            if tau == sgd_tau:
-                ax.axvline(pred, color=f"C{sgd_degree - 1}", ls="--", lw=0.8)
             ax.set_xlabel(r"$\varepsilon$")
-            ax.set_title(f"tau = {tau:g}")
-        np.atleast_1d(axes)[0].set_ylabel("half-learning time (2 t_max: never)")
-        np.atleast_1d(axes)[0].legend(fontsize=7)
+            ax.set_title(f"noisy ODE, tau = {tau:g}", fontsize=9)
+        axes[0].set_ylabel("half-learning time (2 t_max: never)")
+        axes[0].legend(fontsize=7)
+        ax = axes[-1]
+        for k in range(1, 5):
+            ax.semilogx(eps_grid, levels[sgd_tau][:, k], "-", color=f"C{k - 1}", lw=1)
+            ax.errorbar(
+                sgd_grid, sgd_levels[:, k], yerr=sgd_se[:, k], fmt="x", color=f"C{k - 1}", ms=6
+            )
+        ax.axhline(0.5, color="k", ls=":", lw=0.8)
+        ax.axvline(pred, color=f"C{sgd_degree - 1}", ls="--", lw=0.8)
+        ax.set_xlabel(r"$\varepsilon$")
+        ax.set_ylabel(f"plateau: mean r_l^2 / r_l^2(0), t in [{ST_T_SGD / 2:g}, {ST_T_SGD:g}]")
+        ax.set_title(f"tau = {sgd_tau:g}: noisy ODE (lines), SGD (x, +- SE)", fontsize=9)
         fig.suptitle(
-            f"noisy ODE (lines; Tsit5 rtol 1e-6 atol 1e-8, t <= {ST_T_MAX:g}); SGD (x; {SEEDS} "
-            f"seeds, d = {ST_D}, B = {ST_BATCH}, t <= {ST_T_SGD:g}; not learned by then: drawn "
-            f"at {2 * ST_T_MAX:g}); dashed: predicted threshold of degree {sgd_degree}",
+            f"staircase under noise: noisy ODE (Tsit5 rtol 1e-6 atol 1e-8) and SGD ({SEEDS} "
+            f"seeds, d = {ST_D}, B = {ST_BATCH}, float32); dashed: predicted threshold of degree "
+            f"{sgd_degree}",
             fontsize=8,
         )
         fig.tight_layout()
         fig.savefig(figure, dpi=130)
         plt.close(fig)
-    return pred, coarse, measured, table, sgd_times
+    return pred, coarse, measured, table, sgd_levels
 
 
 # ---------------------------------------------------------------------------------------- main
@@ -546,10 +588,48 @@ def risk_figure(rows, d, path):
     plt.close(fig)
 
 
+def staircase_only(d: int, scale: float, sgd_eps: str) -> None:
+    """Part 3 alone at another `d` and initial overlaps: whether SGD's threshold moves."""
+    global ST_D, ST_OVERLAP_SCALE
+    ST_D, ST_OVERLAP_SCALE = d, scale
+    print(device_header())
+    overlaps = np.asarray(st_setup(0.1, 0.0)[1].state.s)
+    print(f"part 3 only: d = {d}, overlap scale {scale:g}, initial s = {np.round(overlaps, 3)}")
+    indices = [int(i) for i in sgd_eps.split(",")]
+    pred, _, measured, _, _ = part3(
+        (ST_TAU,), np.geomspace(0.03, 0.3, 6), ST_TAU, 3, indices, True, jax.random.key(0), None
+    )
+    print_result(
+        {
+            "stop_eps_pred": f"{pred:.3g}",
+            "stop_eps_sgd": f"{measured:.3g}",
+            "staircase_d": str(d),
+            "overlap_scale": f"{scale:g}",
+        }
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="smaller d and grids, about a minute")
+    parser.add_argument(
+        "--staircase-d",
+        type=int,
+        help="run part 3 only, from sst.random_init at this d (no result file)",
+    )
+    parser.add_argument(
+        "--overlap-scale",
+        type=float,
+        default=1.0,
+        help="with --staircase-d: each w_i's first coordinate times this, renormalised",
+    )
+    parser.add_argument(
+        "--sgd-eps", default="1,2,3,4", help="with --staircase-d: eps grid indices of the SGD runs"
+    )
     args = parser.parse_args()
+    if args.staircase_d is not None:
+        staircase_only(args.staircase_d, args.overlap_scale, args.sgd_eps)
+        return
     record = Record(__file__, __doc__, "quick" if args.quick else "full")
     print(device_header())
     warnings.simplefilter("ignore", RuntimeWarning)  # learning_times' "not learned" warnings
@@ -639,9 +719,9 @@ def main() -> None:
         risk_figure(rows, d_max, figures / "sgd_noise_risk.png")
         risk_figure(rows, d_max, ROOT / "docs" / "figures" / "sgd_noise.png")
     if args.quick:
-        st = dict(taus=(ST_TAU,), eps_grid=np.geomspace(0.03, 0.3, 6)[2:4], sgd_eps=[])
+        st = dict(taus=(ST_TAU,), eps_grid=np.geomspace(0.03, 0.3, 6)[3:5], sgd_eps=[])
     else:
-        # SGD at the four middle eps only (CPU budget: 50,000 steps, about 90 s a point).
+        # SGD at the four middle eps only (CPU budget: 100,000 steps, about 100 s a point).
         st = dict(
             taus=(0.001, ST_TAU, 0.003), eps_grid=np.geomspace(0.03, 0.3, 6), sgd_eps=[1, 2, 3, 4]
         )
