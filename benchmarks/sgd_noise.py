@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from _common import Record, best_of, device_header, print_result
+from matplotlib.ticker import NullFormatter
 
 import sst
 import sst._train as sst_train
@@ -535,20 +536,22 @@ def part3(taus, eps_grid, sgd_tau, sgd_degree, sgd_eps, run_sgd, key, figure):
                 times = np.minimum(table[tau][:, k], 2 * ST_T_MAX)  # not learned: drawn at 2 t_max
                 ax.loglog(eps_grid, times, "o-", ms=3, color=f"C{k - 1}", label=f"degree {k}")
             ax.axhline(ST_T_MAX, color="k", ls=":", lw=0.8)
-            ax.set_xlabel(r"$\varepsilon$")
             ax.set_title(f"noisy ODE, tau = {tau:g}", fontsize=9)
         axes[0].set_ylabel("half-learning time (2 t_max: never)")
         axes[0].legend(fontsize=7)
         ax = axes[-1]
         for k in range(1, 5):
-            ax.semilogx(eps_grid, levels[sgd_tau][:, k], "-", color=f"C{k - 1}", lw=1)
+            ax.semilogx(eps_grid, levels[sgd_tau][:, k], ".-", color=f"C{k - 1}", lw=1)
             ax.errorbar(
                 sgd_grid, sgd_levels[:, k], yerr=sgd_se[:, k], fmt="x", color=f"C{k - 1}", ms=6
             )
         ax.axhline(0.5, color="k", ls=":", lw=0.8)
         ax.axvline(pred, color=f"C{sgd_degree - 1}", ls="--", lw=0.8)
-        ax.set_xlabel(r"$\varepsilon$")
         ax.set_ylabel(f"plateau: mean r_l^2 / r_l^2(0), t in [{ST_T_SGD / 2:g}, {ST_T_SGD:g}]")
+        for ax in axes:
+            ax.set_xlabel(r"$\varepsilon$")
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xticks([0.03, 0.1, 0.3], ["0.03", "0.1", "0.3"])
         ax.set_title(f"tau = {sgd_tau:g}: noisy ODE (lines), SGD (x, +- SE)", fontsize=9)
         fig.suptitle(
             f"staircase under noise: noisy ODE (Tsit5 rtol 1e-6 atol 1e-8) and SGD ({SEEDS} "
