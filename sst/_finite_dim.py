@@ -13,7 +13,7 @@ from ._noise import noise_matrix, noise_supported
 from ._problem import AbstractProblemModel, Problem, overlap_matrix, state_overlaps
 from ._rosenbrock import StiffJacobian
 from ._target import _powers, graded_indices, monomials
-from ._validate import check_overlaps, float_array, is_traced, require
+from ._validate import array_module, check_overlaps, float_array, is_traced, require
 
 
 class FiniteDimState(eqx.Module):
@@ -107,27 +107,29 @@ class FiniteDimODE(AbstractProblemModel):
         m = a.shape[0]
         if Q.shape != (m, m):
             raise ValueError(f"Q must be a ({m}, {m}) matrix (W W^T); got shape {Q.shape}.")
-        if not is_traced(Q) and not np.all(np.isfinite(Q)):
+        xp = array_module((s, Q))
+        S, V = (s, Q) if xp is jnp else (np.asarray(s), np.asarray(Q))
+        if xp is np and not np.all(np.isfinite(V)):
             raise ValueError("Q contains NaN or inf; pass the finite overlap matrix W @ W.T.")
         Q = require(
             Q,
-            (jnp.max(jnp.abs(Q - Q.T)) > 1e-10) | (jnp.max(jnp.abs(jnp.diag(Q) - 1.0)) > 1e-10),
+            (xp.max(xp.abs(V - V.T)) > 1e-10) | (xp.max(xp.abs(xp.diag(V) - 1.0)) > 1e-10),
             "Q must be symmetric with unit diagonal (the Gram matrix of unit vectors); "
             "symmetrise it and set its diagonal to 1.",
         )
         Q = require(
             Q,
-            jnp.max(jnp.abs(Q)) > 1.0 + 1e-12,
+            xp.max(xp.abs(V)) > 1.0 + 1e-12,
             "Entries of Q are overlaps of unit vectors and must lie in [-1, 1].",
         )
         # (S, Q) come from unit vectors w_i and orthonormal directions U*: [[I, S^T], [S, Q]] is
         # their Gram matrix, so positive semi-definite. W W^T in float64 carries rounding of at
         # most d u ~ 1e-10 per entry up to d = 1e6, which moves an eigenvalue by at most
         # (m + k) times that: below -(m + k) 1e-9 no set of unit vectors produced this state.
-        S = s.reshape(m, -1)
+        S = S.reshape(m, -1)
         k = S.shape[1]
-        gram = jnp.block([[jnp.eye(k), S.T], [S, Q]])
-        smallest = jnp.linalg.eigvalsh(0.5 * (gram + gram.T))[0]
+        gram = xp.block([[xp.eye(k), S.T], [S, V]])
+        smallest = xp.linalg.eigvalsh(0.5 * (gram + gram.T))[0]
         Q = require(
             Q,
             smallest < -(m + k) * 1e-9,

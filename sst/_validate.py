@@ -33,6 +33,12 @@ def require(x: T, bad: ArrayLike, message: str, detail: Callable[[], str] | None
     return x
 
 
+def array_module(tree: Any) -> Any:
+    """`jax.numpy` for traced values, `numpy` for concrete ones (checked at once, without JAX's
+    dispatch)."""
+    return jnp if is_traced(tree) else np
+
+
 def check_times(ts: ArrayLike) -> np.ndarray:
     """Validate save times: a finite, strictly increasing 1-d array of at least two times."""
     ts_np = np.asarray(ts, dtype=float)
@@ -115,14 +121,16 @@ def particle_weights(a: jax.Array, weights: ArrayLike | None) -> jax.Array:
 def check_weights(w: Array) -> Array:
     """Particle weights `w`, checked: finite where concrete, non-negative and summing to 1 (under
     jit too)."""
-    if not is_traced(w) and not np.all(np.isfinite(w)):
+    xp = array_module(w)
+    v = w if xp is jnp else np.asarray(w)
+    if xp is np and not np.all(np.isfinite(v)):
         raise ValueError("Particle weights contain NaN or inf; pass finite weights.")
     return require(
         w,
-        jnp.any(w < 0) | (jnp.abs(jnp.sum(w) - 1.0) > 1e-10),
+        xp.any(v < 0) | (xp.abs(xp.sum(v) - 1.0) > 1e-10),
         "Particle weights must be non-negative and sum to 1; normalise them with "
         "weights / weights.sum().",
-        lambda: f"got sum {float(jnp.sum(w)):.12g}, min {float(jnp.min(w)):.3g}",
+        lambda: f"got sum {float(np.sum(v)):.12g}, min {float(np.min(v)):.3g}",
     )
 
 
@@ -139,14 +147,16 @@ def check_overlaps(problem: Any, a: Array, s: Array, name: str) -> Array:
         )
     if a.shape[0] == 0:
         raise ValueError("The state has no particles; pass at least one.")
+    xp = array_module((a, s))
+    v = s if xp is jnp else np.asarray(s)
     # A traced NaN is no error: the solve stops at once and says `nonfinite`.
-    if not is_traced((a, s)) and not (np.all(np.isfinite(a)) and np.all(np.isfinite(s))):
+    if xp is np and not (np.all(np.isfinite(np.asarray(a))) and np.all(np.isfinite(v))):
         raise ValueError("The state contains NaN or inf in a or s; pass finite values.")
-    norms = jnp.sqrt(jnp.sum(jnp.reshape(s, (a.shape[0], -1)) ** 2, axis=1))
+    norms = xp.sqrt(xp.sum(xp.reshape(v, (a.shape[0], -1)) ** 2, axis=1))
     return require(
         s,
-        jnp.max(norms) > 1.0 + 1e-12,
+        xp.max(norms) > 1.0 + 1e-12,
         "Overlaps are those of unit vectors with orthonormal target directions: each s_i "
         "must have norm <= 1.",
-        lambda: f"got max |s_i| = {float(jnp.max(norms)):.6g}",
+        lambda: f"got max |s_i| = {float(np.max(norms)):.6g}",
     )
