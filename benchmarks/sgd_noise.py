@@ -395,7 +395,8 @@ def plateau(ts: np.ndarray, r2: np.ndarray, t_max: float) -> np.ndarray:
     """Where `r_l^2 / r_l^2(0)` has settled by `t_max`: its mean over the saves in
     `[t_max / 2, t_max]`, per column of `r2` (a curve, or seeds by curve)."""
     late = (ts >= t_max / 2) & (ts <= t_max)
-    ratio = r2 / r2[..., :1, :]
+    start = r2[..., :1, :]
+    ratio = np.where(start > 0, r2 / np.where(start > 0, start, 1.0), 0.0)  # as half_times
     return ratio[..., late, :].mean(-2)
 
 

@@ -264,10 +264,18 @@ def solve(
         )
     max_steps = _check_options(solver, rtol, atol, dt0, max_steps, stepsize_controller)
     check_eps(model.eps)
-    y0 = model.check_state(y0)
+    checked = model.check_state(y0)
+    if checked is None:
+        raise ValueError(
+            f"{type(model).__name__}.check_state returned None; it must return the state it "
+            "checked (a model without checks returns its argument)."
+        )
+    y0 = checked
     if not is_traced(ts):
         check_times(ts)
     ts = jnp.asarray(ts, dtype=float)
+    if ts.ndim != 1 or ts.shape[0] < 2:  # shapes are static, traced or not
+        raise ValueError(f"ts must be a 1-d array of at least two times, got shape {ts.shape}.")
     if is_traced((ts, model.eps, dt0)):
         ts, dt0 = _check_traced(model, ts, dt0)
     if solver is None:

@@ -60,6 +60,16 @@ def test_validation_goes_through_the_model():
 
 
 @pytest.mark.slow
+def test_a_check_state_that_returns_nothing_is_one_clear_error():
+    class Unchecked(Relaxation):
+        def check_state(self, state):
+            super().check_state(state)
+
+    model = Unchecked([1.0, 2.0], [0.5, -0.5], 1e-2)
+    with pytest.raises(ValueError, match=r"Unchecked.check_state returned None; it must return"):
+        sst.solve(model, Point(jnp.array([1.0, 1.0])), TS)
+
+
 def test_solve_batch_over_eps_and_target_matches_the_closed_form():
     eps = np.array([1e-1, 1e-3, 1e-2, 1e-4])
     targets = np.stack([TARGET + i for i in range(4)])

@@ -187,6 +187,8 @@ def test_checks_of_a_traced_solve_run_with_the_program():
         jax.block_until_ready(final_risk(1e-2, np.where(np.arange(TS.size) == 3, TS[2], TS), 1e-5))
     with pytest.raises(Exception, match=r"dt0 must be a finite positive initial step"):
         jax.block_until_ready(final_risk(1e-2, TS, -1e-5))
+    with pytest.raises(ValueError, match=r"ts must be a 1-d array of at least two times"):
+        final_risk(1e-2, TS[:1], 1e-5)  # shapes are static: refused while tracing
     with pytest.raises(ValueError, match=r"rtol and atol must be concrete numbers"):
         jax.jit(
             lambda rtol: (
