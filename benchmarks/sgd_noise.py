@@ -372,12 +372,18 @@ def st_setup(eps, tau):
     return problem, init, sst.FiniteDimODE(problem, tau=tau)
 
 
+def relative(r2: np.ndarray) -> np.ndarray:
+    """`r^2 / r^2(0)` along the time axis (the one before the last) of squared residuals; 0 for a
+    degree whose initial residual is 0."""
+    start = r2[..., :1, :]
+    return np.where(start > 0, r2 / np.where(start > 0, start, 1.0), 0.0)
+
+
 def half_times(ts: np.ndarray, r2: np.ndarray) -> np.ndarray:
     """Per degree (columns of `r2`, a curve of squared residuals), the first time `r^2` falls to
     half its initial value, linear in log t between saves; inf where it never does."""
     out = np.full(r2.shape[1], np.inf)
-    for j in range(r2.shape[1]):
-        ratio = r2[:, j] / r2[0, j] if r2[0, j] > 0 else np.zeros(len(ts))
+    for j, ratio in enumerate(relative(r2).T):
         below = np.nonzero(ratio <= 0.5)[0]
         if below.size and below[0] > 0:
             i = below[0]
@@ -395,9 +401,7 @@ def plateau(ts: np.ndarray, r2: np.ndarray, t_max: float) -> np.ndarray:
     """Where `r_l^2 / r_l^2(0)` has settled by `t_max`: its mean over the saves in
     `[t_max / 2, t_max]`, per column of `r2` (a curve, or seeds by curve)."""
     late = (ts >= t_max / 2) & (ts <= t_max)
-    start = r2[..., :1, :]
-    ratio = np.where(start > 0, r2 / np.where(start > 0, start, 1.0), 0.0)  # as half_times
-    return ratio[..., late, :].mean(-2)
+    return relative(r2)[..., late, :].mean(-2)
 
 
 def st_ode_run(eps, tau):

@@ -13,7 +13,7 @@ from ._noise import noise_matrix, noise_supported
 from ._problem import AbstractProblemModel, Problem, overlap_matrix, state_overlaps
 from ._rosenbrock import StiffJacobian
 from ._target import _powers, graded_indices, monomials
-from ._validate import array_module, check_overlaps, float_array, is_traced, require
+from ._validate import array_values, check_overlaps, float_array, is_traced, require
 
 
 class FiniteDimState(eqx.Module):
@@ -107,8 +107,7 @@ class FiniteDimODE(AbstractProblemModel):
         m = a.shape[0]
         if Q.shape != (m, m):
             raise ValueError(f"Q must be a ({m}, {m}) matrix (W W^T); got shape {Q.shape}.")
-        xp = array_module((s, Q))
-        S, V = (s, Q) if xp is jnp else (np.asarray(s), np.asarray(Q))
+        xp, (S, V) = array_values(s, Q)
         if xp is np and not np.all(np.isfinite(V)):
             raise ValueError("Q contains NaN or inf; pass the finite overlap matrix W @ W.T.")
         Q = require(

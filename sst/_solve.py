@@ -17,7 +17,7 @@ from ._linear import DenseJacobian
 from ._model import AbstractModel, ModelTerm
 from ._rosenbrock import AbstractRosenbrock, Rodas4
 from ._solution import RESULTS, DenseOutput, Trajectory, mask_invalid
-from ._validate import check_count, check_times, is_traced, require_x64
+from ._validate import check_count, check_times, check_times_shape, is_traced, require_x64
 
 
 def default_solver() -> dfx.AbstractSolver:
@@ -271,11 +271,11 @@ def solve(
             "checked (a model without checks returns its argument)."
         )
     y0 = checked
-    if not is_traced(ts):
+    if is_traced(ts):
+        check_times_shape(ts)  # its values are checked by _check_traced
+    else:
         check_times(ts)
     ts = jnp.asarray(ts, dtype=float)
-    if ts.ndim != 1 or ts.shape[0] < 2:  # shapes are static, traced or not
-        raise ValueError(f"ts must be a 1-d array of at least two times, got shape {ts.shape}.")
     if is_traced((ts, model.eps, dt0)):
         ts, dt0 = _check_traced(model, ts, dt0)
     if solver is None:

@@ -33,17 +33,25 @@ def require(x: T, bad: ArrayLike, message: str, detail: Callable[[], str] | None
     return x
 
 
-def array_module(tree: Any) -> Any:
-    """`jax.numpy` for traced values, `numpy` for concrete ones (checked at once, without JAX's
-    dispatch)."""
-    return jnp if is_traced(tree) else np
+def array_values(*xs: Any) -> tuple[Any, tuple[Any, ...]]:
+    """The array module for `xs` and `xs` in it: `jax.numpy` and the arrays themselves if any is
+    traced, else `numpy` and numpy arrays (checked at once, without JAX's dispatch)."""
+    if is_traced(xs):
+        return jnp, xs
+    return np, tuple(np.asarray(x) for x in xs)
+
+
+def check_times_shape(ts: ArrayLike) -> None:
+    """Save times must be a 1-d array of at least two times (a static check, traced or not)."""
+    shape = np.shape(ts)
+    if len(shape) != 1 or shape[0] < 2:
+        raise ValueError(f"ts must be a 1-d array of at least two times, got shape {shape}.")
 
 
 def check_times(ts: ArrayLike) -> np.ndarray:
     """Validate save times: a finite, strictly increasing 1-d array of at least two times."""
     ts_np = np.asarray(ts, dtype=float)
-    if ts_np.ndim != 1 or ts_np.shape[0] < 2:
-        raise ValueError(f"ts must be a 1-d array of at least two times, got shape {ts_np.shape}.")
+    check_times_shape(ts_np)
     if not np.all(np.isfinite(ts_np)):
         raise ValueError("ts contains NaN or inf; pass finite save times.")
     if np.any(np.diff(ts_np) <= 0):
@@ -121,8 +129,7 @@ def particle_weights(a: jax.Array, weights: ArrayLike | None) -> jax.Array:
 def check_weights(w: Array) -> Array:
     """Particle weights `w`, checked: finite where concrete, non-negative and summing to 1 (under
     jit too)."""
-    xp = array_module(w)
-    v = w if xp is jnp else np.asarray(w)
+    xp, (v,) = array_values(w)
     if xp is np and not np.all(np.isfinite(v)):
         raise ValueError("Particle weights contain NaN or inf; pass finite weights.")
     return require(
@@ -147,10 +154,9 @@ def check_overlaps(problem: Any, a: Array, s: Array, name: str) -> Array:
         )
     if a.shape[0] == 0:
         raise ValueError("The state has no particles; pass at least one.")
-    xp = array_module((a, s))
-    v = s if xp is jnp else np.asarray(s)
+    xp, (u, v) = array_values(a, s)
     # A traced NaN is no error: the solve stops at once and says `nonfinite`.
-    if xp is np and not (np.all(np.isfinite(np.asarray(a))) and np.all(np.isfinite(v))):
+    if xp is np and not (np.all(np.isfinite(u)) and np.all(np.isfinite(v))):
         raise ValueError("The state contains NaN or inf in a or s; pass finite values.")
     norms = xp.sqrt(xp.sum(xp.reshape(v, (a.shape[0], -1)) ** 2, axis=1))
     return require(
