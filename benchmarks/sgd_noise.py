@@ -410,6 +410,11 @@ def st_ode_run(eps, tau):
     problem, init, model = st_setup(eps, tau)
     ts = st_ts(ST_T_MAX)
     traj = sst.solve(model, init.state, ts, **ST_ODE)
+    if not bool(traj.success):
+        raise RuntimeError(
+            f"The noisy ODE at eps = {eps:g}, tau = {tau:g} stopped before t = {ST_T_MAX:g}: "
+            f"{traj.result}; the plateau and the thresholds need the whole run."
+        )
     valid = np.asarray(traj.valid)
     r2 = np.asarray(traj.residuals)[valid] ** 2
     return half_times(ts[valid], r2), plateau(ts[valid], r2, ST_T_SGD)
@@ -599,11 +604,15 @@ def risk_figure(rows, d, path):
 def staircase_only(d: int, scale: float, sgd_eps: str) -> None:
     """Part 3 alone at another `d` and initial overlaps: whether SGD's threshold moves."""
     global ST_D, ST_OVERLAP_SCALE
+    indices = [int(i) for i in sgd_eps.split(",")]
+    if indices != sorted(set(indices)) or not 0 <= indices[0] <= indices[-1] < 6:
+        raise SystemExit(
+            f"--sgd-eps must be increasing indices into the 6-point eps grid (0 to 5): {sgd_eps}."
+        )
     ST_D, ST_OVERLAP_SCALE = d, scale
     print(device_header())
     overlaps = np.asarray(st_setup(0.1, 0.0)[1].state.s)
     print(f"part 3 only: d = {d}, overlap scale {scale:g}, initial s = {np.round(overlaps, 3)}")
-    indices = [int(i) for i in sgd_eps.split(",")]
     pred, _, measured, _, _ = part3(
         (ST_TAU,), np.geomspace(0.03, 0.3, 6), ST_TAU, 3, indices, True, jax.random.key(0), None
     )
