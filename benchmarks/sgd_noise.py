@@ -14,7 +14,10 @@ layer's stability: `tau B U(1) / (eps d) <= 0.2`) and the CPU budget (`steps x d
 d = 8000 at tau = 0.1 would take about 10 minutes a point; d = 8000 only at eps = 1e-2); the
 others are listed. Each point prints the SGD cost (`steps = t_max d / (tau B)`), the sup-norm
 error of the seed-mean risk against each ODE, the standard error there, the noisy ODE against the
-risk at the seed-mean `(a, S, Q)`, and the largest error of the mean `(S, Q)`. The ODEs use
+risk at the seed-mean `(a, S, Q)`, the seeds' spread where the noisy error is largest (the
+mean risk minus the risk at the mean state, and its second-order estimate `1/2 tr(H C)`, `H` the
+risk's Hessian in `(a, S, Q)`, `C` the seeds' covariance), and the largest error of the mean
+`(S, Q)`. The ODEs use
 diffrax Tsit5 at rtol 1e-8, atol 1e-10 (at these eps the noisy problem is not stiff, and Tsit5
 is the faster solver: see `solve_s`). Why the noisy ODE misses at a finite d: a fit
 `err = c/d + e_inf` over d at the target points (finite-d bias: e_inf near 0), and the first
@@ -163,6 +166,24 @@ def conditions(problem, tau: float, m: int, d: int, batch: int) -> tuple[float, 
     return tau * m / (eps * d), tau * batch * float(problem.U(1.0)) / (eps * d)
 
 
+def spread_quadratic(problem, states, i) -> float:
+    """`1/2 tr(H C)` at record `i`: `H` the Hessian of the population risk in `(a, S, Q)` at the
+    seed-mean state, `C` the seeds' covariance of `(a, S, Q)`. To second order in the seeds'
+    spread it is the mean risk minus the risk at the mean state."""
+    parts = [np.asarray(v)[:, i] for v in (states.a, states.s, states.Q)]
+    shapes = [p.shape[1:] for p in parts]
+    x = np.concatenate([p.reshape(SEEDS, -1) for p in parts], axis=1)
+    model = sst.FiniteDimODE(problem)
+
+    def risk(v):
+        pieces = jnp.split(v, np.cumsum([math.prod(sh) for sh in shapes])[:-1])
+        a, s, Q = (piece.reshape(sh) for piece, sh in zip(pieces, shapes, strict=True))
+        return model.risk(sst.FiniteDimState(a, s, Q))
+
+    H = jax.hessian(risk)(jnp.asarray(x.mean(0)))
+    return 0.5 * float(np.sum(np.asarray(H) * np.cov(x, rowvar=False)))
+
+
 def compare_point(name, eps, tau, d, key, dtype=jnp.float32):
     target, m = TARGETS[name]
     problem = sst.Problem(target, SIGMA, eps)
@@ -187,6 +208,7 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32):
         i = int(np.argmax(diff))
         out[label] = {
             "err": float(diff[i]),
+            "index": i,
             "se": float(se[i]),
             "err_at_mean": float(np.max(np.abs(at_mean - np.asarray(traj.risk)))),
             "sq": float(
@@ -197,6 +219,10 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32):
             ),
             "risk": np.asarray(traj.risk),
         }
+    # The part of the noisy error that is the seeds' spread, where it is largest.
+    i = out["noisy"]["index"]
+    out["noisy"]["spread"] = float(mean[i] - at_mean[i])
+    out["noisy"]["quadratic"] = spread_quadratic(problem, states, i)
     return out
 
 
@@ -207,11 +233,15 @@ def part1(ds, taus, epss, key, trend_d=None):
         f"part 1: online SGD (float32, {SEEDS} seeds, B = {BATCH}, t in [0, {T_MAX}]) against the "
         "noisy ODE and the flow (Tsit5, rtol 1e-8, atol 1e-10); errors are sup-norms over the 26 "
         "record times of the seed-mean risk (SE: its standard error there); 'at mean': the noisy "
-        "ODE against the risk at the seed-mean (a, S, Q); S,Q: largest error of the mean S and Q"
+        "ODE against the risk at the seed-mean (a, S, Q); 'spread': the mean risk minus the risk "
+        "at the mean state where the noisy error is largest, and 'trHC/2' its second-order "
+        "estimate 1/2 tr(H C) from the Hessian H of the risk and the seeds' covariance C of "
+        "(a, S, Q); S,Q: largest error of the mean S and Q"
     )
     print(
         f"{'target':>9} {'m':>2} {'eps':>6} {'tau':>4} {'d':>5} {'steps':>7} "
-        f"{'sgd s':>6} {'noisy err':>9} {'SE':>7} {'at mean':>7} {'flow err':>8} {'SE':>7} "
+        f"{'sgd s':>6} {'noisy err':>9} {'SE':>7} {'at mean':>7} {'spread':>7} {'trHC/2':>7} "
+        f"{'flow err':>8} {'SE':>7} "
         f"{'noisy S,Q':>9} {'flow S,Q':>8}"
     )
     rows, dropped = [], []
@@ -244,7 +274,8 @@ def part1(ds, taus, epss, key, trend_d=None):
                     print(
                         f"{name:>9} {m:>2} {eps:>6g} {tau:>4g} {d:>5} {steps:>7} "
                         f"{r['wall']:>6.1f} {n['err']:>9.4f} {n['se']:>7.4f} "
-                        f"{n['err_at_mean']:>7.4f} {f['err']:>8.4f} "
+                        f"{n['err_at_mean']:>7.4f} {n['spread']:>7.4f} {n['quadratic']:>7.4f} "
+                        f"{f['err']:>8.4f} "
                         f"{f['se']:>7.4f} {n['sq']:>9.4f} {f['sq']:>8.4f}",
                         flush=True,
                     )
