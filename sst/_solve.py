@@ -278,8 +278,6 @@ def solve(
     ts = jnp.asarray(ts, dtype=float)
     if is_traced((ts, model.eps, dt0)):
         ts, dt0 = _check_traced(model, ts, dt0)
-    if solver is None:
-        _check_dense_size(model, ts[0], *jax.eval_shape(model.split, y0))
     # Stepping onto the save times costs fewer steps for the same accuracy of the saved values
     # than the dense output between steps (benchmarks/stiff.py, "dense output" rows).
     controller = stepsize_controller or dfx.ClipStepSizeController(
@@ -291,6 +289,7 @@ def solve(
     if progress:
         positive = ts[ts > 0] if not is_traced(ts) else ts[-1:]
         options["progress_meter"] = LogTimeProgressMeter(t0=ts[0], t_min=positive[0], t1=ts[-1])
+    check_dense = solver is None
     solver = default_solver() if solver is None else solver
     if not isinstance(solver, AbstractRosenbrock):
         # Rosenbrock solvers project themselves; any other solver is made to (isinstance sees
@@ -300,7 +299,17 @@ def solve(
         # Its guard is a custom vjp, which forward mode cannot differentiate.
         solver = _FiniteGradientSolver(solver)
     traj = _solve(
-        model, y0, ts, solver, controller, dt0, max_steps, options, _tolerances(controller), dense
+        model,
+        y0,
+        ts,
+        solver,
+        controller,
+        dt0,
+        max_steps,
+        options,
+        _tolerances(controller),
+        dense,
+        check_dense,
     )
     if throw:
         if is_traced(traj.result):
@@ -312,11 +321,14 @@ def solve(
 
 @eqx.filter_jit
 def _solve(
-    model, y0, ts, solver, controller, dt0, max_steps, options, tolerances, dense=False
+    model, y0, ts, solver, controller, dt0, max_steps, options, tolerances, dense, check_dense
 ) -> Trajectory:
     """The solve and everything computed from it, in one compiled program: outside `jit`,
-    each array operation on the result would be compiled on its own."""
+    each array operation on the result would be compiled on its own. `check_dense`: refuse
+    a dense Jacobian too large to factor (checked while tracing, so once per compilation)."""
     y, args = model.split(y0)
+    if check_dense:
+        _check_dense_size(model, ts[0], y, args)
     finite = _finite_start(model, ts[0], y, args)
     sol = dfx.diffeqsolve(
         ModelTerm(model),
@@ -487,9 +499,10 @@ MAX_DENSE_UNKNOWNS = 2500
 
 
 def _check_dense_size(model: AbstractModel, t0, y, args) -> None:
-    jacobian = jax.eval_shape(model.jacobian, t0, y, args)
     n = sum(x.size for x in jax.tree_util.tree_leaves(y))
-    if isinstance(jacobian, DenseJacobian) and n > MAX_DENSE_UNKNOWNS:
+    if n > MAX_DENSE_UNKNOWNS and isinstance(
+        jax.eval_shape(model.jacobian, t0, y, args), DenseJacobian
+    ):
         raise ValueError(
             f"The default stiff solver would factor a dense {n} x {n} Jacobian at every step. "
             "Pass an explicit solver for non-stiff settings (e.g. solver=diffrax.Tsit5() when "

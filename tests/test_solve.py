@@ -243,7 +243,7 @@ def test_default_solver_refuses_huge_dense_jacobians():
         sst.solve(sst.FiniteDimODE(problem), state, TS)
 
 
-# Issue 12: error control and solves at tiny eps.
+# Error control and solves at tiny eps.
 
 
 def _model(eps):
