@@ -289,7 +289,7 @@ def solve(
     if progress:
         positive = ts[ts > 0] if not is_traced(ts) else ts[-1:]
         options["progress_meter"] = LogTimeProgressMeter(t0=ts[0], t_min=positive[0], t1=ts[-1])
-    check_dense = solver is None
+    check_jacobian_size = solver is None
     solver = default_solver() if solver is None else solver
     if not isinstance(solver, AbstractRosenbrock):
         # Rosenbrock solvers project themselves; any other solver is made to (isinstance sees
@@ -309,7 +309,7 @@ def solve(
         options,
         _tolerances(controller),
         dense,
-        check_dense,
+        check_jacobian_size,
     )
     if throw:
         if is_traced(traj.result):
@@ -321,14 +321,24 @@ def solve(
 
 @eqx.filter_jit
 def _solve(
-    model, y0, ts, solver, controller, dt0, max_steps, options, tolerances, dense, check_dense
+    model,
+    y0,
+    ts,
+    solver,
+    controller,
+    dt0,
+    max_steps,
+    options,
+    tolerances,
+    dense,
+    check_jacobian_size,
 ) -> Trajectory:
     """The solve and everything computed from it, in one compiled program: outside `jit`,
-    each array operation on the result would be compiled on its own. `check_dense`: refuse
-    a dense Jacobian too large to factor (checked while tracing, so once per compilation)."""
+    each array operation on the result would be compiled on its own. `check_jacobian_size`:
+    refuse a dense Jacobian too large to factor (while tracing, so once per compilation)."""
     y, args = model.split(y0)
-    if check_dense:
-        _check_dense_size(model, ts[0], y, args)
+    if check_jacobian_size:
+        _check_jacobian_size(model, ts[0], y, args)
     finite = _finite_start(model, ts[0], y, args)
     sol = dfx.diffeqsolve(
         ModelTerm(model),
@@ -498,7 +508,7 @@ def _tolerances(controller: dfx.AbstractStepSizeController) -> tuple[float, floa
 MAX_DENSE_UNKNOWNS = 2500
 
 
-def _check_dense_size(model: AbstractModel, t0, y, args) -> None:
+def _check_jacobian_size(model: AbstractModel, t0, y, args) -> None:
     n = sum(x.size for x in jax.tree_util.tree_leaves(y))
     if n > MAX_DENSE_UNKNOWNS and isinstance(
         jax.eval_shape(model.jacobian, t0, y, args), DenseJacobian
