@@ -15,7 +15,7 @@ from jaxtyping import Array, ArrayLike, Bool, Float, PyTree
 from ._control import ModelErrorController
 from ._linear import DenseJacobian
 from ._model import AbstractModel, ModelTerm
-from ._rosenbrock import AbstractRosenbrock, Rodas4
+from ._rosenbrock import AbstractRosenbrock, Rodas4, StiffJacobian
 from ._solution import RESULTS, DenseOutput, Trajectory, mask_invalid
 from ._validate import check_count, check_times, check_times_shape, is_traced, require_x64
 
@@ -510,8 +510,9 @@ MAX_DENSE_UNKNOWNS = 2500
 
 def _check_jacobian_size(model: AbstractModel, t0, y, args) -> None:
     n = sum(x.size for x in jax.tree_util.tree_leaves(y))
+    # The default solver factors a StiffJacobian's exact (dense) Jacobian: it is not a W-method.
     if n > MAX_DENSE_UNKNOWNS and isinstance(
-        jax.eval_shape(model.jacobian, t0, y, args), DenseJacobian
+        jax.eval_shape(model.jacobian, t0, y, args), (DenseJacobian, StiffJacobian)
     ):
         raise ValueError(
             f"The default stiff solver would factor a dense {n} x {n} Jacobian at every step. "

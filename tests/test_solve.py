@@ -235,12 +235,14 @@ def test_model_must_be_an_sst_model():
         sst.solve(lambda t, y, args: -y, particles(), TS)
 
 
-def test_default_solver_refuses_huge_dense_jacobians():
+@pytest.mark.parametrize("tau", [0.0, 0.5])
+def test_default_solver_refuses_huge_dense_jacobians(tau):
+    # tau > 0: the noisy model's StiffJacobian, whose exact Jacobian Rodas4 factors.
     problem = sst.Problem(sst.Hermite([0.0, 1.0]), sst.Hermite([0.0, 1.0, 0.5]), eps=1.0)
     m = 60  # 60 + 60 + 3600 unknowns
     state = sst.FiniteDimState(jnp.zeros(m), jnp.zeros(m), jnp.eye(m))
     with pytest.raises(ValueError, match="factor a dense 3720 x 3720 Jacobian"):
-        sst.solve(sst.FiniteDimODE(problem), state, TS)
+        sst.solve(sst.FiniteDimODE(problem, tau=tau), state, TS)
 
 
 # Error control and solves at tiny eps.
