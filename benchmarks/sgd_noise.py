@@ -26,7 +26,9 @@ target point rerun in float64 (float32 accumulation).
 Part 2 (the 4-point expectations): `sst.erf_i4` against the published closed form of the
 committee machine's `I4` (Saad and Solla 1995, eq. (A5), its Lambda's) on random covariances;
 `sst.noise_matrix` against Monte Carlo (2e5 samples, label noise 0.3) for a polynomial
-activation and the k = 2 staircase target at random `(a, S, Q)`.
+activation and the k = 2 staircase target at random `(a, S, Q)`; and, since ReLU is refused, how
+far the noise matrix of its Hermite series truncated at degree 2, 4, 6, 8 is from Monte Carlo
+(1e6 samples) of ReLU itself at that point.
 
 Part 3 (the staircase under SGD): m = 8, `a(0)` uniform in [-1, 1], overlaps from
 `sst.random_init` at d = 300 (small and random), target `h1 + h2 + h3 + h4`, activation
@@ -49,9 +51,10 @@ RESULT keys: `noisy_sup_err_d8000` and `flow_sup_err_d8000`, the largest sup-nor
 noisy ODE and of the flow over the target points (tau = 0.5, 2, eps = 1e-2) at the largest d;
 `noisy_within`, whether each target point's noisy error is <= 0.01 + 2 SE; `err_ratio_d500_d8000`,
 the noisy ODE's error at d = 500 over that at the largest d, at the target points kept at both;
-`i4_erf_max_diff`; `mc_z_max`, the largest |Monte Carlo - exact| / SE; `stop_eps_pred` and
-`stop_eps_sgd`, the thresholds of part 3; `solve_s`, the wall time (best of 3 after
-compilation) of a noisy solve at m = 8, k = 2, eps = 1e-2, tau = 0.5 to t = 10 with the
+`i4_erf_max_diff`; `mc_z_max`, the largest |Monte Carlo - exact| / SE; `relu_trunc_err_deg4`,
+the degree-4 truncation's largest error over the largest entry of ReLU's noise matrix;
+`stop_eps_pred` and `stop_eps_sgd`, the thresholds of part 3; `solve_s`, the wall time (best of
+3 after compilation) of a noisy solve at m = 8, k = 2, eps = 1e-2, tau = 0.5 to t = 10 with the
 Rosenbrock-W method `Ros34PW2` (rtol 1e-6, atol 1e-8), `solve_s_tsit5` the same with Tsit5 (the
 full run also times both to t = 100). `--quick` (about two minutes of CPU) runs part 1
 at d = 500 and 2000 (keys still named d8000), tau = 0.5, 2, eps = 1e-2, and part 3's ODE at two
@@ -99,6 +102,7 @@ ST_M, ST_D, ST_BATCH, ST_T_SGD, ST_T_MAX = 8, 300, 20, 10.0, 100.0
 ST_OVERLAP_SCALE = 1.0  # --overlap-scale: the first coordinate of each w_i times this, renormalised
 ST_TAU = 0.0015  # where degree 3's threshold (t_max = 10) falls inside eps in [0.03, 0.3]
 ST_ODE = dict(solver=dfx.Tsit5(), rtol=1e-6, atol=1e-8, max_steps=400_000, throw=False)
+ST_EPS = np.geomspace(0.03, 0.3, 6)  # the eps grid of part 3
 
 
 # --------------------------------------------------------------------------- online SGD, vmapped
@@ -181,7 +185,8 @@ def spread_quadratic(problem, states, i) -> float:
         return model.risk(sst.FiniteDimState(a, s, Q))
 
     H = jax.hessian(risk)(jnp.asarray(x.mean(0)))
-    return 0.5 * float(np.sum(np.asarray(H) * np.cov(x, rowvar=False)))
+    # The 1/N covariance: the mean of R(x_i) - R(mean x) is 1/2 tr(H C) for a quadratic R.
+    return 0.5 * float(np.sum(np.asarray(H) * np.cov(x, rowvar=False, bias=True)))
 
 
 def compare_point(name, eps, tau, d, key, dtype=jnp.float32):
@@ -208,7 +213,6 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32):
         i = int(np.argmax(diff))
         out[label] = {
             "err": float(diff[i]),
-            "index": i,
             "se": float(se[i]),
             "err_at_mean": float(np.max(np.abs(at_mean - np.asarray(traj.risk)))),
             "sq": float(
@@ -220,7 +224,7 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32):
             "risk": np.asarray(traj.risk),
         }
     # The part of the noisy error that is the seeds' spread, where it is largest.
-    i = out["noisy"]["index"]
+    i = int(np.argmax(np.abs(mean - out["noisy"]["risk"])))
     out["noisy"]["spread"] = float(mean[i] - at_mean[i])
     out["noisy"]["quadratic"] = spread_quadratic(problem, states, i)
     return out
@@ -369,9 +373,12 @@ def i4_check(n: int = 200) -> float:
     return worst
 
 
-def mc_check(samples: int = 200_000, m: int = 4) -> float:
+def _noise_against_samples(activation, sampled, samples: int, m: int = 4):
+    """`sst.noise_matrix` with `activation` against the Monte Carlo mean (and its standard
+    error) of the noise matrix of the activation `sampled` (a callable and its derivative), at a
+    random `(a, S, Q)` with the `z1 + z1 z2` target and label noise 0.3."""
     target = TARGETS["z1+z1z2"][0]
-    problem = sst.Problem(target, SIGMA, 1e-2, 0.3)
+    problem = sst.Problem(target, activation, 1e-2, 0.3)
     rng = np.random.default_rng(2)
     k, dim = problem.k, problem.k + m + 2
     W = rng.normal(size=(m, dim))
@@ -381,13 +388,38 @@ def mc_check(samples: int = 200_000, m: int = 4) -> float:
     exact = np.asarray(sst.noise_matrix(problem, jnp.asarray(a), jnp.asarray(S), jnp.asarray(Q)))
     x = jax.random.normal(jax.random.key(3), (samples, dim))
     z = x @ W.T
-    e = problem.phi(x[:, :k]) - SIGMA(z) @ a / m
-    g = a * SIGMA.derivative(z)  # a_i sigma'(z_i)
+    function, derivative = sampled
+    e = problem.phi(x[:, :k]) - function(z) @ a / m
+    g = a * derivative(z)  # a_i sigma'(z_i)
     values = np.asarray(
         (e**2 + problem.noise**2)[:, None, None] * g[:, :, None] * g[:, None, :]
     ).reshape(samples, -1)
     mean, se = mean_se(values)
-    return float(np.max(np.abs(mean - exact.ravel()) / se))
+    return exact.ravel(), mean, se
+
+
+def mc_check(samples: int = 200_000) -> float:
+    exact, mean, se = _noise_against_samples(SIGMA, (SIGMA, SIGMA.derivative), samples)
+    return float(np.max(np.abs(mean - exact) / se))
+
+
+def relu_truncation_check(degrees=(2, 4, 6, 8), samples: int = 1_000_000) -> dict[int, float]:
+    """The noise matrix of ReLU's Hermite series truncated at each degree against Monte Carlo
+    of ReLU itself: the largest entry's error over the largest entry (ReLU is refused, and the
+    truncation is the stand-in its error message names)."""
+    relu = (jax.nn.relu, lambda z: (z > 0).astype(z.dtype))
+    out = {}
+    for degree in degrees:
+        exact, mean, se = _noise_against_samples(
+            sst.Hermite(sst.relu(degree).coeffs), relu, samples
+        )
+        scale = np.max(np.abs(mean))
+        out[degree] = float(np.max(np.abs(exact - mean)) / scale)
+        print(
+            f"  degree {degree}: largest error {out[degree]:.3f} of the largest entry "
+            f"(Monte Carlo SE {np.max(se) / scale:.3f})"
+        )
+    return out
 
 
 # ------------------------------------------------------------------ part 3: staircase under SGD
@@ -444,11 +476,11 @@ def st_ode_run(eps, tau):
     if not bool(traj.success):
         raise RuntimeError(
             f"The noisy ODE at eps = {eps:g}, tau = {tau:g} stopped before t = {ST_T_MAX:g}: "
-            f"{traj.result}; the plateau and the thresholds need the whole run."
+            f"{traj.result}; the plateau and the thresholds need the whole run (raise "
+            "ST_ODE's max_steps, or use a stiff solver if it ran out of steps)."
         )
-    valid = np.asarray(traj.valid)
-    r2 = np.asarray(traj.residuals)[valid] ** 2
-    return half_times(ts[valid], r2), plateau(ts[valid], r2, ST_T_SGD)
+    r2 = np.asarray(traj.residuals) ** 2
+    return half_times(ts, r2), plateau(ts, r2, ST_T_SGD)
 
 
 def crossing(eps_grid, levels):
@@ -635,17 +667,19 @@ def risk_figure(rows, d, path):
 def staircase_only(d: int, scale: float, sgd_eps: str) -> None:
     """Part 3 alone at another `d` and initial overlaps: whether SGD's threshold moves."""
     global ST_D, ST_OVERLAP_SCALE
-    indices = [int(i) for i in sgd_eps.split(",")]
-    if indices != sorted(set(indices)) or not 0 <= indices[0] <= indices[-1] < 6:
+    fields = sgd_eps.split(",")
+    indices = [int(i) for i in fields if i.strip().isdigit()]
+    if len(indices) != len(fields) or indices != sorted(set(indices)) or indices[-1] >= len(ST_EPS):
         raise SystemExit(
-            f"--sgd-eps must be increasing indices into the 6-point eps grid (0 to 5): {sgd_eps}."
+            f"--sgd-eps must be increasing indices into the eps grid (0 to {len(ST_EPS) - 1}), "
+            f"such as 1,2,3,4; got {sgd_eps!r}."
         )
     ST_D, ST_OVERLAP_SCALE = d, scale
     print(device_header())
     overlaps = np.asarray(st_setup(0.1, 0.0)[1].state.s)
     print(f"part 3 only: d = {d}, overlap scale {scale:g}, initial s = {np.round(overlaps, 3)}")
     pred, _, measured, _, _ = part3(
-        (ST_TAU,), np.geomspace(0.03, 0.3, 6), ST_TAU, 3, indices, True, jax.random.key(0), None
+        (ST_TAU,), ST_EPS, ST_TAU, 3, indices, True, jax.random.key(0), None
     )
     print_result(
         {
@@ -687,6 +721,8 @@ def main() -> None:
     mc = mc_check()
     print(f"erf I4 against Saad and Solla's closed form, 200 random covariances: max diff {i4:.1e}")
     print(f"noise_matrix against Monte Carlo (2e5 samples): max |z| = {mc:.2f}")
+    print("ReLU's truncated Hermite series against Monte Carlo of ReLU (1e6 samples):")
+    relu_errors = relu_truncation_check((4,) if args.quick else (2, 4, 6, 8))
     print(f"vmapped SGD seed 0 against sst.train: max risk diff {check_against_train(key):.1e}")
 
     if args.quick:
@@ -767,12 +803,10 @@ def main() -> None:
         risk_figure(rows, d_max, figures / "sgd_noise_risk.png")
         risk_figure(rows, d_max, ROOT / "docs" / "figures" / "sgd_noise.png")
     if args.quick:
-        st = dict(taus=(ST_TAU,), eps_grid=np.geomspace(0.03, 0.3, 6)[3:5], sgd_eps=[])
+        st = dict(taus=(ST_TAU,), eps_grid=ST_EPS[3:5], sgd_eps=[])
     else:
         # SGD at the four middle eps only (CPU budget: 100,000 steps, about 100 s a point).
-        st = dict(
-            taus=(0.001, ST_TAU, 0.003), eps_grid=np.geomspace(0.03, 0.3, 6), sgd_eps=[1, 2, 3, 4]
-        )
+        st = dict(taus=(0.001, ST_TAU, 0.003), eps_grid=ST_EPS, sgd_eps=[1, 2, 3, 4])
     pred, _, measured, _, _ = part3(
         st["taus"],
         st["eps_grid"],
@@ -790,6 +824,7 @@ def main() -> None:
         "err_ratio_d500_d8000": f"{ratio:.2f}",
         "i4_erf_max_diff": f"{i4:.1e}",
         "mc_z_max": f"{mc:.2f}",
+        "relu_trunc_err_deg4": f"{relu_errors[4]:.3f}",
         "stop_eps_pred": f"{pred:.3g}",
         "stop_eps_sgd": f"{measured:.3g}",
         "solve_s": f"{solve_s:.2f}",
