@@ -84,7 +84,8 @@ class FiniteDimODE(AbstractProblemModel):
                 "tau > 0 needs a polynomial activation with a polynomial target, or erf with a "
                 f"polynomial or erf target (got sigma = {self.problem.activation}, phi = "
                 f"{self.problem.target}); use a finite Hermite series such as "
-                "sst.Hermite(sst.relu(4).coeffs), or tau = 0."
+                "sst.Hermite(sst.relu(4).coeffs) (for ReLU an approximation, about 0.1 of the "
+                "largest noise entry off; docs: online SGD at a finite step), or tau = 0."
             )
 
     def parameters(self) -> dict[str, Array]:

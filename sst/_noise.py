@@ -73,7 +73,8 @@ def noise_matrix(
         raise ValueError(
             "The SGD noise terms need a polynomial activation with a polynomial target, or erf "
             f"with a polynomial or erf target; got sigma = {problem.activation}, phi = "
-            f"{problem.target}. Use a finite Hermite series (e.g. sst.Hermite(sst.relu(4).coeffs))."
+            f"{problem.target}. Use a finite Hermite series (e.g. sst.Hermite(sst.relu(4).coeffs), "
+            "for ReLU an approximation, about 0.1 of the largest entry off)."
         )
     m = a.shape[0]
     eye = jnp.eye(m, dtype=Q.dtype)
