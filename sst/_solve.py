@@ -289,7 +289,7 @@ def solve(
     if progress:
         positive = ts[ts > 0] if not is_traced(ts) else ts[-1:]
         options["progress_meter"] = LogTimeProgressMeter(t0=ts[0], t_min=positive[0], t1=ts[-1])
-    check_jacobian_size = solver is None
+    check_size = solver is None  # the default solver factors the Jacobian
     solver = default_solver() if solver is None else solver
     if not isinstance(solver, AbstractRosenbrock):
         # Rosenbrock solvers project themselves; any other solver is made to (isinstance sees
@@ -298,18 +298,9 @@ def solve(
     if not isinstance(adjoint, dfx.ForwardMode):
         # Its guard is a custom vjp, which forward mode cannot differentiate.
         solver = _FiniteGradientSolver(solver)
+    tolerances = _tolerances(controller)
     traj = _solve(
-        model,
-        y0,
-        ts,
-        solver,
-        controller,
-        dt0,
-        max_steps,
-        options,
-        _tolerances(controller),
-        dense,
-        check_jacobian_size,
+        model, y0, ts, solver, controller, dt0, max_steps, options, tolerances, dense, check_size
     )
     if throw:
         if is_traced(traj.result):
@@ -321,23 +312,13 @@ def solve(
 
 @eqx.filter_jit
 def _solve(
-    model,
-    y0,
-    ts,
-    solver,
-    controller,
-    dt0,
-    max_steps,
-    options,
-    tolerances,
-    dense,
-    check_jacobian_size,
+    model, y0, ts, solver, controller, dt0, max_steps, options, tolerances, dense, check_size
 ) -> Trajectory:
     """The solve and everything computed from it, in one compiled program: outside `jit`,
-    each array operation on the result would be compiled on its own. `check_jacobian_size`:
-    refuse a dense Jacobian too large to factor (while tracing, so once per compilation)."""
+    each array operation on the result would be compiled on its own. `check_size`: refuse a
+    dense Jacobian too large to factor (while tracing, so once per compilation)."""
     y, args = model.split(y0)
-    if check_jacobian_size:
+    if check_size:
         _check_jacobian_size(model, ts[0], y, args)
     finite = _finite_start(model, ts[0], y, args)
     sol = dfx.diffeqsolve(
