@@ -59,7 +59,6 @@ def test_validation_goes_through_the_model():
         sst.solve_batch(_model(), X0, TS, eps=[1e-2, -1.0])
 
 
-@pytest.mark.slow
 def test_a_check_state_that_returns_nothing_is_one_clear_error():
     class Unchecked(Relaxation):
         def check_state(self, state):
@@ -70,6 +69,7 @@ def test_a_check_state_that_returns_nothing_is_one_clear_error():
         sst.solve(model, Point(jnp.array([1.0, 1.0])), TS)
 
 
+@pytest.mark.slow
 def test_solve_batch_over_eps_and_target_matches_the_closed_form():
     eps = np.array([1e-1, 1e-3, 1e-2, 1e-4])
     targets = np.stack([TARGET + i for i in range(4)])
