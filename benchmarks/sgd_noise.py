@@ -373,33 +373,34 @@ def i4_check(n: int = 200) -> float:
     return worst
 
 
-def _noise_against_samples(activation, sampled, samples: int, m: int = 4):
-    """`sst.noise_matrix` with `activation` against the Monte Carlo mean (and its standard
-    error) of the noise matrix of the activation `sampled` (a callable and its derivative), at a
-    random `(a, S, Q)` with the `z1 + z1 z2` target and label noise 0.3."""
+def _noise_against_samples(activations, sampled, samples: int, m: int = 4):
+    """`sst.noise_matrix` with each of `activations` against the Monte Carlo mean (and its
+    standard error) of the noise matrix of the activation `sampled` (a callable and its
+    derivative), at a random `(a, S, Q)` with the `z1 + z1 z2` target and label noise 0.3."""
     target = TARGETS["z1+z1z2"][0]
-    problem = sst.Problem(target, activation, 1e-2, 0.3)
+    problems = [sst.Problem(target, activation, 1e-2, 0.3) for activation in activations]
     rng = np.random.default_rng(2)
-    k, dim = problem.k, problem.k + m + 2
+    k, noise = problems[0].k, problems[0].noise
+    dim = k + m + 2
     W = rng.normal(size=(m, dim))
     W /= np.linalg.norm(W, axis=1, keepdims=True)
     a = rng.normal(size=m) * 1.5
-    S, Q = W[:, :k], W @ W.T
-    exact = np.asarray(sst.noise_matrix(problem, jnp.asarray(a), jnp.asarray(S), jnp.asarray(Q)))
+    S, Q = (jnp.asarray(v) for v in (W[:, :k], W @ W.T))
+    exact = [np.asarray(sst.noise_matrix(p, jnp.asarray(a), S, Q)).ravel() for p in problems]
     x = jax.random.normal(jax.random.key(3), (samples, dim))
     z = x @ W.T
     function, derivative = sampled
-    e = problem.phi(x[:, :k]) - function(z) @ a / m
+    e = problems[0].phi(x[:, :k]) - function(z) @ a / m
     g = a * derivative(z)  # a_i sigma'(z_i)
-    values = np.asarray(
-        (e**2 + problem.noise**2)[:, None, None] * g[:, :, None] * g[:, None, :]
-    ).reshape(samples, -1)
+    values = np.asarray((e**2 + noise**2)[:, None, None] * g[:, :, None] * g[:, None, :]).reshape(
+        samples, -1
+    )
     mean, se = mean_se(values)
-    return exact.ravel(), mean, se
+    return exact, mean, se
 
 
 def mc_check(samples: int = 200_000) -> float:
-    exact, mean, se = _noise_against_samples(SIGMA, (SIGMA, SIGMA.derivative), samples)
+    (exact,), mean, se = _noise_against_samples([SIGMA], (SIGMA, SIGMA.derivative), samples)
     return float(np.max(np.abs(mean - exact) / se))
 
 
@@ -408,13 +409,12 @@ def relu_truncation_check(degrees=(2, 4, 6, 8), samples: int = 1_000_000) -> dic
     of ReLU itself: the largest entry's error over the largest entry (ReLU is refused, and the
     truncation is the stand-in its error message names)."""
     relu = (jax.nn.relu, lambda z: (z > 0).astype(z.dtype))
+    truncations = [sst.Hermite(sst.relu(degree).coeffs) for degree in degrees]
+    exact, mean, se = _noise_against_samples(truncations, relu, samples)
+    scale = np.max(np.abs(mean))
     out = {}
-    for degree in degrees:
-        exact, mean, se = _noise_against_samples(
-            sst.Hermite(sst.relu(degree).coeffs), relu, samples
-        )
-        scale = np.max(np.abs(mean))
-        out[degree] = float(np.max(np.abs(exact - mean)) / scale)
+    for degree, values in zip(degrees, exact, strict=True):
+        out[degree] = float(np.max(np.abs(values - mean)) / scale)
         print(
             f"  degree {degree}: largest error {out[degree]:.3f} of the largest entry "
             f"(Monte Carlo SE {np.max(se) / scale:.3f})"
