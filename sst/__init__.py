@@ -13,6 +13,7 @@ from ._control import (
     scaled_rms_error as scaled_rms_error,
 )
 from ._finite_dim import FiniteDimODE as FiniteDimODE, FiniteDimState as FiniteDimState
+from ._fluctuations import Fluctuations as Fluctuations, fluctuations as fluctuations
 from ._functionals import (
     crossing_time as crossing_time,
     grad_adjoint as grad_adjoint,

@@ -1,0 +1,178 @@
+"""sst.fluctuations: one sample's step against `sst.train`'s in weight space, its mean against
+the noisy ODE, its covariance against weight-space Monte Carlo, the sparse rule against closed
+forms, and the covariance's growth against its short-time closed form."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+import sst
+from sst._fluctuations import increments, sparse_gauss_hermite, step_moments
+from sst._train import _retract, batch_directions
+
+ACTIVATION = sst.Hermite([0.0, 1.0, 0.5, 0.5])
+TARGETS = {
+    1: sst.Hermite([0.0, 1.0, 1.0, 1.0]),
+    2: sst.Target.from_monomials([((1, 0), 1.0), ((1, 1), 1.0)]),
+}
+M_NEURONS = 3
+
+
+def _network(k, d, m=M_NEURONS, seed=0):
+    """Unit rows W (m, d), orthonormal directions U (d, k) and second-layer weights a."""
+    rng = np.random.default_rng(seed)
+    U = np.linalg.qr(rng.normal(size=(d, k)))[0]
+    W = rng.normal(size=(m, d))
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    return rng.normal(size=m), W, U
+
+
+def _order_parameters(problem, a, W, U):
+    Q = W @ W.T
+    return jnp.concatenate([a, (W @ U).ravel(), (Q * (1 - np.eye(W.shape[0]))).ravel()])
+
+
+def _weight_space_steps(problem, a, W, U, x, y, eta=None):
+    """Each sample's step of `sst.train` (one sample per step: `a += (eta/eps) da`, `W`
+    retracted) in `(a, S, Q)` per unit time, from its descent directions in weight space: the
+    first-order part, and the second-order part over `d` (`e^2` times the inner products of
+    the projected directions `P_i dw_i`, over `d`); with `eta`, the exact step over `eta`."""
+    n, d = W.shape
+    off = 1.0 - jnp.eye(n)
+
+    def one(xb, yb):
+        da, dW = batch_directions(problem, a, W, xb[None], yb[None])
+        if eta is not None:
+            new = _order_parameters(problem, a + eta / problem.eps * da, _retract(W, dW, eta), U)
+            return (new - _order_parameters(problem, a, W, U)) / eta
+        P = dW - jnp.sum(dW * W, axis=1, keepdims=True) * W
+        dQ = P @ W.T
+        first = jnp.concatenate([da / problem.eps, (P @ U).ravel(), ((dQ + dQ.T) * off).ravel()])
+        G = P @ P.T / d
+        norms = jnp.diag(G)
+        second = jnp.concatenate(
+            [
+                jnp.zeros(n),
+                (-0.5 * norms[:, None] * (W @ U)).ravel(),
+                ((G - 0.5 * (norms[:, None] + norms[None, :]) * (W @ W.T)) * off).ravel(),
+            ]
+        )
+        return jnp.stack([first, second])
+
+    out = np.asarray(jax.lax.map(lambda v: one(*v), (jnp.asarray(x), jnp.asarray(y))))
+    return out if eta is not None else (out[:, 0], out[:, 1])
+
+
+def _flat(parts, n):
+    return np.concatenate([np.asarray(v).reshape(n, -1) for v in parts], axis=1)
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_a_samples_step_matches_sst_train_in_weight_space(k):
+    d, n, tau = 4000, 4, 0.5
+    problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1)
+    a, W, U = _network(k, d)
+    x = np.random.default_rng(1).normal(size=(n, d))
+    y = np.asarray(problem.phi(jnp.asarray(x @ U)))
+    e, h, g = increments(problem, a, W @ U, W @ W.T, x @ U, x @ W.T)
+    e = np.asarray(e)[:, None]
+    first, second = _weight_space_steps(problem, a, W, U, x, y)
+    np.testing.assert_allclose(_flat(h, n) * e, first, rtol=0, atol=1e-12)
+    # The expansion against the exact retraction at eta = tau / d (third order: O(eta)).
+    exact = _weight_space_steps(problem, a, W, U, x, y, tau / d)
+    np.testing.assert_allclose(first + tau * second, exact, rtol=0, atol=1e-3 * np.max(exact))
+    # |P_i x|^2 and <P_i x, P_j x> are d (1 + O(d^-1/2)): within 10% of the largest entry.
+    expected = _flat(g, n) * e**2
+    assert np.max(np.abs(second - expected)) < 0.1 * np.max(np.abs(expected))
+
+
+@pytest.mark.parametrize("k", [1, 2])
+def test_step_mean_is_the_noisy_odes_vector_field(k):
+    # The flow's terms from the closed forms of V and U, the noise terms from sst.noise_matrix's
+    # diagrams: both against the exact rule's mean of e h + tau e^2 g, with label noise.
+    problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
+    a, W, U = _network(k, 16)
+    model = sst.FiniteDimODE(problem, tau=0.7)
+    state = sst.RandomInit.from_weights(a, W, U if k > 1 else U[:, 0]).state
+    y, _ = model.split(state)
+    mean, _ = step_moments(problem, model.tau, y, *sparse_gauss_hermite(k + M_NEURONS, 10))
+    field = ravel_pytree(model(0.0, y))[0]
+    np.testing.assert_allclose(mean, field, rtol=0, atol=1e-9 * float(jnp.max(jnp.abs(field))))
+
+
+def _tensor_gauss_hermite(dim, nodes):
+    x, w = np.polynomial.hermite_e.hermegauss(nodes)
+    grid = np.stack(np.meshgrid(*([x] * dim), indexing="ij"), axis=-1).reshape(-1, dim)
+    weight = np.prod(np.stack(np.meshgrid(*([w / w.sum()] * dim), indexing="ij")), 0).ravel()
+    return grid, weight
+
+
+@pytest.mark.parametrize(("k", "m"), [(1, 3), (2, 2)])
+def test_step_covariance_matches_a_tensor_rule_over_inputs_and_label_noise(k, m):
+    # The steps e h + tau e^2 g with the label noise drawn as one more Gaussian coordinate,
+    # their covariance by a tensor Gauss-Hermite rule exact for degree 21 in the k + m + 1
+    # coordinates: against the sparse rule with the noise's moments in closed form.
+    tau, noise = 0.7, 0.3
+    problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=noise)
+    a, W, U = _network(k, 16, m=m)
+    s, Q = W @ U, W @ W.T
+    grid, weight = _tensor_gauss_hermite(k + m + 1, 11)
+    V = np.concatenate([U.T, W])
+    Z = grid[:, :-1] @ np.linalg.cholesky(V @ V.T).T
+    e, h, g = increments(problem, a, s, Q, Z[:, :k], Z[:, k:])
+    e = np.asarray(e) + noise * grid[:, -1]
+    n = grid.shape[0]
+    steps = _flat(h, n) * e[:, None] + tau * _flat(g, n) * e[:, None] ** 2
+    mean = weight @ steps
+    expected = (steps - mean).T @ ((steps - mean) * weight[:, None])
+    y = (jnp.asarray(a), sst._problem.state_overlaps(problem, jnp.asarray(s)), jnp.asarray(Q))
+    _, got = step_moments(problem, jnp.asarray(tau), y, *sparse_gauss_hermite(k + m, 10))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9 * np.max(np.abs(expected)))
+
+
+@pytest.mark.parametrize(("dim", "level"), [(5, 6), (10, 6)])
+def test_sparse_rule_integrates_polynomials_of_degree_2_level_plus_1_exactly(dim, level):
+    nodes, weights = sparse_gauss_hermite(dim, level)
+    rng = np.random.default_rng(0)
+    for _ in range(40):
+        alpha = np.zeros(dim, int)
+        for axis in rng.integers(dim, size=rng.integers(0, 2 * level + 2)):
+            alpha[axis] += 1
+        # E z^alpha = prod (alpha_j - 1)!! for even alpha, 0 otherwise.
+        even = np.all(alpha % 2 == 0)
+        exact = np.prod([np.prod(np.arange(n - 1, 0, -2)) for n in alpha]) if even else 0.0
+        got = np.sum(weights * np.prod(nodes**alpha, axis=1))
+        assert abs(got - exact) <= 1e-10 * max(1.0, exact), (alpha, got, exact)
+    assert nodes.shape[0] < (level + 1) ** dim  # sparse: fewer nodes than the tensor rule
+
+
+def test_covariance_grows_as_tau_sigma_t_at_short_times():
+    # C(t) = tau Sigma t + O(t^2): at t = 1e-5 the relative gap is of order t |J| ~ 1e-4.
+    problem = sst.Problem(TARGETS[1], ACTIVATION, 0.1)
+    a, W, U = _network(1, 16)
+    model = sst.FiniteDimODE(problem, tau=0.5)
+    state = sst.RandomInit.from_weights(a, W, U[:, 0]).state
+    t = 1e-5
+    out = sst.fluctuations(model, state, np.array([0.0, t]))
+    y, _ = model.split(state)
+    _, sigma = step_moments(problem, model.tau, y, *sparse_gauss_hermite(1 + M_NEURONS, 10))
+    expected = 0.5 * np.asarray(sigma) * t
+    np.testing.assert_allclose(out.covariance[-1], expected, atol=1e-3 * np.max(expected))
+
+
+def test_bad_inputs_are_refused():
+    problem = sst.Problem(TARGETS[2], ACTIVATION, 0.1)
+    a, W, U = _network(2, 16, m=8)
+    state = sst.RandomInit.from_weights(a, W, U).state
+    model = sst.FiniteDimODE(problem, tau=0.5)
+    with pytest.raises(ValueError, match="sparse grid of .* nodes .*pass samples"):
+        sst.fluctuations(model, state, np.array([0.0, 1.0]))
+    with pytest.raises(ValueError, match="samples .*needs a key"):
+        sst.fluctuations(model, state, np.array([0.0, 1.0]), samples=16)
+    with pytest.raises(ValueError, match="fluctuations needs an sst.FiniteDimODE"):
+        sst.fluctuations(sst.MeanFieldODE(problem), state, np.array([0.0, 1.0]))
+    erf = sst.FiniteDimODE(sst.Problem(sst.erf(), sst.erf(), 0.1), tau=0.5)
+    with pytest.raises(ValueError, match="needs a polynomial activation and target"):
+        sst.fluctuations(erf, sst.RandomInit.from_weights(a, W, U[:, 0]).state, [0.0, 1.0])
