@@ -64,6 +64,7 @@ eps without its SGD (`stop_eps_sgd=nan`).
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import pathlib
 import time
@@ -95,6 +96,8 @@ T_MAX = 0.5
 C_A, C_FAST = 0.5, 0.2  # the bounds that make "<<" of the two conditions concrete
 COST_MAX = 7e7  # steps x d a point may cost (d = 8000 at tau = 0.5 is 6.4e7)
 ODE = dict(solver=dfx.Tsit5(), rtol=1e-8, atol=1e-10)
+PART1_TS = np.linspace(0.0, T_MAX, 26)
+FLUCT_SAMPLES = 2**17
 
 ST_TARGET = sst.Hermite([0.0, 1.0, 1.0, 1.0, 1.0])
 ST_SIGMA = sst.Hermite([0.5, 1.0, 1.0, 1.0, 1.0])
@@ -189,14 +192,29 @@ def spread_quadratic(problem, states, i) -> float:
     return 0.5 * float(np.sum(np.asarray(H) * np.cov(x, rowvar=False, bias=True)))
 
 
-def compare_point(name, eps, tau, d, key, dtype=jnp.float32):
+@functools.cache
+def fluctuations(name, eps, tau, seed=7):
+    """`sst.fluctuations` on part 1's record grid (independent of d: it returns d times the
+    covariance), and its wall time (of the first call): exact expectations at m = 4, k = 1 (a
+    sparse grid of 115,813 nodes in 5 dimensions); Monte Carlo (`FLUCT_SAMPLES` drawn from
+    `seed`) at m = 8, k = 2, where the exact grid would have 3e7 nodes."""
+    target, m = TARGETS[name]
+    model = sst.FiniteDimODE(sst.Problem(target, SIGMA, eps), tau=tau)
+    mc = dict(samples=FLUCT_SAMPLES, key=jax.random.key(seed))
+    start = time.perf_counter()
+    out = sst.fluctuations(
+        model, fixed_init(model.problem.k, m, 100).state, PART1_TS, **(mc if m > 4 else {})
+    )
+    return out, time.perf_counter() - start
+
+
+def compare_point(name, eps, tau, d, key, dtype=jnp.float32, fluct=None):
     target, m = TARGETS[name]
     problem = sst.Problem(target, SIGMA, eps)
     init = fixed_init(problem.k, m, d)
     eta = tau * BATCH / d
-    ts = np.linspace(0.0, T_MAX, 26)
     start = time.perf_counter()
-    ts, _, states, risk, _ = sgd_seeds(problem, init, ts, eta, BATCH, SEEDS, key, dtype)
+    ts, _, states, risk, _ = sgd_seeds(problem, init, PART1_TS, eta, BATCH, SEEDS, key, dtype)
     wall = time.perf_counter() - start
     mean, se = mean_se(risk)
     S_mean = np.asarray(states.s).mean(0)
@@ -227,12 +245,69 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32):
     i = int(np.argmax(np.abs(mean - out["noisy"]["risk"])))
     out["noisy"]["spread"] = float(mean[i] - at_mean[i])
     out["noisy"]["quadratic"] = spread_quadratic(problem, states, i)
+    if fluct is not None:
+        # The noisy ODE plus its 1/d fluctuation term: SGD's mean risk to first order in 1/d.
+        diff = np.abs(mean - np.asarray(fluct.mean_risk(d)))
+        j = int(np.argmax(diff))
+        out["noisy"] |= {
+            "lna_err": float(diff[j]),
+            "lna_se": float(se[j]),
+            "lna_spread": float(fluct.correction[i]) / d,
+        }
     return out
 
 
-def part1(ds, taus, epss, key, trend_d=None):
+def covariance_check(d, seeds, key):
+    """`sst.fluctuations` against many SGD seeds at h1+h2+h3, eps = 1e-2, tau = 0.5: the
+    variance of each distinct coordinate of (a, S, Q) over the seeds against the predicted
+    `covariance / d`, and the seed-mean risk against the noisy ODE with and without the 1/d
+    term. Returns the mean variance ratio (over the coordinates and the three times)."""
+    name, eps, tau = "h1+h2+h3", 1e-2, 0.5
+    target, m = TARGETS[name]
+    problem = sst.Problem(target, SIGMA, eps)
+    fl, _ = fluctuations(name, eps, tau)
+    start = time.perf_counter()
+    _, _, states, risk, _ = sgd_seeds(
+        problem, fixed_init(1, m, d), PART1_TS, tau * BATCH / d, BATCH, seeds, key
+    )
+    wall = time.perf_counter() - start
+    X = np.concatenate(
+        [
+            np.asarray(v, float).reshape(seeds, len(PART1_TS), -1)
+            for v in (states.a, states.s, states.Q)
+        ],
+        axis=2,
+    )
+    upper = np.triu_indices(m, 1)
+    distinct = np.concatenate([np.arange(2 * m), 2 * m + np.ravel_multi_index(upper, (m, m))])
+    print(
+        f"sst.fluctuations against {seeds} SGD seeds ({wall:.0f} s), {name}, eps = {eps:g}, "
+        f"tau = {tau:g}, d = {d}: the seeds' variance of a, S and Q_ij (i < j) over the predicted "
+        f"covariance / d (one ratio's SE about {math.sqrt(2 / (seeds - 1)):.2f} for Gaussian "
+        "seeds), and the seed-mean risk against the noisy ODE alone and with the 1/d term"
+    )
+    print(
+        f"{'t':>5} {'ratio mean':>10} {'min':>5} {'max':>5} {'SGD risk':>9} {'SE':>7} "
+        f"{'noisy ODE':>9} {'+ 1/d term':>10}"
+    )
+    ratios = []
+    mean, se = mean_se(risk)
+    for i in (5, 15, 25):
+        var = np.var(X[:, i], axis=0, ddof=1)[distinct]
+        ratio = var / (np.diag(np.asarray(fl.covariance[i]))[distinct] / d)
+        ratios.append(ratio)
+        print(
+            f"{PART1_TS[i]:>5.2f} {ratio.mean():>10.2f} {ratio.min():>5.2f} {ratio.max():>5.2f} "
+            f"{mean[i]:>9.4f} {se[i]:>7.4f} {float(fl.risk[i]):>9.4f} "
+            f"{float(fl.mean_risk(d)[i]):>10.4f}"
+        )
+    return float(np.mean(ratios))
+
+
+def part1(ds, taus, epss, key, trend_d=None, fluct_targets=tuple(TARGETS)):
     """The grid of points; `trend_d`, an extra d at the target points only (eps = min(epss),
-    tau >= 0.5), for the error's trend in d."""
+    tau >= 0.5), for the error's trend in d; `sst.fluctuations` at eps = min(epss) for the
+    targets `fluct_targets`."""
     print(
         f"part 1: online SGD (float32, {SEEDS} seeds, B = {BATCH}, t in [0, {T_MAX}]) against the "
         "noisy ODE and the flow (Tsit5, rtol 1e-8, atol 1e-10); errors are sup-norms over the 26 "
@@ -240,20 +315,27 @@ def part1(ds, taus, epss, key, trend_d=None):
         "ODE against the risk at the seed-mean (a, S, Q); 'spread': the mean risk minus the risk "
         "at the mean state where the noisy error is largest, and 'trHC/2' its second-order "
         "estimate 1/2 tr(H C) from the Hessian H of the risk and the seeds' covariance C of "
-        "(a, S, Q); S,Q: largest error of the mean S and Q"
+        "(a, S, Q); 'fl err': the noisy ODE plus its fluctuation term (sst.fluctuations, "
+        "Tsit5, rtol 1e-6, atol 1e-8: SGD's mean risk to first order in 1/d) against the mean "
+        "risk, and 'fl sprd' its prediction of 'spread' (at eps = 1e-2); S,Q: largest error of "
+        "the mean S and Q"
     )
     print(
         f"{'target':>9} {'m':>2} {'eps':>6} {'tau':>4} {'d':>5} {'steps':>7} "
         f"{'sgd s':>6} {'noisy err':>9} {'SE':>7} {'at mean':>7} {'spread':>7} {'trHC/2':>7} "
-        f"{'flow err':>8} {'SE':>7} "
+        f"{'fl err':>7} {'SE':>7} {'fl sprd':>7} {'flow err':>8} {'SE':>7} "
         f"{'noisy S,Q':>9} {'flow S,Q':>8}"
     )
-    rows, dropped = [], []
+    rows, dropped, fluct_walls = [], [], []
     all_d = sorted(set(ds) | ({trend_d} if trend_d else set()))
     for name, (target, m) in TARGETS.items():
         for eps in epss:
             problem = sst.Problem(target, SIGMA, eps)
             for tau in taus:
+                fluct = None
+                if eps == min(epss) and name in fluct_targets:
+                    fluct, wall = fluctuations(name, eps, tau)
+                    fluct_walls.append((name, tau, wall))
                 for d in all_d:
                     if d not in ds and not (eps == min(epss) and tau >= 0.5):
                         continue  # the trend's extra d only at the target points
@@ -272,14 +354,19 @@ def part1(ds, taus, epss, key, trend_d=None):
                     if why:
                         dropped.append(point | {"why": "; ".join(why)})
                         continue
-                    r = compare_point(name, eps, tau, d, key)
+                    r = compare_point(name, eps, tau, d, key, fluct=fluct)
                     rows.append(point | r)
                     n, f = r["noisy"], r["flow"]
+                    fl = (
+                        f"{n['lna_err']:>7.4f} {n['lna_se']:>7.4f} {n['lna_spread']:>7.4f}"
+                        if "lna_err" in n
+                        else f"{'-':>7} {'-':>7} {'-':>7}"
+                    )
                     print(
                         f"{name:>9} {m:>2} {eps:>6g} {tau:>4g} {d:>5} {steps:>7} "
                         f"{r['wall']:>6.1f} {n['err']:>9.4f} {n['se']:>7.4f} "
                         f"{n['err_at_mean']:>7.4f} {n['spread']:>7.4f} {n['quadratic']:>7.4f} "
-                        f"{f['err']:>8.4f} "
+                        f"{fl} {f['err']:>8.4f} "
                         f"{f['se']:>7.4f} {n['sq']:>9.4f} {f['sq']:>8.4f}",
                         flush=True,
                     )
@@ -289,6 +376,10 @@ def part1(ds, taus, epss, key, trend_d=None):
             f"  {p['target']:>9} m={p['m']} eps={p['eps']:g} tau={p['tau']:g} d={p['d']} "
             f"steps={p['steps']}: {p['why']}"
         )
+    print(
+        "sst.fluctuations wall time (compilation included): "
+        + ", ".join(f"{name} tau = {tau:g}: {wall:.0f} s" for name, tau, wall in fluct_walls)
+    )
     return rows
 
 
@@ -308,7 +399,12 @@ def trend(rows, eps):
             if tau < 0.5 or not pts:
                 continue
             cells = ", ".join(
-                f"d={r['d']}: {r['noisy']['err']:.4f} (x d: {r['d'] * r['noisy']['err']:.0f})"
+                f"d={r['d']}: {r['noisy']['err']:.4f} (x d: {r['d'] * r['noisy']['err']:.0f}"
+                + (
+                    f"; with the fluctuation term {r['noisy']['lna_err']:.4f})"
+                    if "lna_err" in r["noisy"]
+                    else ")"
+                )
                 for r in pts
             )
             fit = [r for r in pts if tau * r["m"] / (eps * r["d"]) <= 0.2]
@@ -726,10 +822,13 @@ def main() -> None:
     print(f"vmapped SGD seed 0 against sst.train: max risk diff {check_against_train(key):.1e}")
 
     if args.quick:
+        # sst.fluctuations at m = 8, k = 2 takes about a minute: the single-index target only.
         ds, taus, epss, trend_d = (500, 2000), (0.5, 2.0), (1e-2,), None
+        fluct_targets = ("h1+h2+h3",)
     else:
         ds, taus, epss, trend_d = (500, 2000, 8000), (0.1, 0.5, 2.0), (0.1, 1e-2), 4000
-    rows = part1(ds, taus, epss, key, trend_d)
+        fluct_targets = tuple(TARGETS)
+    rows = part1(ds, taus, epss, key, trend_d, fluct_targets)
     d_max = max(ds)
     goal = [r for r in rows if r["eps"] == 1e-2 and r["tau"] in (0.5, 2.0)]
     top = [r for r in goal if r["d"] == d_max]
@@ -738,14 +837,27 @@ def main() -> None:
     within = all(
         r["noisy"]["err"] <= 0.01 + 2 * r["noisy"]["se"] for r in top if r["flow"]["err"] >= 0.05
     )
+    fluct_top = [r for r in top if "lna_err" in r["noisy"]]
+    fluct = max((r["noisy"]["lna_err"] for r in fluct_top), default=float("nan"))
+    fluct_within = bool(fluct_top) and all(
+        r["noisy"]["lna_err"] <= 0.01 + 2 * r["noisy"]["lna_se"]
+        for r in fluct_top
+        if r["flow"]["err"] >= 0.05
+    )
     for r in top:
         n = r["noisy"]
-        print(
+        line = (
             f"target point {r['target']} tau = {r['tau']:g} d = {d_max}: noisy error "
             f"{n['err']:.4f} against 0.01 + 2 SE = {0.01 + 2 * n['se']:.4f} "
-            f"({'within' if n['err'] <= 0.01 + 2 * n['se'] else 'outside'}); flow error "
-            f"{r['flow']['err']:.4f}"
+            f"({'within' if n['err'] <= 0.01 + 2 * n['se'] else 'outside'})"
         )
+        if "lna_err" in n:
+            bound = 0.01 + 2 * n["lna_se"]
+            line += (
+                f"; with the fluctuation term {n['lna_err']:.4f} against {bound:.4f} "
+                f"({'within' if n['lna_err'] <= bound else 'outside'})"
+            )
+        print(f"{line}; flow error {r['flow']['err']:.4f}")
     ratios = []
     for r in goal:
         if r["d"] == min(ds):
@@ -758,6 +870,18 @@ def main() -> None:
                 )
     ratio = min(ratios) if ratios else float("nan")
     trend(rows, 1e-2)
+    if not args.quick:
+        # The Monte Carlo of sst.fluctuations at m = 8: the z1+z1z2 target point again with
+        # another key.
+        fl = [fluctuations("z1+z1z2", 1e-2, 2.0, seed)[0] for seed in (7, 8)]
+        c = [np.asarray(f.correction) for f in fl]
+        print(
+            f"sst.fluctuations' Monte Carlo ({FLUCT_SAMPLES} samples), z1+z1z2 tau = 2: the 1/d "
+            f"term with two keys differs by at most {np.max(np.abs(c[0] - c[1])):.2f} (its "
+            f"largest value {np.max(np.abs(c[0])):.1f}; at d = {d_max}: "
+            f"{np.max(np.abs(c[0] - c[1])) / d_max:.5f})"
+        )
+    var_ratio = covariance_check(*((2000, 64) if args.quick else (d_max, 128)), key)
     if not args.quick:
         # Float32 accumulation: the first target point again in float64 (same keys; the
         # normals of another precision are other draws, so compare within the SEs).
@@ -821,6 +945,9 @@ def main() -> None:
         "noisy_sup_err_d8000": f"{noisy:.4f}",
         "flow_sup_err_d8000": f"{flow:.4f}",
         "noisy_within": str(within),
+        "fluct_sup_err_d8000": f"{fluct:.4f}",
+        "fluct_within": str(fluct_within),
+        "fluct_var_ratio": f"{var_ratio:.2f}",
         "err_ratio_d500_d8000": f"{ratio:.2f}",
         "i4_erf_max_diff": f"{i4:.1e}",
         "mc_z_max": f"{mc:.2f}",
