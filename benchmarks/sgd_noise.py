@@ -47,18 +47,28 @@ at `d = D`, with `--overlap-scale C` each `w_i`'s first coordinate times `C` bef
 renormalising (initial overlaps about `C` times larger); it prints its RESULT and writes no
 result file.
 
+The fluctuation term (`sst.fluctuations`, at eps = 1e-2): SGD's covariance about the noisy ODE
+from the linear-noise expansion, and `1/2 tr(H C)`, the spread's part of the mean risk's `1/d`
+term, added to the noisy ODE (columns `fl err`, `fl sprd`); exact Gaussian expectations at
+m = 4, k = 1, Monte Carlo (2^17 samples, two keys compared) at m = 8, k = 2. Its covariance is
+checked against 128 seeds at the largest d (h1+h2+h3, tau = 0.5): each distinct coordinate's
+variance over the seeds against the prediction.
+
 RESULT keys: `noisy_sup_err_d8000` and `flow_sup_err_d8000`, the largest sup-norm error of the
 noisy ODE and of the flow over the target points (tau = 0.5, 2, eps = 1e-2) at the largest d;
-`noisy_within`, whether each target point's noisy error is <= 0.01 + 2 SE; `err_ratio_d500_d8000`,
+`noisy_within`, whether each target point's noisy error is <= 0.01 + 2 SE; the same with the
+fluctuation term, `fluct_sup_err_d8000` and `fluct_within`; `fluct_var_ratio`, the mean of the
+seeds' variance over the predicted one (128 seeds at d = 8000; 64 at d = 2000 with --quick);
+`err_ratio_d500_d8000`,
 the noisy ODE's error at d = 500 over that at the largest d, at the target points kept at both;
 `i4_erf_max_diff`; `mc_z_max`, the largest |Monte Carlo - exact| / SE; `relu_trunc_err_deg4`,
 the degree-4 truncation's largest error over the largest entry of ReLU's noise matrix;
 `stop_eps_pred` and `stop_eps_sgd`, the thresholds of part 3; `solve_s`, the wall time (best of
 3 after compilation) of a noisy solve at m = 8, k = 2, eps = 1e-2, tau = 0.5 to t = 10 with the
 Rosenbrock-W method `Ros34PW2` (rtol 1e-6, atol 1e-8), `solve_s_tsit5` the same with Tsit5 (the
-full run also times both to t = 100). `--quick` (about two minutes of CPU) runs part 1
+full run also times both to t = 100). `--quick` (about four minutes of CPU) runs part 1
 at d = 500 and 2000 (keys still named d8000), tau = 0.5, 2, eps = 1e-2, and part 3's ODE at two
-eps without its SGD (`stop_eps_sgd=nan`).
+eps without its SGD (`stop_eps_sgd=nan`); the fluctuation term only for h1+h2+h3.
 """
 
 from __future__ import annotations
@@ -80,6 +90,7 @@ from _common import Record, best_of, device_header, print_result
 from matplotlib.ticker import NullFormatter
 
 import sst
+import sst._fluctuations as sst_fluctuations
 import sst._train as sst_train
 
 jax.config.update("jax_enable_x64", True)
@@ -200,7 +211,7 @@ def fluctuations(name, eps, tau, seed=7):
     `seed`) at m = 8, k = 2, where the exact grid would have 3e7 nodes."""
     target, m = TARGETS[name]
     model = sst.FiniteDimODE(sst.Problem(target, SIGMA, eps), tau=tau)
-    mc = dict(samples=FLUCT_SAMPLES, key=jax.random.key(seed))
+    mc = dict(monte_carlo=FLUCT_SAMPLES, key=jax.random.key(seed))
     start = time.perf_counter()
     out = sst.fluctuations(
         model, fixed_init(model.problem.k, m, 100).state, PART1_TS, **(mc if m > 4 else {})
@@ -246,7 +257,8 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32, fluct=None):
     out["noisy"]["spread"] = float(mean[i] - at_mean[i])
     out["noisy"]["quadratic"] = spread_quadratic(problem, states, i)
     if fluct is not None:
-        # The noisy ODE plus its 1/d fluctuation term: SGD's mean risk to first order in 1/d.
+        # The noisy ODE plus the fluctuation term, the spread's part of the mean risk's 1/d term
+        # (the other part, the mean state's shift, is the column "at mean").
         diff = np.abs(mean - np.asarray(fluct.mean_risk(d)))
         j = int(np.argmax(diff))
         out["noisy"] |= {
@@ -278,8 +290,7 @@ def covariance_check(d, seeds, key):
         ],
         axis=2,
     )
-    upper = np.triu_indices(m, 1)
-    distinct = np.concatenate([np.arange(2 * m), 2 * m + np.ravel_multi_index(upper, (m, m))])
+    distinct, _ = sst_fluctuations.distinct_coordinates(problem, m)
     print(
         f"sst.fluctuations against {seeds} SGD seeds ({wall:.0f} s), {name}, eps = {eps:g}, "
         f"tau = {tau:g}, d = {d}: the seeds' variance of a, S and Q_ij (i < j) over the predicted "
@@ -316,9 +327,9 @@ def part1(ds, taus, epss, key, trend_d=None, fluct_targets=tuple(TARGETS)):
         "at the mean state where the noisy error is largest, and 'trHC/2' its second-order "
         "estimate 1/2 tr(H C) from the Hessian H of the risk and the seeds' covariance C of "
         "(a, S, Q); 'fl err': the noisy ODE plus its fluctuation term (sst.fluctuations, "
-        "Tsit5, rtol 1e-6, atol 1e-8: SGD's mean risk to first order in 1/d) against the mean "
-        "risk, and 'fl sprd' its prediction of 'spread' (at eps = 1e-2); S,Q: largest error of "
-        "the mean S and Q"
+        "Tsit5, rtol 1e-6, atol 1e-8: the spread's part of the mean risk's 1/d term) against "
+        "the mean risk, and 'fl sprd' its prediction of 'spread' (at eps = 1e-2); S,Q: largest "
+        "error of the mean S and Q"
     )
     print(
         f"{'target':>9} {'m':>2} {'eps':>6} {'tau':>4} {'d':>5} {'steps':>7} "

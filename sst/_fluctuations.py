@@ -1,5 +1,5 @@
-"""Online SGD's fluctuations about the noisy ODE at a finite `d`, to first order in `1/d`
-(docs: [online SGD at a finite step][sgd-fluctuations])."""
+"""Online SGD's fluctuations about the noisy ODE at a finite `d`, and the part of its mean
+risk's `1/d` term that they make (docs: [online SGD at a finite step][sgd-fluctuations])."""
 
 from __future__ import annotations
 
@@ -16,14 +16,16 @@ from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._finite_dim import FiniteDimODE, FiniteDimState
-from ._noise import noise_supported
+from ._noise import _gauss_hermite_rule, noise_supported
 from ._problem import Problem, overlap_matrix, state_overlaps
+from ._solve import _check_options
 from ._validate import check_count, check_key, check_times, require_x64
 
 
 class Fluctuations(eqx.Module):
-    """Online SGD's covariance and mean risk at a finite `d`, to first order in `1/d`
-    (docs: [online SGD at a finite step][sgd-fluctuations]), as `sst.fluctuations` returns them.
+    """Online SGD's covariance about the noisy ODE at a finite `d` and the fluctuation term of
+    its mean risk (docs: [online SGD at a finite step][sgd-fluctuations]), as
+    `sst.fluctuations` returns them.
 
     **Fields:**
 
@@ -34,8 +36,9 @@ class Fluctuations(eqx.Module):
     - `covariance`: `d` times the covariance of SGD's `(a, s, Q)`, `(T, n, n)`, with `(a, s, Q)`
       flattened as `jax.flatten_util.ravel_pytree` flattens the tuple (all of `Q`, so each
       off-diagonal overlap twice).
-    - `correction`: `d` times SGD's mean risk minus `risk`, `1/2 tr(H covariance)` with `H` the
-      Hessian of the risk in `(a, s, Q)`, `(T,)`.
+    - `correction`: the fluctuation term times `d`, `1/2 tr(H covariance)` with `H` the Hessian
+      of the risk in `(a, s, Q)`, `(T,)`: the mean risk of SGD's `(a, s, Q)` minus the risk at
+      their mean, to leading order.
     """
 
     ts: Float[Array, " T"]
@@ -45,7 +48,8 @@ class Fluctuations(eqx.Module):
     correction: Float[Array, " T"]
 
     def mean_risk(self, d: float) -> Float[Array, " T"]:
-        """SGD's mean population risk at dimension `d`: `risk + correction / d`."""
+        """`risk + correction / d`: the noisy ODE's risk plus the fluctuation term at dimension
+        `d` (without the `O(1/d)` shift of SGD's mean state)."""
         return self.risk + self.correction / d
 
 
@@ -105,10 +109,7 @@ def sparse_gauss_hermite(dim: int, level: int) -> tuple[np.ndarray, np.ndarray]:
     needs `i_j >= alpha_j / 2` on every axis, so `|i| <= L` for `|alpha| <= 2 L`, and every
     tensor rule integrates odd monomials to 0 by symmetry. A tensor rule of the same degree
     would need `(level + 1)^dim` nodes."""
-    rules = []
-    for n in range(1, level + 2):
-        x, w = np.polynomial.hermite_e.hermegauss(n)
-        rules.append((x, w / w.sum()))
+    rules = [(x[:, 0], w) for x, w in (_gauss_hermite_rule([n]) for n in range(1, level + 2))]
     acc: dict[tuple[float, ...], float] = {}
     for excess in range(max(0, level - dim + 1), level + 1):
         coef = (-1) ** (level - excess) * math.comb(dim - 1, level - excess)
@@ -127,16 +128,17 @@ def sparse_gauss_hermite(dim: int, level: int) -> tuple[np.ndarray, np.ndarray]:
     return nodes[keep], weights[keep]
 
 
-def _coordinates(problem: Problem, m: int) -> tuple[np.ndarray, np.ndarray]:
-    """The distinct coordinates of the flattened `(a, s, Q)`: `Q`'s upper triangle. Returns, for
-    each flattened coordinate, its distinct coordinate (`-1` on `Q`'s diagonal), and the
-    flattened positions of `Q`'s upper triangle."""
+def distinct_coordinates(problem: Problem, m: int) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct coordinates of the flattened `(a, s, Q)` (`Q` by its upper triangle): their
+    flattened positions, and for each flattened coordinate its distinct one (`-1` on `Q`'s
+    diagonal)."""
     k = problem.k
     upper = np.triu_indices(m, 1)
     pair = np.full((m, m), -1)
     pair[upper] = pair.T[upper] = m + m * k + np.arange(upper[0].size)
     index = np.concatenate([np.arange(m + m * k), pair.ravel()])
-    return index, m + m * k + np.ravel_multi_index(upper, (m, m))
+    upper = m + m * k + np.ravel_multi_index(upper, (m, m))
+    return np.concatenate([np.arange(m + m * k), upper]), index
 
 
 def step_moments(
@@ -149,12 +151,13 @@ def step_moments(
     s = overlap_matrix(problem, s_stored)
     m, k = s.shape
     gram = jnp.block([[jnp.eye(k), s.T], [s, Q * (1.0 - jnp.eye(m)) + jnp.eye(m)]])
-    # The Cholesky factor moves continuously with (s, Q); the shift keeps it defined where the
-    # Gram matrix is singular (a neuron on a target direction).
-    Z = nodes @ jnp.linalg.cholesky(gram + 1e-10 * jnp.eye(k + m)).T
+    # The Cholesky factor moves continuously with (s, Q), so the expectations are smooth in
+    # time for the step-size control (an eigendecomposition's root is not). The shift keeps it
+    # defined where the Gram matrix is singular (a neuron on a target direction) or, by
+    # rounding, slightly indefinite: check_state accepts eigenvalues down to -(m + k) 1e-9.
+    Z = nodes @ jnp.linalg.cholesky(gram + 2e-9 * (k + m) * jnp.eye(k + m)).T
     e, h, g = increments(problem, a, s, Q, Z[:, :k], Z[:, k:])
-    index, upper = _coordinates(problem, m)
-    distinct = np.concatenate([np.arange(m + m * k), upper])
+    distinct, index = distinct_coordinates(problem, m)
 
     def flat(parts):
         return jnp.concatenate([v.reshape(v.shape[0], -1) for v in parts], axis=1)[:, distinct]
@@ -167,12 +170,11 @@ def step_moments(
     mean = (weights * e) @ h + (weights * e2) @ g
     cross = (h.T * (weights * e3)) @ g
     second = (h.T * (weights * e2)) @ h + cross + cross.T + (g.T * (weights * e4)) @ g
+    sigma = second - jnp.outer(mean, mean)
     mask = index >= 0
     pick = np.maximum(index, 0)
     both = mask[:, None] & mask[None, :]
-    return jnp.where(mask, mean[pick], 0.0), jnp.where(
-        both, (second - jnp.outer(mean, mean))[pick][:, pick], 0.0
-    )
+    return jnp.where(mask, mean[pick], 0.0), jnp.where(both, sigma[pick][:, pick], 0.0)
 
 
 @eqx.filter_jit
@@ -186,8 +188,8 @@ def _fluctuations(model: FiniteDimODE, y0, ts, nodes, weights, rtol, atol, max_s
         x, C = v
         fx, jvp = jax.linearize(lambda x: field(x, t), x)
         JC = jax.vmap(jvp, in_axes=1, out_axes=1)(C)
-        _, covariance = step_moments(model.problem, model.tau, unravel(x), nodes, weights)
-        source = model.tau * covariance
+        _, sigma = step_moments(model.problem, model.tau, unravel(x), nodes, weights)
+        source = model.tau * sigma
         return fx, JC + JC.T + source
 
     sol = dfx.diffeqsolve(
@@ -218,14 +220,14 @@ def fluctuations(
     state: FiniteDimState,
     ts: ArrayLike,
     *,
-    samples: int | None = None,
+    monte_carlo: int | None = None,
     key: PRNGKeyArray | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
     max_steps: int = 100_000,
 ) -> Fluctuations:
-    """Online SGD's covariance and mean risk at a finite `d`, to first order in `1/d`: the
-    linear-noise expansion about the noisy ODE (docs: [online SGD at a finite
+    """Online SGD's covariance about the noisy ODE at a finite `d` (the linear-noise expansion)
+    and the fluctuation term of its mean risk (docs: [online SGD at a finite
     step][sgd-fluctuations]).
 
     With `x = (a, s, Q)` following `dx/dt = F(x)` (`model`, at its `tau = eta d / B`), online
@@ -235,7 +237,8 @@ def fluctuations(
 
     `J` the Jacobian of `F` and `Sigma` the covariance of one sample's step to second order
     (`e h + tau e^2 g` of the docs), and its mean risk is `R(x) + tr(H C) / (2 d)` with `H`
-    the risk's Hessian. Not included: the `O(1/d)` shift of SGD's mean state.
+    the risk's Hessian. The mean risk's `1/d` term has a second part, not computed here: SGD's
+    mean state moves from `x` by `O(1/d)` too.
 
     **Arguments:**
 
@@ -243,9 +246,9 @@ def fluctuations(
       covariance is 0: SGD is then gradient flow).
     - `state`: the initial `FiniteDimState` (deterministic: `C(0) = 0`).
     - `ts`: save times, increasing; the first is the initial time.
-    - `samples`, `key`: by default `Sigma`'s Gaussian expectations are exact (a sparse
+    - `monte_carlo`, `key`: by default `Sigma`'s Gaussian expectations are exact (a sparse
       Gauss-Hermite grid in the `k + m` projections, refused above a million nodes); with
-      `samples`, Monte Carlo over that many inputs drawn from `key` (the same at every time).
+      `monte_carlo = n`, Monte Carlo over `n` inputs drawn from `key` (the same at every time).
     - `rtol`, `atol`, `max_steps`: diffrax's Tsit5 on `(x, C)` (explicit: at an `eps` where the
       second layer is stiff it needs many steps; reaching `max_steps` raises).
 
@@ -254,19 +257,22 @@ def fluctuations(
     require_x64("sst.fluctuations")
     if not isinstance(model, FiniteDimODE):
         raise ValueError(
-            f"fluctuations needs an sst.FiniteDimODE (with its tau), got {type(model).__name__}."
+            f"model must be an sst.FiniteDimODE (with its tau), got {type(model).__name__}."
         )
     p = model.problem
     if not (p.activation.is_polynomial and noise_supported(p)):
         raise ValueError(
-            "fluctuations needs a polynomial activation and target (a finite Hermite series; "
-            f"got sigma = {p.activation}, phi = {p.target}): its Gaussian expectations are "
-            "exact for polynomials only."
+            "model needs a polynomial activation and target for fluctuations (a finite Hermite "
+            f"series; got sigma = {p.activation}, phi = {p.target}): its Gaussian expectations "
+            "are exact for polynomials only."
         )
     ts = jnp.asarray(check_times(ts))
     y0, _ = model.split(model.check_state(state))
     dim = p.k + y0[0].shape[0]
-    if samples is None:
+    max_steps = _check_options(None, rtol, atol, None, max_steps, None)
+    if monte_carlo is None:
+        if key is not None:
+            raise ValueError("key is for the Monte Carlo: pass monte_carlo too, or no key.")
         # Exact for the products of e h (degree E + S) and e^2 g (degree 2 E + 2 S - 2).
         E, S = max(p.target.degree, p.activation.degree), p.activation.degree
         level = max(E + S, 2 * E + 2 * S - 2)
@@ -275,19 +281,26 @@ def fluctuations(
             raise ValueError(
                 f"the exact expectations need a sparse grid of {size:,} nodes (degree "
                 f"{2 * level + 1} in k + m = {dim} dimensions, more than {MAX_NODES:,}); pass "
-                "samples (Monte Carlo, for example 2**17) and a key."
+                "monte_carlo (a number of samples, for example 2**17) and a key."
             )
         nodes, weights = sparse_gauss_hermite(dim, level)
     else:
-        samples = check_count("samples", samples, low=2)
+        n = check_count("monte_carlo (samples)", monte_carlo, low=2)
         if key is None:
-            raise ValueError("samples (Monte Carlo) needs a key, such as jax.random.key(0).")
+            raise ValueError("monte_carlo needs a key, such as jax.random.key(0).")
         check_key(key)
-        nodes = np.asarray(jax.random.normal(key, (samples, dim)))
-        weights = np.full(samples, 1.0 / samples)
+        nodes = np.asarray(jax.random.normal(key, (n, dim)))
+        weights = np.full(n, 1.0 / n)
     result, steps, states, risk, C, correction = _fluctuations(
         model, y0, ts, jnp.asarray(nodes), jnp.asarray(weights), rtol, atol, max_steps
     )
+    if result == dfx.RESULTS.successful and not (
+        np.all(np.isfinite(correction)) and np.all(np.isfinite(C))
+    ):
+        raise RuntimeError(
+            "fluctuations produced NaN or inf: the state left the valid (s, Q) or the noise "
+            "overflowed; check model and state (a smaller tau or a larger eps)."
+        )
     if result != dfx.RESULTS.successful:
         raise RuntimeError(
             f"fluctuations stopped after {int(steps)} steps of Tsit5 ({dfx.RESULTS[result]}); "

@@ -82,6 +82,19 @@ def random_network(m: int = FD_M, d: int = D, seed: int = 0) -> sst.RandomInit:
     return sst.random_init(jax.random.key(seed), m, d)
 
 
+def geometry(k: int, m: int, d: int = 12, seed: int = 0, common: float = 0.0):
+    """Random second-layer weights `a` `(m,)`, unit rows `W` `(m, d)` and orthonormal directions
+    `U` `(d, k)`; `common > 0` adds a shared random row before normalising (overlaps
+    `Q_ij` of about `common^2 / (1 + common^2)`)."""
+    rng = np.random.default_rng(seed)
+    U = np.linalg.qr(rng.normal(size=(d, k)))[0]
+    W = rng.normal(size=(m, d))
+    a = rng.normal(size=m) * 1.5
+    if common:
+        W = W + common * rng.normal(size=d)
+    return a, W / np.linalg.norm(W, axis=1, keepdims=True), U
+
+
 def random_particles(m: int, seed: int = 0, s_max: float = 0.99) -> sst.MeanFieldState:
     """Weighted particles with random a, s in [-s_max, s_max] and random positive weights
     (numpy's generator: no JAX random kernels to compile for each size)."""

@@ -6,10 +6,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import geometry
 from jax.flatten_util import ravel_pytree
 
 import sst
 from sst._fluctuations import increments, sparse_gauss_hermite, step_moments
+from sst._noise import _gauss_hermite_rule
 from sst._train import _retract, batch_directions
 
 ACTIVATION = sst.Hermite([0.0, 1.0, 0.5, 0.5])
@@ -18,15 +20,6 @@ TARGETS = {
     2: sst.Target.from_monomials([((1, 0), 1.0), ((1, 1), 1.0)]),
 }
 M_NEURONS = 3
-
-
-def _network(k, d, m=M_NEURONS, seed=0):
-    """Unit rows W (m, d), orthonormal directions U (d, k) and second-layer weights a."""
-    rng = np.random.default_rng(seed)
-    U = np.linalg.qr(rng.normal(size=(d, k)))[0]
-    W = rng.normal(size=(m, d))
-    W /= np.linalg.norm(W, axis=1, keepdims=True)
-    return rng.normal(size=m), W, U
 
 
 def _order_parameters(problem, a, W, U):
@@ -73,19 +66,23 @@ def _flat(parts, n):
 def test_a_samples_step_matches_sst_train_in_weight_space(k):
     d, n, tau = 4000, 4, 0.5
     problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1)
-    a, W, U = _network(k, d)
+    # Correlated rows (Q_ij about 1/2): the terms of g proportional to Q are then not small.
+    a, W, U = geometry(k, M_NEURONS, d, common=1.0)
     x = np.random.default_rng(1).normal(size=(n, d))
     y = np.asarray(problem.phi(jnp.asarray(x @ U)))
     e, h, g = increments(problem, a, W @ U, W @ W.T, x @ U, x @ W.T)
     e = np.asarray(e)[:, None]
     first, second = _weight_space_steps(problem, a, W, U, x, y)
     np.testing.assert_allclose(_flat(h, n) * e, first, rtol=0, atol=1e-12)
-    # The expansion against the exact retraction at eta = tau / d (third order: O(eta)).
+    # The expansion against the exact retraction at eta = tau / d: the third order is smaller by
+    # eta tau e^2 u_i^2, below 1e-2 for these samples.
     exact = _weight_space_steps(problem, a, W, U, x, y, tau / d)
-    np.testing.assert_allclose(first + tau * second, exact, rtol=0, atol=1e-3 * np.max(exact))
-    # |P_i x|^2 and <P_i x, P_j x> are d (1 + O(d^-1/2)): within 10% of the largest entry.
+    np.testing.assert_allclose(first + tau * second, exact, rtol=0, atol=1e-2 * np.max(exact))
+    # |P_i x|^2 and <P_i x, P_j x> are d (1 + O(d^-1/2)): within 10% of each block's largest.
     expected = _flat(g, n) * e**2
-    assert np.max(np.abs(second - expected)) < 0.1 * np.max(np.abs(expected))
+    for block in np.split(np.arange(expected.shape[1]), [M_NEURONS, M_NEURONS * (1 + k)])[1:]:
+        scale = np.max(np.abs(expected[:, block]))
+        assert np.max(np.abs(second[:, block] - expected[:, block])) < 0.1 * scale
 
 
 @pytest.mark.slow
@@ -94,21 +91,16 @@ def test_step_mean_is_the_noisy_odes_vector_field(k):
     # The flow's terms from the closed forms of V and U, the noise terms from sst.noise_matrix's
     # diagrams: both against the exact rule's mean of e h + tau e^2 g, with label noise.
     problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
-    a, W, U = _network(k, 16)
+    a, W, U = geometry(k, M_NEURONS, 16)
     model = sst.FiniteDimODE(problem, tau=0.7)
     state = sst.RandomInit.from_weights(a, W, U if k > 1 else U[:, 0]).state
     y, _ = model.split(state)
     # The mean has degree at most 10: a rule exact for degree 11 suffices.
     mean, _ = step_moments(problem, model.tau, y, *sparse_gauss_hermite(k + M_NEURONS, 5))
     field = ravel_pytree(model(0.0, y))[0]
-    np.testing.assert_allclose(mean, field, rtol=0, atol=1e-9 * float(jnp.max(jnp.abs(field))))
-
-
-def _tensor_gauss_hermite(dim, nodes):
-    x, w = np.polynomial.hermite_e.hermegauss(nodes)
-    grid = np.stack(np.meshgrid(*([x] * dim), indexing="ij"), axis=-1).reshape(-1, dim)
-    weight = np.prod(np.stack(np.meshgrid(*([w / w.sum()] * dim), indexing="ij")), 0).ravel()
-    return grid, weight
+    # step_moments shifts the Gram matrix by 2e-9 (k + m) I, which moves these expectations by
+    # about 1e-8 of their size.
+    np.testing.assert_allclose(mean, field, rtol=0, atol=1e-7 * float(jnp.max(jnp.abs(field))))
 
 
 @pytest.mark.slow
@@ -119,9 +111,9 @@ def test_step_covariance_matches_a_tensor_rule_over_inputs_and_label_noise(k, m)
     # coordinates: against the sparse rule with the noise's moments in closed form.
     tau, noise = 0.7, 0.3
     problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=noise)
-    a, W, U = _network(k, 16, m=m)
+    a, W, U = geometry(k, m, 16)
     s, Q = W @ U, W @ W.T
-    grid, weight = _tensor_gauss_hermite(k + m + 1, 11)
+    grid, weight = _gauss_hermite_rule([11] * (k + m + 1))
     V = np.concatenate([U.T, W])
     Z = grid[:, :-1] @ np.linalg.cholesky(V @ V.T).T
     e, h, g = increments(problem, a, s, Q, Z[:, :k], Z[:, k:])
@@ -132,7 +124,9 @@ def test_step_covariance_matches_a_tensor_rule_over_inputs_and_label_noise(k, m)
     expected = (steps - mean).T @ ((steps - mean) * weight[:, None])
     y = (jnp.asarray(a), sst._problem.state_overlaps(problem, jnp.asarray(s)), jnp.asarray(Q))
     _, got = step_moments(problem, jnp.asarray(tau), y, *sparse_gauss_hermite(k + m, 10))
-    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9 * np.max(np.abs(expected)))
+    # step_moments shifts the Gram matrix by 2e-9 (k + m) I (a Cholesky factor that exists for
+    # every valid state), which moves these degree-20 expectations by about 1e-7 of their size.
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6 * np.max(np.abs(expected)))
 
 
 @pytest.mark.slow
@@ -156,28 +150,35 @@ def test_sparse_rule_integrates_polynomials_of_degree_2_level_plus_1_exactly(dim
 def test_covariance_grows_as_tau_sigma_t_at_short_times():
     # C(t) = tau Sigma t + O(t^2): at t = 1e-5 the relative gap is of order t |J| ~ 1e-4.
     problem = sst.Problem(TARGETS[1], ACTIVATION, 0.1)
-    a, W, U = _network(1, 16)
+    a, W, U = geometry(1, M_NEURONS, 16)
     model = sst.FiniteDimODE(problem, tau=0.5)
     state = sst.RandomInit.from_weights(a, W, U[:, 0]).state
     t = 1e-5
     out = sst.fluctuations(model, state, np.array([0.0, t]))
     y, _ = model.split(state)
     _, sigma = step_moments(problem, model.tau, y, *sparse_gauss_hermite(1 + M_NEURONS, 10))
-    expected = 0.5 * np.asarray(sigma) * t
+    expected = float(model.tau) * np.asarray(sigma) * t
     np.testing.assert_allclose(out.covariance[-1], expected, atol=1e-3 * np.max(expected))
 
 
 def test_bad_inputs_are_refused():
     problem = sst.Problem(TARGETS[2], ACTIVATION, 0.1)
-    a, W, U = _network(2, 16, m=8)
+    a, W, U = geometry(2, 8, 16)
     state = sst.RandomInit.from_weights(a, W, U).state
     model = sst.FiniteDimODE(problem, tau=0.5)
-    with pytest.raises(ValueError, match="sparse grid of .* nodes .*pass samples"):
-        sst.fluctuations(model, state, np.array([0.0, 1.0]))
-    with pytest.raises(ValueError, match="samples .*needs a key"):
-        sst.fluctuations(model, state, np.array([0.0, 1.0]), samples=16)
-    with pytest.raises(ValueError, match="fluctuations needs an sst.FiniteDimODE"):
+    ts = np.array([0.0, 1.0])
+    with pytest.raises(ValueError, match="sparse grid of .* nodes .*pass monte_carlo"):
+        sst.fluctuations(model, state, ts)
+    with pytest.raises(ValueError, match="monte_carlo needs a key"):
+        sst.fluctuations(model, state, ts, monte_carlo=16)
+    with pytest.raises(ValueError, match="key is for the Monte Carlo"):
+        sst.fluctuations(model, state, ts, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="rtol and atol must be finite"):
+        sst.fluctuations(model, state, ts, monte_carlo=16, key=jax.random.key(0), rtol=-1.0)
+    with pytest.raises(ValueError, match="ts must be strictly increasing"):
+        sst.fluctuations(model, state, [1.0, 0.0], monte_carlo=16, key=jax.random.key(0))
+    with pytest.raises(ValueError, match="model must be an sst.FiniteDimODE"):
         sst.fluctuations(sst.MeanFieldODE(problem), state, np.array([0.0, 1.0]))
     erf = sst.FiniteDimODE(sst.Problem(sst.erf(), sst.erf(), 0.1), tau=0.5)
-    with pytest.raises(ValueError, match="needs a polynomial activation and target"):
+    with pytest.raises(ValueError, match="model needs a polynomial activation and target"):
         sst.fluctuations(erf, sst.RandomInit.from_weights(a, W, U[:, 0]).state, [0.0, 1.0])

@@ -13,6 +13,7 @@ import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import geometry
 from scipy.special import erf
 
 import sst
@@ -24,16 +25,6 @@ TARGETS = {
     3: sst.Target.from_monomials({(1, 0, 0): 1.0, (1, 1, 0): 1.0, (0, 1, 1): 0.5, (0, 0, 2): 0.3}),
 }
 WIDTHS = {1: 3, 3: 2}
-
-
-def _geometry(k, m, d=12, seed=0):
-    """Random unit rows W (m, d) and orthonormal directions U (d, k)."""
-    rng = np.random.default_rng(seed)
-    U = np.linalg.qr(rng.normal(size=(d, k)))[0]
-    W = rng.normal(size=(m, d))
-    W /= np.linalg.norm(W, axis=1, keepdims=True)
-    a = rng.normal(size=m) * 1.5
-    return a, W, U
 
 
 def _gauss_hermite(dim, nodes):
@@ -76,7 +67,7 @@ def _N(problem, a, W, U):
 @pytest.mark.parametrize("k", [1, 3])
 def test_polynomial_noise_matrix_matches_a_tensor_gauss_hermite_rule(k):
     problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
-    a, W, U = _geometry(k, WIDTHS[k])
+    a, W, U = geometry(k, WIDTHS[k])
     # Degree of (phi - f)^2 sigma' sigma' is at most 2 * 3 + 2 * 2 = 10: 6 nodes are exact.
     reference = _tensor_rule(problem, a, W, U, nodes=6)
     N = _N(problem, a, W, U)
@@ -93,7 +84,7 @@ def test_noise_matrix_within_five_standard_errors_of_monte_carlo(k):
         problem, k = sst.Problem(TARGETS[3], sst.erf(), 0.1, noise=0.3), 3
     else:
         problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=0.3)
-    a, W, U = _geometry(k, 3, seed=1)
+    a, W, U = geometry(k, 3, seed=1)
     x = np.random.default_rng(2).normal(size=(200_000, W.shape[1]))
     samples = _per_sample(problem, a, x @ U, x @ W.T)
     mean, se = samples.mean(0), samples.std(0, ddof=1) / math.sqrt(samples.shape[0])
@@ -122,13 +113,13 @@ def test_erf_noise_matrix_matches_quadrature_to_1e_10(target):
     # The polynomial target goes through the quadrature over z* with the tilt in closed form; the
     # reference integrates all k + m coordinates on a tensor rule.
     problem = sst.Problem(target, sst.erf(), 0.1, noise=0.2)
-    a, W, U = _geometry(1, 2, seed=4)
+    a, W, U = geometry(1, 2, seed=4)
     reference = _tensor_rule(problem, a, W, U, nodes=60)
     assert np.max(np.abs(_N(problem, a, W, U) - reference)) < 1e-10
 
 
 def _state(problem, k):
-    a, W, U = _geometry(k, WIDTHS[k], seed=5)
+    a, W, U = geometry(k, WIDTHS[k], seed=5)
     init = sst.RandomInit.from_weights(a, W, U if k > 1 else U[:, 0])
     return init.state, (a, W, U)
 
