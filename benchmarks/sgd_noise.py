@@ -87,6 +87,7 @@ import jax.numpy as jnp
 import matplotlib.pyplot as plt
 import numpy as np
 from _common import Record, best_of, device_header, print_result
+from jax.flatten_util import ravel_pytree
 from matplotlib.ticker import NullFormatter
 
 import sst
@@ -184,19 +185,24 @@ def conditions(problem, tau: float, m: int, d: int, batch: int) -> tuple[float, 
     return tau * m / (eps * d), tau * batch * float(problem.U(1.0)) / (eps * d)
 
 
+def flat_states(states) -> np.ndarray:
+    """The seeds' `(a, S, Q)` at each record, flattened as `sst.fluctuations` flattens them
+    (`ravel_pytree`): `(seeds, records, n)`, float64."""
+    flat = jax.vmap(jax.vmap(lambda a, s, Q: ravel_pytree((a, s, Q))[0]))
+    return np.asarray(flat(states.a, states.s, states.Q), float)
+
+
 def spread_quadratic(problem, states, i) -> float:
     """`1/2 tr(H C)` at record `i`: `H` the Hessian of the population risk in `(a, S, Q)` at the
     seed-mean state, `C` the seeds' covariance of `(a, S, Q)`. To second order in the seeds'
     spread it is the mean risk minus the risk at the mean state."""
-    parts = [np.asarray(v)[:, i] for v in (states.a, states.s, states.Q)]
-    shapes = [p.shape[1:] for p in parts]
-    x = np.concatenate([p.reshape(SEEDS, -1) for p in parts], axis=1)
+    x = flat_states(states)[:, i]
+    one = (states.a, states.s, states.Q)
+    _, unravel = ravel_pytree(tuple(np.asarray(v[0, i], float) for v in one))
     model = sst.FiniteDimODE(problem)
 
     def risk(v):
-        pieces = jnp.split(v, np.cumsum([math.prod(sh) for sh in shapes])[:-1])
-        a, s, Q = (piece.reshape(sh) for piece, sh in zip(pieces, shapes, strict=True))
-        return model.risk(sst.FiniteDimState(a, s, Q))
+        return model.risk(sst.FiniteDimState(*unravel(v)))
 
     H = jax.hessian(risk)(jnp.asarray(x.mean(0)))
     # The 1/N covariance: the mean of R(x_i) - R(mean x) is 1/2 tr(H C) for a quadratic R.
@@ -262,9 +268,9 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32, fluct=None):
         diff = np.abs(mean - np.asarray(fluct.mean_risk(d)))
         j = int(np.argmax(diff))
         out["noisy"] |= {
-            "lna_err": float(diff[j]),
-            "lna_se": float(se[j]),
-            "lna_spread": float(fluct.correction[i]) / d,
+            "fluct_err": float(diff[j]),
+            "fluct_se": float(se[j]),
+            "fluct_spread": float(fluct.correction[i]) / d,
         }
     return out
 
@@ -283,13 +289,7 @@ def covariance_check(d, seeds, key):
         problem, fixed_init(1, m, d), PART1_TS, tau * BATCH / d, BATCH, seeds, key
     )
     wall = time.perf_counter() - start
-    X = np.concatenate(
-        [
-            np.asarray(v, float).reshape(seeds, len(PART1_TS), -1)
-            for v in (states.a, states.s, states.Q)
-        ],
-        axis=2,
-    )
+    X = flat_states(states)
     distinct, _ = sst_fluctuations.distinct_coordinates(problem, m)
     print(
         f"sst.fluctuations against {seeds} SGD seeds ({wall:.0f} s), {name}, eps = {eps:g}, "
@@ -369,8 +369,8 @@ def part1(ds, taus, epss, key, trend_d=None, fluct_targets=tuple(TARGETS)):
                     rows.append(point | r)
                     n, f = r["noisy"], r["flow"]
                     fl = (
-                        f"{n['lna_err']:>7.4f} {n['lna_se']:>7.4f} {n['lna_spread']:>7.4f}"
-                        if "lna_err" in n
+                        f"{n['fluct_err']:>7.4f} {n['fluct_se']:>7.4f} {n['fluct_spread']:>7.4f}"
+                        if "fluct_err" in n
                         else f"{'-':>7} {'-':>7} {'-':>7}"
                     )
                     print(
@@ -412,8 +412,8 @@ def trend(rows, eps):
             cells = ", ".join(
                 f"d={r['d']}: {r['noisy']['err']:.4f} (x d: {r['d'] * r['noisy']['err']:.0f}"
                 + (
-                    f"; with the fluctuation term {r['noisy']['lna_err']:.4f})"
-                    if "lna_err" in r["noisy"]
+                    f"; with the fluctuation term {r['noisy']['fluct_err']:.4f})"
+                    if "fluct_err" in r["noisy"]
                     else ")"
                 )
                 for r in pts
@@ -848,10 +848,10 @@ def main() -> None:
     within = all(
         r["noisy"]["err"] <= 0.01 + 2 * r["noisy"]["se"] for r in top if r["flow"]["err"] >= 0.05
     )
-    fluct_top = [r for r in top if "lna_err" in r["noisy"]]
-    fluct = max((r["noisy"]["lna_err"] for r in fluct_top), default=float("nan"))
+    fluct_top = [r for r in top if "fluct_err" in r["noisy"]]
+    fluct = max((r["noisy"]["fluct_err"] for r in fluct_top), default=float("nan"))
     fluct_within = bool(fluct_top) and all(
-        r["noisy"]["lna_err"] <= 0.01 + 2 * r["noisy"]["lna_se"]
+        r["noisy"]["fluct_err"] <= 0.01 + 2 * r["noisy"]["fluct_se"]
         for r in fluct_top
         if r["flow"]["err"] >= 0.05
     )
@@ -862,11 +862,11 @@ def main() -> None:
             f"{n['err']:.4f} against 0.01 + 2 SE = {0.01 + 2 * n['se']:.4f} "
             f"({'within' if n['err'] <= 0.01 + 2 * n['se'] else 'outside'})"
         )
-        if "lna_err" in n:
-            bound = 0.01 + 2 * n["lna_se"]
+        if "fluct_err" in n:
+            bound = 0.01 + 2 * n["fluct_se"]
             line += (
-                f"; with the fluctuation term {n['lna_err']:.4f} against {bound:.4f} "
-                f"({'within' if n['lna_err'] <= bound else 'outside'})"
+                f"; with the fluctuation term {n['fluct_err']:.4f} against {bound:.4f} "
+                f"({'within' if n['fluct_err'] <= bound else 'outside'})"
             )
         print(f"{line}; flow error {r['flow']['err']:.4f}")
     ratios = []
