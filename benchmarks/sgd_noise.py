@@ -47,18 +47,22 @@ at `d = D`, with `--overlap-scale C` each `w_i`'s first coordinate times `C` bef
 renormalising (initial overlaps about `C` times larger); it prints its RESULT and writes no
 result file.
 
-The fluctuation term (`sst.fluctuations`, at eps = 1e-2): SGD's covariance about the noisy ODE
-from the linear-noise expansion, and `1/2 tr(H C)`, the spread's part of the mean risk's `1/d`
-term, added to the noisy ODE (columns `fl err`, `fl sprd`); exact Gaussian expectations at
-m = 4, k = 1, Monte Carlo (2^17 samples, two keys compared) at m = 8, k = 2. Its covariance is
-checked against 128 seeds at the largest d (h1+h2+h3, tau = 0.5): each distinct coordinate's
-variance over the seeds against the prediction.
+The 1/d term (`sst.fluctuations`, at eps = 1e-2, B = 1): SGD's covariance about the noisy ODE
+from the linear-noise expansion, the shift of its mean state, and the mean risk's 1/d term
+(`1/2 tr(H C)` for the spread, the risk's gradient along the shift), added to the noisy ODE
+(columns `fl err`, `fl sprd`, `fl shft`); exact Gaussian expectations at m = 4, k = 1, Monte
+Carlo (2^17 samples, two keys compared) at m = 8, k = 2. Its covariance and shift are checked
+against 128 seeds at the largest d (h1+h2+h3, tau = 0.5): each distinct coordinate's variance
+over the seeds against the prediction, and the seeds' mean state against the noisy ODE's with
+and without the shift.
 
 RESULT keys: `noisy_sup_err_d8000` and `flow_sup_err_d8000`, the largest sup-norm error of the
 noisy ODE and of the flow over the target points (tau = 0.5, 2, eps = 1e-2) at the largest d;
 `noisy_within`, whether each target point's noisy error is <= 0.01 + 2 SE; the same with the
-fluctuation term, `fluct_sup_err_d8000` and `fluct_within`; `fluct_var_ratio`, the mean of the
+1/d term, `fluct_sup_err_d8000` and `fluct_within`; `fluct_var_ratio`, the mean of the
 seeds' variance over the predicted one (128 seeds at d = 8000; 64 at d = 2000 with --quick);
+`fluct_shift_z2`, the mean squared z-score of the seeds' mean state against the noisy ODE's
+plus the predicted shift (about 1 where it is right);
 `err_ratio_d500_d8000`,
 the noisy ODE's error at d = 500 over that at the largest d, at the target points kept at both;
 `i4_erf_max_diff`; `mc_z_max`, the largest |Monte Carlo - exact| / SE; `relu_trunc_err_deg4`,
@@ -68,7 +72,7 @@ the degree-4 truncation's largest error over the largest entry of ReLU's noise m
 Rosenbrock-W method `Ros34PW2` (rtol 1e-6, atol 1e-8), `solve_s_tsit5` the same with Tsit5 (the
 full run also times both to t = 100). `--quick` (about four minutes of CPU) runs part 1
 at d = 500 and 2000 (keys still named d8000), tau = 0.5, 2, eps = 1e-2, and part 3's ODE at two
-eps without its SGD (`stop_eps_sgd=nan`); the fluctuation term only for h1+h2+h3.
+eps without its SGD (`stop_eps_sgd=nan`); the 1/d term only for h1+h2+h3.
 """
 
 from __future__ import annotations
@@ -220,7 +224,11 @@ def fluctuations(name, eps, tau, seed=7):
     mc = dict(monte_carlo=FLUCT_SAMPLES, key=jax.random.key(seed))
     start = time.perf_counter()
     out = sst.fluctuations(
-        model, fixed_init(model.problem.k, m, 100).state, PART1_TS, **(mc if m > 4 else {})
+        model,
+        fixed_init(model.problem.k, m, 100).state,
+        PART1_TS,
+        batch=BATCH,
+        **(mc if m > 4 else {}),
     )
     return out, time.perf_counter() - start
 
@@ -262,15 +270,17 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32, fluct=None):
     i = int(np.argmax(np.abs(mean - out["noisy"]["risk"])))
     out["noisy"]["spread"] = float(mean[i] - at_mean[i])
     out["noisy"]["quadratic"] = spread_quadratic(problem, states, i)
+    # The risk at the seed-mean state minus the noisy ODE's: the mean state's shift's part.
+    out["noisy"]["shift"] = float(at_mean[i] - out["noisy"]["risk"][i])
     if fluct is not None:
-        # The noisy ODE plus the fluctuation term, the spread's part of the mean risk's 1/d term
-        # (the other part, the mean state's shift, is the column "at mean").
+        # The noisy ODE plus its 1/d term (sst.fluctuations: spread and shift).
         diff = np.abs(mean - np.asarray(fluct.mean_risk(d)))
         j = int(np.argmax(diff))
         out["noisy"] |= {
             "fluct_err": float(diff[j]),
             "fluct_se": float(se[j]),
-            "fluct_spread": float(fluct.correction[i]) / d,
+            "fluct_spread": float(fluct.spread[i]) / d,
+            "fluct_shift": float(fluct.correction[i] - fluct.spread[i]) / d,
         }
     return out
 
@@ -278,8 +288,12 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32, fluct=None):
 def covariance_check(d, seeds, key):
     """`sst.fluctuations` against many SGD seeds at h1+h2+h3, eps = 1e-2, tau = 0.5: the
     variance of each distinct coordinate of (a, S, Q) over the seeds against the predicted
-    `covariance / d`, and the seed-mean risk against the noisy ODE with and without the 1/d
-    term. Returns the mean variance ratio (over the coordinates and the three times)."""
+    `covariance / d`; the seeds' mean state against the noisy ODE's, alone and with the
+    predicted `shift / d` (the mean over the coordinates of the squared z-score, each against
+    its standard error: about 1 where the prediction is right); and the seed-mean risk against
+    the noisy ODE alone, with the spread's part of the 1/d term, and with all of it. Returns the
+    mean variance ratio and the mean squared z-score with the shift (over the coordinates and
+    the three times)."""
     name, eps, tau = "h1+h2+h3", 1e-2, 0.5
     target, m = TARGETS[name]
     problem = sst.Problem(target, SIGMA, eps)
@@ -290,29 +304,40 @@ def covariance_check(d, seeds, key):
     )
     wall = time.perf_counter() - start
     X = flat_states(states)
+    ode = np.asarray(
+        jax.vmap(lambda a, s, Q: ravel_pytree((a, s, Q))[0])(fl.state.a, fl.state.s, fl.state.Q)
+    )
     distinct, _ = sst_fluctuations.distinct_coordinates(problem, m)
     print(
         f"sst.fluctuations against {seeds} SGD seeds ({wall:.0f} s), {name}, eps = {eps:g}, "
         f"tau = {tau:g}, d = {d}: the seeds' variance of a, S and Q_ij (i < j) over the predicted "
         f"covariance / d (one ratio's SE about {math.sqrt(2 / (seeds - 1)):.2f} for Gaussian "
-        "seeds), and the seed-mean risk against the noisy ODE alone and with the 1/d term"
+        "seeds); the mean squared z-score of the seeds' mean state against the noisy ODE's "
+        "alone and plus shift / d; the seed-mean risk against the noisy ODE alone, plus the "
+        "spread's part of the 1/d term and plus all of it"
     )
     print(
-        f"{'t':>5} {'ratio mean':>10} {'min':>5} {'max':>5} {'SGD risk':>9} {'SE':>7} "
-        f"{'noisy ODE':>9} {'+ 1/d term':>10}"
+        f"{'t':>5} {'ratio mean':>10} {'min':>5} {'max':>5} {'z2 ODE':>7} {'z2 +shift':>9} "
+        f"{'SGD risk':>9} {'SE':>7} {'noisy ODE':>9} {'+ spread':>9} {'+ 1/d term':>10}"
     )
-    ratios = []
+    ratios, z2 = [], []
     mean, se = mean_se(risk)
     for i in (5, 15, 25):
-        var = np.var(X[:, i], axis=0, ddof=1)[distinct]
+        x = X[:, i][:, distinct]
+        var = np.var(x, axis=0, ddof=1)
         ratio = var / (np.diag(np.asarray(fl.covariance[i]))[distinct] / d)
         ratios.append(ratio)
+        gap = x.mean(0) - ode[i, distinct]
+        shifted = gap - np.asarray(fl.shift[i])[distinct] / d
+        scale = var / seeds
+        z2.append(np.mean(shifted**2 / scale))
         print(
             f"{PART1_TS[i]:>5.2f} {ratio.mean():>10.2f} {ratio.min():>5.2f} {ratio.max():>5.2f} "
+            f"{np.mean(gap**2 / scale):>7.2f} {z2[-1]:>9.2f} "
             f"{mean[i]:>9.4f} {se[i]:>7.4f} {float(fl.risk[i]):>9.4f} "
-            f"{float(fl.mean_risk(d)[i]):>10.4f}"
+            f"{float(fl.risk[i] + fl.spread[i] / d):>9.4f} {float(fl.mean_risk(d)[i]):>10.4f}"
         )
-    return float(np.mean(ratios))
+    return float(np.mean(ratios)), float(np.mean(z2))
 
 
 def part1(ds, taus, epss, key, trend_d=None, fluct_targets=tuple(TARGETS)):
@@ -326,15 +351,16 @@ def part1(ds, taus, epss, key, trend_d=None, fluct_targets=tuple(TARGETS)):
         "ODE against the risk at the seed-mean (a, S, Q); 'spread': the mean risk minus the risk "
         "at the mean state where the noisy error is largest, and 'trHC/2' its second-order "
         "estimate 1/2 tr(H C) from the Hessian H of the risk and the seeds' covariance C of "
-        "(a, S, Q); 'fl err': the noisy ODE plus its fluctuation term (sst.fluctuations, "
-        "Tsit5, rtol 1e-6, atol 1e-8: the spread's part of the mean risk's 1/d term) against "
-        "the mean risk, and 'fl sprd' its prediction of 'spread' (at eps = 1e-2); S,Q: largest "
-        "error of the mean S and Q"
+        "(a, S, Q); 'shift': the risk at the mean state minus the noisy ODE's there; 'fl err': "
+        "the noisy ODE plus its 1/d term (sst.fluctuations, Tsit5, rtol 1e-6, atol 1e-8) "
+        "against the mean risk, 'fl sprd' and 'fl shft' its predictions of 'spread' and "
+        "'shift' (at eps = 1e-2); S,Q: largest error of the mean S and Q"
     )
     print(
         f"{'target':>9} {'m':>2} {'eps':>6} {'tau':>4} {'d':>5} {'steps':>7} "
         f"{'sgd s':>6} {'noisy err':>9} {'SE':>7} {'at mean':>7} {'spread':>7} {'trHC/2':>7} "
-        f"{'fl err':>7} {'SE':>7} {'fl sprd':>7} {'flow err':>8} {'SE':>7} "
+        f"{'shift':>7} {'fl err':>7} {'SE':>7} {'fl sprd':>7} {'fl shft':>7} {'flow err':>8} "
+        f"{'SE':>7} "
         f"{'noisy S,Q':>9} {'flow S,Q':>8}"
     )
     rows, dropped, fluct_walls = [], [], []
@@ -369,15 +395,16 @@ def part1(ds, taus, epss, key, trend_d=None, fluct_targets=tuple(TARGETS)):
                     rows.append(point | r)
                     n, f = r["noisy"], r["flow"]
                     fl = (
-                        f"{n['fluct_err']:>7.4f} {n['fluct_se']:>7.4f} {n['fluct_spread']:>7.4f}"
+                        f"{n['fluct_err']:>7.4f} {n['fluct_se']:>7.4f} {n['fluct_spread']:>7.4f} "
+                        f"{n['fluct_shift']:>7.4f}"
                         if "fluct_err" in n
-                        else f"{'-':>7} {'-':>7} {'-':>7}"
+                        else f"{'-':>7} {'-':>7} {'-':>7} {'-':>7}"
                     )
                     print(
                         f"{name:>9} {m:>2} {eps:>6g} {tau:>4g} {d:>5} {steps:>7} "
                         f"{r['wall']:>6.1f} {n['err']:>9.4f} {n['se']:>7.4f} "
                         f"{n['err_at_mean']:>7.4f} {n['spread']:>7.4f} {n['quadratic']:>7.4f} "
-                        f"{fl} {f['err']:>8.4f} "
+                        f"{n['shift']:>7.4f} {fl} {f['err']:>8.4f} "
                         f"{f['se']:>7.4f} {n['sq']:>9.4f} {f['sq']:>8.4f}",
                         flush=True,
                     )
@@ -412,7 +439,7 @@ def trend(rows, eps):
             cells = ", ".join(
                 f"d={r['d']}: {r['noisy']['err']:.4f} (x d: {r['d'] * r['noisy']['err']:.0f}"
                 + (
-                    f"; with the fluctuation term {r['noisy']['fluct_err']:.4f})"
+                    f"; with the 1/d term {r['noisy']['fluct_err']:.4f})"
                     if "fluct_err" in r["noisy"]
                     else ")"
                 )
@@ -865,7 +892,7 @@ def main() -> None:
         if "fluct_err" in n:
             bound = 0.01 + 2 * n["fluct_se"]
             line += (
-                f"; with the fluctuation term {n['fluct_err']:.4f} against {bound:.4f} "
+                f"; with the 1/d term {n['fluct_err']:.4f} against {bound:.4f} "
                 f"({'within' if n['fluct_err'] <= bound else 'outside'})"
             )
         print(f"{line}; flow error {r['flow']['err']:.4f}")
@@ -892,7 +919,7 @@ def main() -> None:
             f"largest value {np.max(np.abs(c[0])):.1f}; at d = {d_max}: "
             f"{np.max(np.abs(c[0] - c[1])) / d_max:.5f})"
         )
-    var_ratio = covariance_check(*((2000, 64) if args.quick else (d_max, 128)), key)
+    var_ratio, shift_z2 = covariance_check(*((2000, 64) if args.quick else (d_max, 128)), key)
     if not args.quick:
         # Float32 accumulation: the first target point again in float64 (same keys; the
         # normals of another precision are other draws, so compare within the SEs).
@@ -959,6 +986,7 @@ def main() -> None:
         "fluct_sup_err_d8000": f"{fluct:.4f}",
         "fluct_within": str(fluct_within),
         "fluct_var_ratio": f"{var_ratio:.2f}",
+        "fluct_shift_z2": f"{shift_z2:.2f}",
         "err_ratio_d500_d8000": f"{ratio:.2f}",
         "i4_erf_max_diff": f"{i4:.1e}",
         "mc_z_max": f"{mc:.2f}",

@@ -23,33 +23,36 @@ from ._validate import check_count, check_key, check_times, require_x64
 
 
 class Fluctuations(eqx.Module):
-    """Online SGD's covariance about the noisy ODE at a finite `d` and the fluctuation term of
-    its mean risk (docs: [online SGD at a finite step][sgd-fluctuations]), as
-    `sst.fluctuations` returns them.
+    """Online SGD at a finite `d` to first order in `1/d` about the noisy ODE: its covariance,
+    the shift of its mean and its mean risk (docs: [online SGD at a finite
+    step][sgd-fluctuations]), as `sst.fluctuations` returns them.
 
     **Fields:**
 
     - `ts`: the save times `(T,)`.
     - `state`: the noisy ODE's `FiniteDimState` at each save time (leading axis `T`): SGD's mean
-      to leading order.
+      as `d -> infinity`.
     - `risk`: the population risk at `state`, `(T,)`.
     - `covariance`: `d` times the covariance of SGD's `(a, s, Q)`, `(T, n, n)`, with `(a, s, Q)`
       flattened as `jax.flatten_util.ravel_pytree` flattens the tuple (all of `Q`, so each
       off-diagonal overlap twice).
-    - `correction`: the fluctuation term times `d`, `1/2 tr(H covariance)` with `H` the Hessian
-      of the risk in `(a, s, Q)`, `(T,)`: the mean risk of SGD's `(a, s, Q)` minus the risk at
-      their mean, to leading order.
+    - `shift`: `d` times SGD's mean `(a, s, Q)` minus `state`, flattened the same way, `(T, n)`.
+    - `spread`: `1/2 tr(H covariance)`, `H` the Hessian of the risk in `(a, s, Q)`, `(T,)`:
+      `d` times the mean risk of SGD's `(a, s, Q)` minus the risk at their mean.
+    - `correction`: `spread` plus the risk's gradient times `shift`, `(T,)`: `d` times SGD's mean
+      risk minus `risk`.
     """
 
     ts: Float[Array, " T"]
     state: FiniteDimState
     risk: Float[Array, " T"]
     covariance: Float[Array, "T n n"]
+    shift: Float[Array, "T n"]
+    spread: Float[Array, " T"]
     correction: Float[Array, " T"]
 
     def mean_risk(self, d: float) -> Float[Array, " T"]:
-        """`risk + correction / d`: the noisy ODE's risk plus the fluctuation term at dimension
-        `d` (without the `O(1/d)` shift of SGD's mean state)."""
+        """`risk + correction / d`: SGD's mean risk at dimension `d` to first order in `1/d`."""
         return self.risk + self.correction / d
 
 
@@ -141,13 +144,10 @@ def distinct_coordinates(problem: Problem, m: int) -> tuple[np.ndarray, np.ndarr
     return np.concatenate([np.arange(m + m * k), upper]), index
 
 
-def step_moments(
-    problem: Problem, tau, y, nodes, weights
-) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
-    """The mean and covariance of one sample's step `e h + tau e^2 g` (`increments`, flattened)
-    over `x ~ N(0, I_d)` and the label noise, by the rule `(nodes, weights)` for
-    `N(0, I_{k+m})`. With label noise `n` added to `e`, its moments are those of `e + n xi`."""
-    a, s_stored, Q = y
+def _projections(problem: Problem, y, nodes):
+    """`(s, Q)`, the Cholesky factor `L` of the Gram matrix of `(U*, W)` and the projections
+    `(z*, z) = L xi` at the `nodes` `xi` of a rule for `N(0, I_{k+m})`."""
+    _, s_stored, Q = y
     s = overlap_matrix(problem, s_stored)
     m, k = s.shape
     gram = jnp.block([[jnp.eye(k), s.T], [s, Q * (1.0 - jnp.eye(m)) + jnp.eye(m)]])
@@ -155,18 +155,33 @@ def step_moments(
     # time for the step-size control (an eigendecomposition's root is not). The shift keeps it
     # defined where the Gram matrix is singular (a neuron on a target direction) or, by
     # rounding, slightly indefinite: check_state accepts eigenvalues down to -(m + k) 1e-9.
-    Z = nodes @ jnp.linalg.cholesky(gram + 2e-9 * (k + m) * jnp.eye(k + m)).T
+    L = jnp.linalg.cholesky(gram + 2e-9 * (k + m) * jnp.eye(k + m))
+    return s, Q, L, nodes @ L.T
+
+
+def _label_noise_moments(problem: Problem, e):
+    """`E (e + noise xi)^p` for `p = 1..4` over the label noise `xi ~ N(0, 1)`."""
+    n2 = problem.noise**2
+    return e, e**2 + n2, e**3 + 3.0 * e * n2, e**4 + 6.0 * e**2 * n2 + 3.0 * n2**2
+
+
+def step_moments(
+    problem: Problem, tau, y, nodes, weights
+) -> tuple[Float[Array, " n"], Float[Array, "n n"]]:
+    """The mean and covariance of one sample's step `e h + tau e^2 g` (`increments`, flattened)
+    over `x ~ N(0, I_d)` and the label noise, by the rule `(nodes, weights)` for
+    `N(0, I_{k+m})`. With label noise `n` added to `e`, its moments are those of `e + n xi`."""
+    a, _, _ = y
+    s, Q, _, Z = _projections(problem, y, nodes)
+    k = s.shape[1]
     e, h, g = increments(problem, a, s, Q, Z[:, :k], Z[:, k:])
-    distinct, index = distinct_coordinates(problem, m)
+    distinct, index = distinct_coordinates(problem, a.shape[0])
 
     def flat(parts):
         return jnp.concatenate([v.reshape(v.shape[0], -1) for v in parts], axis=1)[:, distinct]
 
     h, g = flat(h), tau * flat(g)
-    n2 = problem.noise**2
-    e2 = e**2 + n2
-    e3 = e**3 + 3.0 * e * n2
-    e4 = e**4 + 6.0 * e**2 * n2 + 3.0 * n2**2
+    _, e2, e3, e4 = _label_noise_moments(problem, e)
     mean = (weights * e) @ h + (weights * e2) @ g
     cross = (h.T * (weights * e3)) @ g
     second = (h.T * (weights * e2)) @ h + cross + cross.T + (g.T * (weights * e4)) @ g
@@ -177,20 +192,108 @@ def step_moments(
     return jnp.where(mask, mean[pick], 0.0), jnp.where(both, sigma[pick][:, pick], 0.0)
 
 
+def drift_correction(problem: Problem, tau, batch: int, y, nodes, weights) -> Float[Array, " n"]:
+    """`F_1`, the `1/d` term of online SGD's mean step per unit time (`B = batch` samples a
+    step, `eta = tau B / d`): `E[step] / eta = F + F_1 / d + O(d^-2)`, `F` the noisy ODE
+    (docs: [online SGD at a finite step][sgd-fluctuations]). Flattened as `(a, s, Q)` in
+    `ravel_pytree`'s order.
+
+    It is `tau B` times the `eta^2` coefficient of the mean step: the retraction's terms of
+    order `eta^2 |P_i x|^2 eta` and `eta^4 |P_i x|^4`, the `O(1)` parts of `|P_i x|^2` and
+    `<P_i x, P_j x>` beyond `d`, and the products of two samples' steps within a batch. With
+    `xi` the input's part in the span of `(U*, W)` (whitened), `pi_i = xi - z_i l_i` its
+    projection off `w_i` and `X_i = e u_i`, `u_i = a_i sigma'(z_i)`, the batch means `<.>`
+    enter as `E<X><Y> = E[XY] / B + (1 - 1/B) E[X] E[Y]`."""
+    a, _, _ = y
+    m = a.shape[0]
+    s, Q, L, Z = _projections(problem, y, nodes)
+    k = s.shape[1]
+    zs, z = Z[:, :k], Z[:, k:]
+    e = problem.phi(zs) - problem.activation(z) @ a / m
+    u = a * problem.activation.derivative(z)  # (M, m)
+    u2, uz = u**2, u * z
+    e1, e2, e3, e4 = _label_noise_moments(problem, e)
+    one, pair = 1.0 / batch, 1.0 - 1.0 / batch
+    off = 1.0 - jnp.eye(m)
+
+    # Every expectation as a product of (M, .) factors, E[c f_i g_j] = (w c f)^T g: no
+    # (M, m, m) array is formed (at 2^17 Monte Carlo samples they would dominate the cost).
+    def gram(c, f, g):
+        return (f * (weights * c)[:, None]).T @ g
+
+    def both(v):
+        return v[:, None] + v[None, :]
+
+    alpha = (weights * e2) @ u2  # E[e^2 u_i^2]
+    gamma = gram(e2, u, u)  # E[e^2 u_i u_j]
+    # pi_i = xi - z_i l_i, the input's part in the span of (U*, W) off w_i (l_i: w_i's row of L);
+    # pi_i . pi_j = |xi|^2 - z_i^2 - z_j^2 + z_i z_j (l_i . l_j).
+    x_pi = gram(e1, u, nodes) - ((weights * e1) @ uz)[:, None] * L[k:]  # E[e u_i pi_i]
+    z2 = gram(e2, u * z**2, u)
+    xx_pipi = (
+        gram(e2 * jnp.sum(nodes**2, axis=1), u, u) - z2 - z2.T + L[k:] @ L[k:].T * gram(e2, uz, uz)
+    )
+    # eta^2 terms of |v_i|^2 and <v_i, v_j> (the eta tau parts are the noise terms).
+    v2 = one * xx_pipi + pair * x_pi @ x_pi.T - (k + m) * one * gamma
+    eps2 = jnp.diag(v2)
+    # E[eps1_i eps1_j] / tau^2, eps1_i = tau <e^2 u_i^2>.
+    eps11 = one * gram(e4, u2, u2) + pair * jnp.outer(alpha, alpha)
+    sq = jnp.diag(eps11)
+
+    def h_s(c, f):  # E[c f_i h_s,ic], h_s,ic = u_i (z*_c - s_ic z_i)
+        return gram(c, f * u, zs) - s * ((weights * c) @ (f * uz))[:, None]
+
+    def h_Q(c, f):  # E[c (f_i + f_j) h_Q,ij], h_Q,ij = u_i z_j + u_j z_i - Q_ij (u_i z_i + u_j z_j)
+        R = gram(c, f * u, z) + gram(c, u, f * z)
+        T = both((weights * c) @ (f * uz)) + gram(c, f, uz) + gram(c, uz, f)
+        return R + R.T - Q * T
+
+    ones = jnp.ones_like(u)
+    hs_eps = one * h_s(e3, u2) + pair * h_s(e1, ones) * alpha[:, None]
+    d_s = -0.5 * s * eps2[:, None] - 0.5 * tau * hs_eps + 0.375 * tau**2 * s * sq[:, None]
+    hq_eps = one * h_Q(e3, u2) + pair * 0.5 * h_Q(e1, ones) * both(alpha)
+    vq_eps = one * (gram(e4, u2 * u, u) + gram(e4, u, u2 * u)) + pair * gamma * both(alpha)
+    d_Q = (
+        v2
+        - 0.5 * Q * both(eps2)
+        - 0.5 * tau * hq_eps
+        - 0.5 * tau**2 * vq_eps
+        + tau**2 * Q * (0.375 * both(sq) + 0.25 * eps11)
+    ) * off
+    parts = (jnp.zeros_like(a), state_overlaps(problem, d_s), d_Q)
+    return tau * batch * ravel_pytree(parts)[0]
+
+
 @eqx.filter_jit
-def _fluctuations(model: FiniteDimODE, y0, ts, nodes, weights, rtol, atol, max_steps):
+def _fluctuations(model: FiniteDimODE, batch, y0, ts, nodes, weights, rtol, atol, max_steps):
     x0, unravel = ravel_pytree(y0)
+    problem, tau = model.problem, model.tau
+    distinct, index = distinct_coordinates(problem, y0[0].shape[0])
+    # One unit vector per distinct coordinate (both copies of an off-diagonal overlap).
+    units = jnp.asarray(index[None, :] == np.arange(distinct.size)[:, None], dtype=x0.dtype)
 
     def field(x, t):
         return ravel_pytree(model(t, unravel(x)))[0]
 
     def rhs(t, v, args):
-        x, C = v
+        x, C, mu = v
         fx, jvp = jax.linearize(lambda x: field(x, t), x)
         JC = jax.vmap(jvp, in_axes=1, out_axes=1)(C)
-        _, sigma = step_moments(model.problem, model.tau, unravel(x), nodes, weights)
-        source = model.tau * sigma
-        return fx, JC + JC.T + source
+        y = unravel(x)
+        _, sigma = step_moments(problem, tau, y, nodes, weights)
+
+        def curvature(unit, column):  # F''[unit, column]
+            return jax.jvp(
+                lambda x: jax.jvp(lambda x: field(x, t), (x,), (column,))[1], (x,), (unit,)
+            )[1]
+
+        # 1/2 sum_ab C_ab d_a d_b F, over the distinct coordinates' symmetric directions.
+        spread = 0.5 * jnp.sum(jax.vmap(curvature)(units, C[:, distinct].T), axis=0)
+        # The steps are Euler's with step eta = tau B / d: their mean lags the flow by
+        # (eta / 2) dF/dt = (eta / 2) J F per unit time.
+        drift = drift_correction(problem, tau, batch, y, nodes, weights)
+        dmu = jvp(mu) + spread + drift - 0.5 * tau * batch * jvp(fx)
+        return fx, JC + JC.T + tau * sigma, dmu
 
     sol = dfx.diffeqsolve(
         dfx.ODETerm(rhs),
@@ -198,21 +301,32 @@ def _fluctuations(model: FiniteDimODE, y0, ts, nodes, weights, rtol, atol, max_s
         ts[0],
         ts[-1],
         None,
-        (x0, jnp.zeros((x0.size, x0.size))),
+        (x0, jnp.zeros((x0.size, x0.size)), jnp.zeros_like(x0)),
         saveat=dfx.SaveAt(ts=ts),
         stepsize_controller=dfx.PIDController(rtol=rtol, atol=atol),
         max_steps=max_steps,
         throw=False,
     )
-    xs, Cs = sol.ys
+    xs, Cs, shifts = sol.ys
 
     def risk(x):
         return model.risk(model.merge(unravel(x), None))
 
     H = jax.vmap(jax.hessian(risk))(xs)
+    grad = jax.vmap(jax.grad(risk))(xs)
     states = jax.vmap(lambda x: model.merge(unravel(x), None))(xs)
-    correction = 0.5 * jnp.sum(H * Cs, axis=(1, 2))
-    return sol.result, sol.stats["num_steps"], states, jax.vmap(risk)(xs), Cs, correction
+    spread = 0.5 * jnp.sum(H * Cs, axis=(1, 2))
+    correction = spread + jnp.sum(grad * shifts, axis=1)
+    return (
+        sol.result,
+        sol.stats["num_steps"],
+        states,
+        jax.vmap(risk)(xs),
+        Cs,
+        shifts,
+        spread,
+        correction,
+    )
 
 
 def fluctuations(
@@ -220,37 +334,41 @@ def fluctuations(
     state: FiniteDimState,
     ts: ArrayLike,
     *,
+    batch: int,
     monte_carlo: int | None = None,
     key: PRNGKeyArray | None = None,
     rtol: float = 1e-6,
     atol: float = 1e-8,
     max_steps: int = 100_000,
 ) -> Fluctuations:
-    """Online SGD's covariance about the noisy ODE at a finite `d` (the linear-noise expansion)
-    and the fluctuation term of its mean risk (docs: [online SGD at a finite
-    step][sgd-fluctuations]).
+    """Online SGD at a finite `d` to first order in `1/d` about the noisy ODE (the
+    linear-noise expansion): its covariance, the shift of its mean and its mean risk (docs:
+    [online SGD at a finite step][sgd-fluctuations]).
 
     With `x = (a, s, Q)` following `dx/dt = F(x)` (`model`, at its `tau = eta d / B`), online
-    SGD's `(a, s, Q)` is `x + O(1/sqrt(d))` with covariance `C / d`,
+    SGD's `(a, s, Q)` has mean `x + mu / d` and covariance `C / d` up to `O(d^-2)`, with
 
-    `dC/dt = J C + C J^T + tau Sigma(x)`, `C(0) = 0`,
+    `dC/dt = J C + C J^T + tau Sigma(x)`,
+    `dmu/dt = J mu + 1/2 F''[C] + F_1(x) - (tau B / 2) J F(x)`, `C(0) = 0`, `mu(0) = 0`,
 
-    `J` the Jacobian of `F` and `Sigma` the covariance of one sample's step to second order
-    (`e h + tau e^2 g` of the docs), and its mean risk is `R(x) + tr(H C) / (2 d)` with `H`
-    the risk's Hessian. The mean risk's `1/d` term has a second part, not computed here: SGD's
-    mean state moves from `x` by `O(1/d)` too.
+    `J` the Jacobian of `F`, `Sigma` the covariance of one sample's step, `F_1` the `1/d` term
+    of the mean step (the retraction at second order, and the products of a batch's samples),
+    and the last term the lag of Euler steps of size `eta = tau B / d`. SGD's mean risk is
+    `R(x) + (grad R . mu + tr(H C) / 2) / d`, `H` the risk's Hessian.
 
     **Arguments:**
 
     - `model`: the `FiniteDimODE` with a polynomial activation and target (at `tau = 0` the
-      covariance is 0: SGD is then gradient flow).
+      covariance and the shift are 0: SGD is then gradient flow).
     - `state`: the initial `FiniteDimState` (deterministic: `C(0) = 0`).
     - `ts`: save times, increasing; the first is the initial time.
-    - `monte_carlo`, `key`: by default `Sigma`'s Gaussian expectations are exact (a sparse
+    - `batch`: the samples per step `B` of the SGD (`sst.OnlineSGD(batch)`); it sets the shift,
+      not the covariance.
+    - `monte_carlo`, `key`: by default the Gaussian expectations are exact (a sparse
       Gauss-Hermite grid in the `k + m` projections, refused above a million nodes); with
       `monte_carlo = n`, Monte Carlo over `n` inputs drawn from `key` (the same at every time).
-    - `rtol`, `atol`, `max_steps`: diffrax's Tsit5 on `(x, C)` (explicit: at an `eps` where the
-      second layer is stiff it needs many steps; reaching `max_steps` raises).
+    - `rtol`, `atol`, `max_steps`: diffrax's Tsit5 on `(x, C, mu)` (explicit: at an `eps` where
+      the second layer is stiff it needs many steps; reaching `max_steps` raises).
 
     **Returns:** a `Fluctuations`.
     """
@@ -270,10 +388,12 @@ def fluctuations(
     y0, _ = model.split(model.check_state(state))
     dim = p.k + y0[0].shape[0]
     max_steps = _check_options(None, rtol, atol, None, max_steps, None)
+    batch = check_count("batch (samples per step)", batch)
     if monte_carlo is None:
         if key is not None:
             raise ValueError("key is for the Monte Carlo: pass monte_carlo too, or no key.")
-        # Exact for the products of e h (degree E + S) and e^2 g (degree 2 E + 2 S - 2).
+        # Exact for the products of e h (degree E + S) and e^2 g (degree 2 E + 2 S - 2), and
+        # for the mean step's second order (degree 4 E + 4 S - 4, e^4 u^4).
         E, S = max(p.target.degree, p.activation.degree), p.activation.degree
         level = max(E + S, 2 * E + 2 * S - 2)
         size = sparse_size(dim, level)
@@ -291,11 +411,11 @@ def fluctuations(
         check_key(key)
         nodes = np.asarray(jax.random.normal(key, (n, dim)))
         weights = np.full(n, 1.0 / n)
-    result, steps, states, risk, C, correction = _fluctuations(
-        model, y0, ts, jnp.asarray(nodes), jnp.asarray(weights), rtol, atol, max_steps
+    result, steps, states, risk, C, shift, spread, correction = _fluctuations(
+        model, batch, y0, ts, jnp.asarray(nodes), jnp.asarray(weights), rtol, atol, max_steps
     )
     if result == dfx.RESULTS.successful and not (
-        np.all(np.isfinite(correction)) and np.all(np.isfinite(C))
+        np.all(np.isfinite(correction)) and np.all(np.isfinite(C)) and np.all(np.isfinite(shift))
     ):
         raise RuntimeError(
             "fluctuations produced NaN or inf: the state left the valid (s, Q) or the noise "
@@ -306,4 +426,4 @@ def fluctuations(
             f"fluctuations stopped after {int(steps)} steps of Tsit5 ({dfx.RESULTS[result]}); "
             "raise max_steps (an explicit solver: a small eps makes the second layer stiff)."
         )
-    return Fluctuations(ts, states, risk, C, correction)
+    return Fluctuations(ts, states, risk, C, shift, spread, correction)

@@ -1,6 +1,9 @@
 """sst.fluctuations: one sample's step against `sst.train`'s in weight space, its mean against
-the noisy ODE, its covariance against weight-space Monte Carlo, the sparse rule against closed
-forms, and the covariance's growth against its short-time closed form."""
+the noisy ODE, its covariance against weight-space Monte Carlo, the mean step's `1/d` term
+against `sst.train`'s exact steps, the sparse rule against closed forms, and the covariance's
+and the shift's growth against their short-time closed forms."""
+
+import itertools
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +13,7 @@ from helpers import geometry
 from jax.flatten_util import ravel_pytree
 
 import sst
-from sst._fluctuations import increments, sparse_gauss_hermite, step_moments
+from sst._fluctuations import drift_correction, increments, sparse_gauss_hermite, step_moments
 from sst._noise import _gauss_hermite_rule
 from sst._train import _retract, batch_directions
 
@@ -130,6 +133,59 @@ def test_step_covariance_matches_a_tensor_rule_over_inputs_and_label_noise(k, m)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    ("k", "m", "batch", "noise"), [(1, 2, 1, 0.3), (2, 2, 2, 0.3), (1, 3, 3, 0.0)]
+)
+def test_drift_correction_is_the_eta_squared_term_of_sst_trains_mean_step(k, m, batch, noise):
+    # sst.train's exact step (batch_directions, _retract) in a space of k + m + B dimensions:
+    # the span of (U*, W), with U* and W the rows of the Gram matrix's Cholesky factor so that
+    # an input's part there is the rule's node itself, and one axis per sample carrying the
+    # rest of the input, of squared norm d - k - m with d = tau B / eta (its fluctuation and
+    # the samples' cross products there enter the mean at eta^3 only). Over every batch drawn
+    # from a pool of inputs and a Gauss-Hermite rule in the label noise, the mean step's eta^2
+    # coefficient (extrapolated from three small eta) against drift_correction / (tau B) with
+    # the pool as its rule: the same empirical measure, so no quadrature error enters.
+    tau, pool_size = 0.7, {1: 32, 2: 12, 3: 8}[batch]
+    problem = sst.Problem(TARGETS[k], ACTIVATION, 0.1, noise=noise)
+    a, W, U = geometry(k, m, k + m, common=1.0)
+    chol = np.linalg.cholesky(np.concatenate([U.T, W]) @ np.concatenate([U.T, W]).T)
+    U, W = chol[:k].T, chol[k:]
+    U, W = np.vstack([U, np.zeros((batch, k))]), np.hstack([W, np.zeros((m, batch))])
+    pool = np.random.default_rng(3).normal(size=(pool_size, k + m))
+    zeta, zeta_weight = _gauss_hermite_rule([3])  # exact for the label noise's degree 4
+    inputs = np.array(list(itertools.product(range(pool_size), repeat=batch)))
+    labels = np.array(list(itertools.product(range(3), repeat=batch)))
+    xs = np.repeat(pool[inputs], len(labels), axis=0)  # (P, B, k + m)
+    zs = np.tile(zeta[labels, 0], (len(inputs), 1))  # (P, B)
+    weight = np.tile(np.prod(zeta_weight[labels], axis=1), len(inputs)) / len(inputs)
+    before = _order_parameters(problem, a, W, U)
+
+    def mean_step(eta):
+        def one(x, zeta):
+            rest = jnp.sqrt(tau * batch / eta - (k + m)) * jnp.eye(batch)
+            x = jnp.concatenate([x, rest], axis=1)
+            y = problem.phi(x @ U) + noise * zeta
+            da, dW = batch_directions(problem, a, W, x, y)
+            new = (a + eta / problem.eps * da, _retract(W, dW, eta))
+            return _order_parameters(problem, *new, U) - before
+
+        steps = jax.lax.map(lambda v: one(*v), (jnp.asarray(xs), jnp.asarray(zs)), batch_size=2048)
+        return weight @ np.asarray(steps) / eta
+
+    etas = np.array([1e-6, 5e-7, 2.5e-7])
+    fit = np.linalg.solve(
+        np.vander(etas, 3, increasing=True), np.stack([mean_step(e) for e in etas])
+    )
+    s = W @ U if k > 1 else (W @ U)[:, 0]
+    y = (jnp.asarray(a), jnp.asarray(s), jnp.asarray(W @ W.T))
+    got = drift_correction(problem, tau, batch, y, pool, np.full(pool_size, 1.0 / pool_size))
+    expected = fit[1]
+    np.testing.assert_allclose(
+        got / (tau * batch), expected, rtol=0, atol=1e-5 * np.max(np.abs(expected))
+    )
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("dim", "level"), [(5, 6), (10, 6)])
 def test_sparse_rule_integrates_polynomials_of_degree_2_level_plus_1_exactly(dim, level):
     nodes, weights = sparse_gauss_hermite(dim, level)
@@ -147,18 +203,31 @@ def test_sparse_rule_integrates_polynomials_of_degree_2_level_plus_1_exactly(dim
 
 
 @pytest.mark.slow
-def test_covariance_grows_as_tau_sigma_t_at_short_times():
-    # C(t) = tau Sigma t + O(t^2): at t = 1e-5 the relative gap is of order t |J| ~ 1e-4.
+def test_covariance_and_shift_grow_as_their_short_time_closed_forms():
+    # C(t) = tau Sigma t + O(t^2) and mu(t) = (F_1 - (tau B / 2) J F) t + O(t^2) (the curvature
+    # term starts at t^2, with C): at t = 1e-5 the relative gaps are of order t |J| ~ 1e-4. J F
+    # by central differences of the vector field along F.
     problem = sst.Problem(TARGETS[1], ACTIVATION, 0.1)
     a, W, U = geometry(1, M_NEURONS, 16)
     model = sst.FiniteDimODE(problem, tau=0.5)
     state = sst.RandomInit.from_weights(a, W, U[:, 0]).state
-    t = 1e-5
-    out = sst.fluctuations(model, state, np.array([0.0, t]))
+    t, batch = 1e-5, 3
+    out = sst.fluctuations(model, state, np.array([0.0, t]), batch=batch)
     y, _ = model.split(state)
-    _, sigma = step_moments(problem, model.tau, y, *sparse_gauss_hermite(1 + M_NEURONS, 10))
+    rule = sparse_gauss_hermite(1 + M_NEURONS, 10)
+    _, sigma = step_moments(problem, model.tau, y, *rule)
     expected = float(model.tau) * np.asarray(sigma) * t
     np.testing.assert_allclose(out.covariance[-1], expected, atol=1e-3 * np.max(expected))
+    x, unravel = ravel_pytree(y)
+
+    def field(x):
+        return np.asarray(ravel_pytree(model(0.0, unravel(x)))[0])
+
+    F, h = field(x), 1e-6
+    JF = (field(x + h * F) - field(x - h * F)) / (2 * h)
+    drift = np.asarray(drift_correction(problem, model.tau, batch, y, *rule))
+    expected = (drift - 0.5 * float(model.tau) * batch * JF) * t
+    np.testing.assert_allclose(out.shift[-1], expected, atol=1e-3 * np.max(np.abs(expected)))
 
 
 def test_bad_inputs_are_refused():
@@ -168,17 +237,20 @@ def test_bad_inputs_are_refused():
     model = sst.FiniteDimODE(problem, tau=0.5)
     ts = np.array([0.0, 1.0])
     with pytest.raises(ValueError, match="sparse grid of .* nodes .*pass monte_carlo"):
-        sst.fluctuations(model, state, ts)
+        sst.fluctuations(model, state, ts, batch=1)
     with pytest.raises(ValueError, match="monte_carlo needs a key"):
-        sst.fluctuations(model, state, ts, monte_carlo=16)
+        sst.fluctuations(model, state, ts, batch=1, monte_carlo=16)
     with pytest.raises(ValueError, match="key is for the Monte Carlo"):
-        sst.fluctuations(model, state, ts, key=jax.random.key(0))
+        sst.fluctuations(model, state, ts, batch=1, key=jax.random.key(0))
+    mc = dict(monte_carlo=16, key=jax.random.key(0))
     with pytest.raises(ValueError, match="rtol and atol must be finite"):
-        sst.fluctuations(model, state, ts, monte_carlo=16, key=jax.random.key(0), rtol=-1.0)
+        sst.fluctuations(model, state, ts, batch=1, rtol=-1.0, **mc)
+    with pytest.raises(ValueError, match=r"batch \(samples per step\) must be an integer >= 1"):
+        sst.fluctuations(model, state, ts, batch=0, **mc)
     with pytest.raises(ValueError, match="ts must be strictly increasing"):
-        sst.fluctuations(model, state, [1.0, 0.0], monte_carlo=16, key=jax.random.key(0))
+        sst.fluctuations(model, state, [1.0, 0.0], batch=1, **mc)
     with pytest.raises(ValueError, match="model must be an sst.FiniteDimODE"):
-        sst.fluctuations(sst.MeanFieldODE(problem), state, np.array([0.0, 1.0]))
+        sst.fluctuations(sst.MeanFieldODE(problem), state, np.array([0.0, 1.0]), batch=1)
     erf = sst.FiniteDimODE(sst.Problem(sst.erf(), sst.erf(), 0.1), tau=0.5)
     with pytest.raises(ValueError, match="model needs a polynomial activation and target"):
-        sst.fluctuations(erf, sst.RandomInit.from_weights(a, W, U[:, 0]).state, [0.0, 1.0])
+        sst.fluctuations(erf, sst.RandomInit.from_weights(a, W, U[:, 0]).state, [0.0, 1.0], batch=1)
