@@ -1,5 +1,6 @@
-"""Online SGD's fluctuations about the noisy ODE at a finite `d`, and the part of its mean
-risk's `1/d` term that they make (docs: [online SGD at a finite step][sgd-fluctuations])."""
+"""Online SGD at a finite `d` to first order in `1/d` about the noisy ODE: its fluctuations,
+the shift of its mean and its mean risk's `1/d` term (docs: [online SGD at a finite
+step][sgd-fluctuations])."""
 
 from __future__ import annotations
 
@@ -264,13 +265,25 @@ def drift_correction(problem: Problem, tau, batch: int, y, nodes, weights) -> Fl
     return tau * batch * ravel_pytree(parts)[0]
 
 
+def half_curvature(problem: Problem, m: int, field, x, C) -> Float[Array, " n"]:
+    """`1/2 F''[C] = 1/2 sum_ab C_ab d_a d_b F(x)` for a covariance `C` of the flattened
+    `(a, s, Q)` of `m` neurons (both copies of each overlap; `field` maps it to `F`), as
+    `1/2 sum_p F''[e_p, C e_p]` over the distinct coordinates' directions `e_p` (both copies of
+    an overlap at once): one second-order directional derivative per distinct coordinate, not
+    a whole Hessian."""
+    distinct, index = distinct_coordinates(problem, m)
+    units = jnp.asarray(index[None, :] == np.arange(distinct.size)[:, None], dtype=x.dtype)
+
+    def second(unit, column):
+        return jax.jvp(lambda x: jax.jvp(field, (x,), (column,))[1], (x,), (unit,))[1]
+
+    return 0.5 * jnp.sum(jax.vmap(second)(units, C[:, distinct].T), axis=0)
+
+
 @eqx.filter_jit
 def _fluctuations(model: FiniteDimODE, batch, y0, ts, nodes, weights, rtol, atol, max_steps):
     x0, unravel = ravel_pytree(y0)
     problem, tau = model.problem, model.tau
-    distinct, index = distinct_coordinates(problem, y0[0].shape[0])
-    # One unit vector per distinct coordinate (both copies of an off-diagonal overlap).
-    units = jnp.asarray(index[None, :] == np.arange(distinct.size)[:, None], dtype=x0.dtype)
 
     def field(x, t):
         return ravel_pytree(model(t, unravel(x)))[0]
@@ -281,14 +294,7 @@ def _fluctuations(model: FiniteDimODE, batch, y0, ts, nodes, weights, rtol, atol
         JC = jax.vmap(jvp, in_axes=1, out_axes=1)(C)
         y = unravel(x)
         _, sigma = step_moments(problem, tau, y, nodes, weights)
-
-        def curvature(unit, column):  # F''[unit, column]
-            return jax.jvp(
-                lambda x: jax.jvp(lambda x: field(x, t), (x,), (column,))[1], (x,), (unit,)
-            )[1]
-
-        # 1/2 sum_ab C_ab d_a d_b F, over the distinct coordinates' symmetric directions.
-        spread = 0.5 * jnp.sum(jax.vmap(curvature)(units, C[:, distinct].T), axis=0)
+        spread = half_curvature(problem, y0[0].shape[0], lambda x: field(x, t), x, C)
         # The steps are Euler's with step eta = tau B / d: their mean lags the flow by
         # (eta / 2) dF/dt = (eta / 2) J F per unit time.
         drift = drift_correction(problem, tau, batch, y, nodes, weights)
