@@ -281,6 +281,7 @@ def compare_point(name, eps, tau, d, key, dtype=jnp.float32, fluct=None):
             "fluct_se": float(se[j]),
             "fluct_spread": float(fluct.spread[i]) / d,
             "fluct_shift": float(fluct.correction[i] - fluct.spread[i]) / d,
+            "fluct_risk": np.asarray(fluct.mean_risk(d)),
         }
     return out
 
@@ -783,6 +784,8 @@ def risk_figure(rows, d, path):
     for ax, r in zip(np.atleast_1d(axes), chosen, strict=True):
         ax.plot(r["ts"], r["flow"]["risk"], "k--", label="flow (tau = 0)")
         ax.plot(r["ts"], r["noisy"]["risk"], "C1", label="noisy ODE")
+        if "fluct_risk" in r["noisy"]:
+            ax.plot(r["ts"], r["noisy"]["fluct_risk"], "C2", label="noisy ODE + 1/d term")
         ax.errorbar(r["ts"], r["mean"], 2 * r["se"], fmt=".", color="C0", ms=3, label="SGD ± 2 SE")
         ax.set_title(f"{r['target']}, m = {r['m']}, tau = {r['tau']:g}", fontsize=9)
         ax.set_xlabel("t")
