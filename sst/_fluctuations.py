@@ -199,8 +199,8 @@ def drift_correction(problem: Problem, tau, batch: int, y, nodes, weights) -> Fl
     (docs: [online SGD at a finite step][sgd-fluctuations]). Flattened as `(a, s, Q)` in
     `ravel_pytree`'s order.
 
-    It is `tau B` times the `eta^2` coefficient of the mean step: the retraction's terms of
-    order `eta^2 |P_i x|^2 eta` and `eta^4 |P_i x|^4`, the `O(1)` parts of `|P_i x|^2` and
+    It is `tau B` times the `eta^2` coefficient of the mean step: the retraction's terms
+    `eta^3 |P_i x|^2` and `eta^4 |P_i x|^4`, the `O(1)` parts of `|P_i x|^2` and
     `<P_i x, P_j x>` beyond `d`, and the products of two samples' steps within a batch. With
     `xi` the input's part in the span of `(U*, W)` (whitened), `pi_i = xi - z_i l_i` its
     projection off `w_i` and `X_i = e u_i`, `u_i = a_i sigma'(z_i)`, the batch means `<.>`
@@ -268,9 +268,9 @@ def drift_correction(problem: Problem, tau, batch: int, y, nodes, weights) -> Fl
 def half_curvature(problem: Problem, m: int, field, x, C) -> Float[Array, " n"]:
     """`1/2 F''[C] = 1/2 sum_ab C_ab d_a d_b F(x)` for a covariance `C` of the flattened
     `(a, s, Q)` of `m` neurons (both copies of each overlap; `field` maps it to `F`), as
-    `1/2 sum_p F''[e_p, C e_p]` over the distinct coordinates' directions `e_p` (both copies of
-    an overlap at once): one second-order directional derivative per distinct coordinate, not
-    a whole Hessian."""
+    `1/2 sum_p F''[e_p, c_p]` over the distinct coordinates' directions `e_p` (both copies of
+    an overlap at once) with `c_p` the column of `C` at one copy: one second-order directional
+    derivative per distinct coordinate, not a whole Hessian."""
     distinct, index = distinct_coordinates(problem, m)
     units = jnp.asarray(index[None, :] == np.arange(distinct.size)[:, None], dtype=x.dtype)
 
@@ -368,8 +368,9 @@ def fluctuations(
       covariance and the shift are 0: SGD is then gradient flow).
     - `state`: the initial `FiniteDimState` (deterministic: `C(0) = 0`).
     - `ts`: save times, increasing; the first is the initial time.
-    - `batch`: the samples per step `B` of the SGD (`sst.OnlineSGD(batch)`); it sets the shift,
-      not the covariance.
+    - `batch`: the samples per step `B` of the SGD (`sst.OnlineSGD(batch)`), whose step is then
+      `eta = tau B / d` with `tau` the model's: `mean_risk(d)` is for that `eta`. It sets the
+      shift, not the covariance.
     - `monte_carlo`, `key`: by default the Gaussian expectations are exact (a sparse
       Gauss-Hermite grid in the `k + m` projections, refused above a million nodes); with
       `monte_carlo = n`, Monte Carlo over `n` inputs drawn from `key` (the same at every time).
