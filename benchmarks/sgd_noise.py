@@ -114,6 +114,7 @@ COST_MAX = 7e7  # steps x d a point may cost (d = 8000 at tau = 0.5 is 6.4e7)
 ODE = dict(solver=dfx.Tsit5(), rtol=1e-8, atol=1e-10)
 PART1_TS = np.linspace(0.0, T_MAX, 26)
 FLUCT_SAMPLES = 2**17
+RELU_M, RELU_T_MAX = 4, 5.0  # ReLU as activation and target: its noise shows over t ~ 5
 
 ST_TARGET = sst.Hermite([0.0, 1.0, 1.0, 1.0, 1.0])
 ST_SIGMA = sst.Hermite([0.5, 1.0, 1.0, 1.0, 1.0])
@@ -233,13 +234,11 @@ def fluctuations(name, eps, tau, seed=7):
     return out, time.perf_counter() - start
 
 
-def compare_point(name, eps, tau, d, key, dtype=jnp.float32, fluct=None):
-    target, m = TARGETS[name]
-    problem = sst.Problem(target, SIGMA, eps)
+def compare_point(problem, m, tau, d, key, dtype=jnp.float32, fluct=None, ts=PART1_TS):
     init = fixed_init(problem.k, m, d)
     eta = tau * BATCH / d
     start = time.perf_counter()
-    ts, _, states, risk, _ = sgd_seeds(problem, init, PART1_TS, eta, BATCH, SEEDS, key, dtype)
+    ts, _, states, risk, _ = sgd_seeds(problem, init, ts, eta, BATCH, SEEDS, key, dtype)
     wall = time.perf_counter() - start
     mean, se = mean_se(risk)
     S_mean = np.asarray(states.s).mean(0)
@@ -392,7 +391,7 @@ def part1(ds, taus, epss, key, trend_d=None, fluct_targets=tuple(TARGETS)):
                     if why:
                         dropped.append(point | {"why": "; ".join(why)})
                         continue
-                    r = compare_point(name, eps, tau, d, key, fluct=fluct)
+                    r = compare_point(problem, m, tau, d, key, fluct=fluct)
                     rows.append(point | r)
                     n, f = r["noisy"], r["flow"]
                     fl = (
@@ -457,6 +456,40 @@ def trend(rows, eps):
     return out
 
 
+def relu_part(ds, taus, key):
+    """ReLU as activation and target (exact noise terms): online SGD against the noisy ODE and
+    the flow at eps = 1e-2, m = RELU_M, t in [0, RELU_T_MAX], as part 1 runs its points."""
+    problem = sst.Problem(sst.relu(), sst.relu(), 1e-2)
+    ts = np.linspace(0.0, RELU_T_MAX, 26)
+    print(
+        f"ReLU as activation and target, m = {RELU_M}, eps = 1e-2, t in [0, {RELU_T_MAX:g}]: "
+        f"online SGD (float32, {SEEDS} seeds, B = {BATCH}) against the noisy ODE and the flow "
+        "(sup-norm errors of the seed-mean risk, SE at the same time)"
+    )
+    print(
+        f"{'tau':>4} {'d':>5} {'steps':>7} {'conditions':>12} {'sgd s':>6} {'noisy err':>9} "
+        f"{'SE':>7} {'at mean':>7} {'flow err':>8} {'SE':>7}"
+    )
+    rows = []
+    for tau in taus:
+        for d in ds:
+            steps = int(round(RELU_T_MAX * d / (tau * BATCH)))
+            c_a, c_fast = conditions(problem, tau, RELU_M, d, BATCH)
+            if c_a > C_A or c_fast > C_FAST:
+                print(f"{tau:>4g} {d:>5} dropped: outside the conditions ({c_a:.2f}, {c_fast:.3f})")
+                continue
+            r = compare_point(problem, RELU_M, tau, d, key, ts=ts)
+            rows.append(dict(target="relu", m=RELU_M, eps=1e-2, tau=tau, d=d, steps=steps) | r)
+            n, f = r["noisy"], r["flow"]
+            print(
+                f"{tau:>4g} {d:>5} {steps:>7} {c_a:>5.2f},{c_fast:>6.3f} {r['wall']:>6.1f} "
+                f"{n['err']:>9.4f} {n['se']:>7.4f} {n['err_at_mean']:>7.4f} {f['err']:>8.4f} "
+                f"{f['se']:>7.4f}",
+                flush=True,
+            )
+    return rows
+
+
 def check_against_train(key) -> float:
     """Seed 0 of `sgd_seeds` against `sst.train` itself (a small point)."""
     problem = sst.Problem(TARGETS["h1+h2+h3"][0], SIGMA, 1e-2)
@@ -508,11 +541,12 @@ def i4_check(n: int = 200) -> float:
     return worst
 
 
-def _noise_against_samples(activations, sampled, samples: int, m: int = 4):
+def _noise_against_samples(activations, sampled, samples: int, m: int = 4, target=None):
     """`sst.noise_matrix` with each of `activations` against the Monte Carlo mean (and its
     standard error) of the noise matrix of the activation `sampled` (a callable and its
-    derivative), at a random `(a, S, Q)` with the `z1 + z1 z2` target and label noise 0.3."""
-    target = TARGETS["z1+z1z2"][0]
+    derivative), at a random `(a, S, Q)` with `target` (the `z1 + z1 z2` staircase if None) and
+    label noise 0.3."""
+    target = TARGETS["z1+z1z2"][0] if target is None else target
     problems = [sst.Problem(target, activation, 1e-2, 0.3) for activation in activations]
     rng = np.random.default_rng(2)
     k, noise = problems[0].k, problems[0].noise
@@ -539,10 +573,37 @@ def mc_check(samples: int = 200_000) -> float:
     return float(np.max(np.abs(mean - exact) / se))
 
 
+def orthant_check(per_gap: int = 20) -> dict[str, float]:
+    """The four-dimensional orthant probability of ReLU's noise terms on its 32-node rule
+    against a 400-node rule: the largest difference over random correlation matrices, and over
+    matrices whose first two arguments nearly coincide (`1 - C_01` about the gap)."""
+    from sst._noise import _orthant_probability
+
+    rng = np.random.default_rng(4)
+    out = {}
+    for gap in (None, 1e-2, 1e-4, 1e-8, 1e-12, 1e-16):
+        V = rng.normal(size=(per_gap, 4, 6))
+        if gap is not None:
+            V[:, 1] = V[:, 0] + math.sqrt(gap) * rng.normal(size=(per_gap, 6))
+        V /= np.linalg.norm(V, axis=2, keepdims=True)
+        C = jnp.asarray(V @ np.swapaxes(V, 1, 2))
+        diff = jnp.abs(_orthant_probability(C) - _orthant_probability(C, nodes=400))
+        out["random" if gap is None else f"{gap:.0e}"] = float(jnp.max(diff))
+    return out
+
+
+def relu_mc_check(samples: int = 1_000_000) -> float:
+    """ReLU's exact noise matrix (ReLU target) against Monte Carlo: the largest |z|."""
+    relu = (jax.nn.relu, lambda z: (z > 0).astype(z.dtype))
+    (exact,), mean, se = _noise_against_samples([sst.relu()], relu, samples, target=sst.relu())
+    return float(np.max(np.abs(mean - exact) / se))
+
+
 def relu_truncation_check(degrees=(2, 4, 6, 8), samples: int = 1_000_000) -> dict[int, float]:
     """The noise matrix of ReLU's Hermite series truncated at each degree against Monte Carlo
-    of ReLU itself: the largest entry's error over the largest entry (ReLU is refused, and the
-    truncation is the stand-in its error message names)."""
+    of ReLU itself with the `z1 + z1 z2` target: the largest entry's error over the largest
+    entry (ReLU with a polynomial target is refused, and the truncation is the stand-in its
+    error message names)."""
     relu = (jax.nn.relu, lambda z: (z > 0).astype(z.dtype))
     truncations = [sst.Hermite(sst.relu(degree).coeffs) for degree in degrees]
     exact, mean, se = _noise_against_samples(truncations, relu, samples)
@@ -858,6 +919,16 @@ def main() -> None:
     mc = mc_check()
     print(f"erf I4 against Saad and Solla's closed form, 200 random covariances: max diff {i4:.1e}")
     print(f"noise_matrix against Monte Carlo (2e5 samples): max |z| = {mc:.2f}")
+    orthant = orthant_check()
+    print(
+        "ReLU's four-dimensional orthant probability, 32 nodes against 400 (20 matrices each; "
+        "by 1 - C_01): " + ", ".join(f"{k} {v:.1e}" for k, v in orthant.items())
+    )
+    relu_mc = relu_mc_check()
+    print(
+        "ReLU's noise_matrix (ReLU target) against Monte Carlo (1e6 samples): "
+        f"max |z| = {relu_mc:.2f}"
+    )
     print("ReLU's truncated Hermite series against Monte Carlo of ReLU (1e6 samples):")
     relu_errors = relu_truncation_check((4,) if args.quick else (2, 4, 6, 8))
     print(f"vmapped SGD seed 0 against sst.train: max risk diff {check_against_train(key):.1e}")
@@ -922,12 +993,15 @@ def main() -> None:
             f"largest value {np.max(np.abs(c[0])):.1f}; at d = {d_max}: "
             f"{np.max(np.abs(c[0] - c[1])) / d_max:.5f})"
         )
+    relu_rows = relu_part((2000,) if args.quick else (2000, d_max), (0.5, 2.0), key)
+    relu_top = [r for r in relu_rows if r["d"] == max(r["d"] for r in relu_rows)]
     var_ratio, shift_z2 = covariance_check(*((2000, 64) if args.quick else (d_max, 128)), key)
     if not args.quick:
         # Float32 accumulation: the first target point again in float64 (same keys; the
         # normals of another precision are other draws, so compare within the SEs).
         r32 = next(r for r in top if (r["target"], r["tau"]) == ("h1+h2+h3", 0.5))
-        r64 = compare_point("h1+h2+h3", 1e-2, 0.5, d_max, key, jnp.float64)
+        target, m = TARGETS["h1+h2+h3"]
+        r64 = compare_point(sst.Problem(target, SIGMA, 1e-2), m, 0.5, d_max, key, jnp.float64)
         gap = np.abs(r64["mean"] - r32["mean"])
         i = 1 + int(np.argmax((gap / np.hypot(r64["se"], r32["se"]))[1:]))  # t = 0: no spread
         print(
@@ -967,6 +1041,7 @@ def main() -> None:
     if figures is not None:
         risk_figure(rows, d_max, figures / "sgd_noise_risk.png")
         risk_figure(rows, d_max, ROOT / "docs" / "figures" / "sgd_noise.png")
+        risk_figure(relu_rows, d_max, figures / "sgd_noise_relu.png")
     if args.quick:
         st = dict(taus=(ST_TAU,), eps_grid=ST_EPS[3:5], sgd_eps=[])
     else:
@@ -994,6 +1069,10 @@ def main() -> None:
         "i4_erf_max_diff": f"{i4:.1e}",
         "mc_z_max": f"{mc:.2f}",
         "relu_trunc_err_deg4": f"{relu_errors[4]:.3f}",
+        "relu_p4_err": f"{max(orthant.values()):.1e}",
+        "relu_mc_z_max": f"{relu_mc:.2f}",
+        "relu_noisy_err_d8000": f"{max(r['noisy']['err'] for r in relu_top):.4f}",
+        "relu_flow_err_d8000": f"{max(r['flow']['err'] for r in relu_top):.4f}",
         "stop_eps_pred": f"{pred:.3g}",
         "stop_eps_sgd": f"{measured:.3g}",
         "solve_s": f"{solve_s:.2f}",

@@ -268,11 +268,11 @@ def _check_tau(model: str, problem: dict[str, Any]) -> None:
     functions = [problem["activation"]]
     if not isinstance(problem["target"], dict):
         functions.append(problem["target"])
-    if "relu" in functions or ("erf" in functions and functions != ["erf", "erf"]):
+    closed = [f for f in functions if isinstance(f, str)]
+    if closed and functions not in (["erf", "erf"], ["relu", "relu"]):
         raise ValueError(
             "problem.tau > 0 needs a polynomial activation and target (lists of Hermite "
-            'coefficients) or "erf" as both; replace "relu" by a list of coefficients or '
-            "set problem.tau = 0."
+            'coefficients), or "erf" or "relu" as both; use one of those or set problem.tau = 0.'
         )
 
 

@@ -81,11 +81,10 @@ class FiniteDimODE(AbstractProblemModel):
             )
         if self.noisy and not noise_supported(self.problem):
             raise ValueError(
-                "tau > 0 needs a polynomial activation with a polynomial target, or erf with a "
-                f"polynomial or erf target (got sigma = {self.problem.activation}, phi = "
-                f"{self.problem.target}); use a finite Hermite series such as "
-                "sst.Hermite(sst.relu(4).coeffs) (for ReLU an approximation, about 0.1 of the "
-                "largest noise entry off; docs: online SGD at a finite step), or tau = 0."
+                "tau > 0 needs a polynomial activation with a polynomial target, erf with a "
+                "polynomial or erf target, or relu with a relu target (got sigma = "
+                f"{self.problem.activation}, phi = {self.problem.target}); use one of those "
+                "(docs: online SGD at a finite step), or tau = 0."
             )
 
     def parameters(self) -> dict[str, Array]:

@@ -22,16 +22,23 @@ covariance `[[I, S^T], [S, Q]]`. They are computed exactly:
   Biehl and Schwarze, J. Phys. A 28, 643 (1995)), see `erf_i4`;
 - for the erf activation with a polynomial target: the `f^2` part by `I4`, the parts with the
   target in closed form given `z*` and a Gauss-Hermite rule over `z*`, to within 1e-13 of the
-  largest entry (see `_erf_target_terms`).
+  largest entry (see `_erf_target_terms`);
+- for ReLU as both activation and target (one direction) by second moments of Gaussian
+  orthants, which integration by parts reduces to orthant probabilities: closed forms up to three
+  arguments, and Plackett's one-dimensional integral on a Gauss-Legendre rule for four (to
+  rounding, or within 3e-8 where two arguments nearly coincide; see `_orthant_probability`).
 
-ReLU is refused: its four-point functions are orthant integrals with no elementary closed form.
+ReLU with another target is refused: given `z*`, its terms are orthant integrals of Gaussians
+with nonzero means.
 """
 
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.special as jsp
 import numpy as np
@@ -43,11 +50,14 @@ from ._problem import Problem
 
 def noise_supported(problem: Problem) -> bool:
     """Whether `noise_matrix` computes the expectations of `problem`: a polynomial activation
-    with a polynomial target, or `erf` with a polynomial or (single-index) `erf` target."""
+    with a polynomial target, `erf` with a polynomial or (single-index) `erf` target, or `relu`
+    with a (single-index) `relu` target."""
     act, target = problem.activation, problem.target
     polynomial_target = not isinstance(target, Hermite) or target.is_polynomial
     if act.is_polynomial:
         return polynomial_target
+    if act.closed_form == "relu":
+        return isinstance(target, Hermite) and target.closed_form == "relu"
     erf_target = isinstance(target, Hermite) and target.closed_form == "erf"
     return act.closed_form == "erf" and (polynomial_target or erf_target)
 
@@ -71,18 +81,21 @@ def noise_matrix(
     """
     if not noise_supported(problem):
         raise ValueError(
-            "The SGD noise terms need a polynomial activation with a polynomial target, or erf "
-            f"with a polynomial or erf target; got sigma = {problem.activation}, phi = "
-            f"{problem.target}. Use a finite Hermite series (e.g. sst.Hermite(sst.relu(4).coeffs), "
-            "for ReLU an approximation, about 0.1 of the largest entry off)."
+            "The SGD noise terms need a polynomial activation with a polynomial target, erf "
+            "with a polynomial or erf target, or relu with a relu target; got sigma = "
+            f"{problem.activation}, phi = {problem.target}. Use one of those, e.g. "
+            "sst.Hermite(sst.relu(4).coeffs) for a polynomial stand-in of relu."
         )
     m = a.shape[0]
     eye = jnp.eye(m, dtype=Q.dtype)
     Q = Q * (1.0 - eye) + eye
-    if not problem.activation.is_polynomial:
+    i, j, table = _neuron_pairs(m)
+    if problem.activation.closed_form == "relu":
+        T, T3 = _relu_error_moment(problem, a, s, Q)
+        return (a[i] * a[j] * (T + problem.noise**2 * T3))[table]
+    if problem.activation.closed_form == "erf":
         T, T3 = _erf_error_moment(problem, a, s, Q)
         return a[:, None] * a[None, :] * (T + problem.noise**2 * T3)
-    i, j, table = _neuron_pairs(m)
     F = _factorial_powers(Q, problem.activation.degree + 1)  # (K + 1, m, m)
     T = _polynomial_error_moment(problem, a, s, Q, F)
     T3 = _derivative_kernel(problem.activation, F[:, i, j])
@@ -422,3 +435,164 @@ def _erf_target_terms(problem: Problem, a: Array, s: Array, Q: Array) -> Array:
     square = jnp.einsum("N,Nij->ij", w * phi**2, tilt)
     cross = jnp.einsum("N,Nij,Nijl,l->ij", w * phi, tilt, g, a)
     return square - 2.0 * cross / m
+
+
+# ----------------------------------------------------------------------------------------- relu
+#
+# With `relu' = 1{x > 0}`, every term is `E[X_u X_v 1{X_c > 0 for every c}]` over a centred
+# Gaussian vector of the distinct arguments among `(z_u, z_v, z_i, z_j)`: a second moment of an
+# orthant, which Gaussian integration by parts reduces to orthant probabilities of dimension at
+# most four (`_orthant_moment`). Only the four-dimensional one needs a quadrature.
+
+#: Gauss-Legendre nodes of the one-dimensional integral in `_orthant_probability` (p = 4).
+_ORTHANT_NODES = 32
+#: The largest |correlation| the orthant terms take: where two arguments coincide (identical
+#: neurons, or a neuron on the target) integration by parts divides zero by zero, and at
+#: 1 - 1e-15 the terms are within 2e-9 of their limit.
+_MAX_CORRELATION = 1.0 - 1e-15
+
+
+def _clip_correlations(C: Array) -> Array:
+    """`C` (`..., p, p`) with its off-diagonal entries clipped to `+-_MAX_CORRELATION`."""
+    eye = np.eye(C.shape[-1], dtype=bool)
+    return jnp.where(eye, C, jnp.clip(C, -_MAX_CORRELATION, _MAX_CORRELATION))
+
+
+def _columns(rows: list[tuple[int, ...]]) -> tuple[np.ndarray, ...]:
+    """The columns of a list of index tuples, as integer arrays."""
+    return tuple(np.array(rows, dtype=np.int64).T)
+
+
+def _complements(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """The other two of four arguments of each pair, `f < g`, as index arrays."""
+    return _columns([tuple(sorted({0, 1, 2, 3} - set(pair))) for pair in pairs])
+
+
+def _partial_correlation(r_ce, r_fc, r_fe, r_gc, r_ge, r_fg) -> Array:
+    """The correlation of `X_f` and `X_g` given `X_c = X_e = 0`, from the correlations of
+    `X`: every covariance is multiplied by `1 - r_ce^2` before the division, so that nearly
+    equal `X_c`, `X_e` lose no accuracy."""
+    det = 1.0 - r_ce**2
+
+    def cov(rx: tuple, ry: tuple, rxy) -> Array:
+        inner = rx[0] * ry[0] + rx[1] * ry[1] - r_ce * (rx[0] * ry[1] + rx[1] * ry[0])
+        return rxy * det - inner
+
+    f, g = (r_fc, r_fe), (r_gc, r_ge)
+    ratio = cov(f, g, r_fg) / jnp.sqrt(cov(f, f, 1.0) * cov(g, g, 1.0))
+    return jnp.clip(ratio, -1.0, 1.0)  # rounding can leave |ratio| a few ulps above 1
+
+
+def _orthant_probability(R: Array, nodes: int = _ORTHANT_NODES) -> Array:
+    """`P(X > 0)` for `X` centred Gaussian with correlation matrix `R` (`..., p, p`), `p <= 4`.
+
+    `p <= 3`: `2^-p + sum_{a<b} arcsin(R_ab) / (2^(p-1) pi)`. `p = 4` by Plackett's reduction:
+    `dP/dR_ab = phi_2(0, 0; R_ab) P(X_f, X_g > 0 | X_a = X_b = 0)` along `R(t) = I + t (R - I)`
+    gives, with `t R_ab = sin(theta_ab u)`, `theta_ab = arcsin R_ab`,
+
+    `P = 1/16 + sum_{a<b} arcsin(R_ab) / (8 pi) + sum_{a<b} theta_ab / (4 pi^2)
+    int_0^1 arcsin(rho_{fg|ab}(R(t))) du`,
+
+    the integral on `nodes` Gauss-Legendre nodes after `u = 1 - (1 - v)^2`, which resolves the
+    rapid change near `u = 1` when two arguments nearly coincide (`benchmarks/sgd_noise.py`
+    measures the error of 32 nodes against 400)."""
+    R = _clip_correlations(R)
+    p = R.shape[-1]
+    if p < 2:
+        return jnp.full(R.shape[:-2], 0.5**p, R.dtype)
+    pairs = list(itertools.combinations(range(p), 2))
+    a, b = _columns(pairs)
+    theta = jnp.arcsin(R[..., a, b])  # (..., pairs)
+    base = 0.5**p + jnp.sum(theta, axis=-1) / (2 ** (p - 1) * math.pi)
+    if p < 4:
+        return base
+    f, g = _complements(pairs)
+    x, w = np.polynomial.legendre.leggauss(nodes)
+    v = (x + 1.0) / 2.0
+    u, w = 1.0 - (1.0 - v) ** 2, w * (1.0 - v)  # du = 2 (1 - v) dv, dv = dx / 2
+    th = theta[..., None]
+    small = jnp.abs(th) < 1e-8
+    safe = jnp.where(small, 1.0, th)
+    t = jnp.where(small, u, jnp.sin(safe * u) / jnp.sin(safe))  # -> u as theta -> 0
+    r = {
+        key: R[..., x, y][..., None] * t
+        for key, (x, y) in dict(
+            ab=(a, b), fa=(f, a), fb=(f, b), ga=(g, a), gb=(g, b), fg=(f, g)
+        ).items()
+    }
+    rho = _partial_correlation(r["ab"], r["fa"], r["fb"], r["ga"], r["gb"], r["fg"])
+    integral = jnp.sum(theta * (jnp.arcsin(rho) @ w), axis=-1)
+    return base + integral / (4.0 * math.pi**2)
+
+
+def _orthant_moment(C: Array, b: int) -> Array:
+    """`E[X_0 X_b 1{X > 0}]` for `X` centred Gaussian with correlation matrix `C` (`..., p, p`,
+    `p <= 4`, `b` 0 or 1).
+
+    Integration by parts, `E[X_0 g(X)] = sum_c C_0c E[d_c g(X)]`, twice:
+
+    `C_0b P_p(C) + 1/(2 pi) sum_{c != b} sum_{e != c} C_0c (C_be - C_bc C_ce) / sqrt(1 - C_ce^2)
+    P(X_rest > 0 | X_c = X_e = 0)`,
+
+    the last an orthant probability of the `p - 2` remaining arguments (1, 1/2, or `1/4 +
+    arcsin(rho) / (2 pi)` with their partial correlation `rho`)."""
+    C = _clip_correlations(C)
+    p = C.shape[-1]
+    out = C[..., 0, b] * _orthant_probability(C)
+    terms = [(c, e) for c, e in itertools.permutations(range(p), 2) if c != b]
+    if not terms:
+        return out
+    c, e = _columns(terms)
+    if p == 4:
+        f, g = _complements(terms)
+        rho = _partial_correlation(
+            C[..., c, e], C[..., f, c], C[..., f, e], C[..., g, c], C[..., g, e], C[..., f, g]
+        )
+        given = 0.25 + jnp.arcsin(rho) / (2.0 * math.pi)
+    else:
+        given = 0.5 ** (p - 2)
+    gap = (C[..., b, e] - C[..., b, c] * C[..., c, e]) / jnp.sqrt(1.0 - C[..., c, e] ** 2)
+    return out + jnp.sum(C[..., 0, c] * gap * given, axis=-1) / (2.0 * math.pi)
+
+
+@functools.cache
+def _relu_quadruples(m: int) -> dict[tuple[int, int], tuple[np.ndarray, ...]]:
+    """The terms `E[relu(z_u) relu(z_v) 1{z_i > 0} 1{z_j > 0}]` of `N`'s pairs `i <= j` over
+    the unit pairs `u <= v` (units `0` the target, `1..m` the neurons), grouped by the number
+    `p` of distinct arguments and whether `u = v`: per group, the distinct arguments `(n, p)`
+    ordered `u, v, ...` (so the moment is `E[X_0 X_b ...]` with `b = 0` or `1`), the pair index,
+    `u`, `v`, and the multiplicity (2 for `u < v`, as `(u, v)` and `(v, u)`)."""
+    i, j, _ = _neuron_pairs(m)
+    groups: dict[tuple[int, int], list] = {}
+    for pair, (ni, nj) in enumerate(zip(i + 1, j + 1, strict=True)):
+        for u, v in itertools.combinations_with_replacement(range(m + 1), 2):
+            args = list(dict.fromkeys([u, v, ni, nj]))
+            b = 0 if u == v else 1
+            groups.setdefault((len(args), b), []).append((args, pair, u, v, 2.0 - (u == v)))
+    return {
+        key: (
+            np.array([r[0] for r in rows]),
+            *(np.array([r[n] for r in rows]) for n in range(1, 5)),
+        )
+        for key, rows in groups.items()
+    }
+
+
+def _relu_error_moment(problem: Problem, a: Array, s: Array, Q: Array) -> tuple[Array, Array]:
+    """`E[(phi - f)^2 1{z_i > 0} 1{z_j > 0}]` and `E[1{z_i > 0} 1{z_j > 0}]` on the pairs
+    `i <= j` for `sigma = phi = relu` (one direction).
+
+    `phi - f = sum_u b_u relu(z_u)` over the units `u = (*, 1..m)`, `b = (1, -a/m)`, on the
+    Gram matrix `[[1, s^T], [s, Q]]`: one `_orthant_moment` per `(i, j, u, v)`."""
+    m = a.shape[0]
+    G = jnp.block([[jnp.ones((1, 1), Q.dtype), s.T], [s, Q]])
+    coef = jnp.concatenate([jnp.ones(1, a.dtype), -a / m])
+    i, j, _ = _neuron_pairs(m)
+    T = jnp.zeros(i.shape[0], Q.dtype)
+    for (_, b), (args, pair, u, v, count) in _relu_quadruples(m).items():
+        moment = _orthant_moment(G[args[:, :, None], args[:, None, :]], b)
+        T = T + jax.ops.segment_sum(count * coef[u] * coef[v] * moment, pair, i.shape[0])
+    # On the diagonal arcsin(Q_ii) = pi / 2 has an infinite derivative: it is taken at 0.
+    diagonal = i == j
+    T3 = 0.25 + jnp.arcsin(jnp.where(diagonal, 0.0, _clip_correlations(Q)[i, j])) / (2.0 * math.pi)
+    return T, jnp.where(diagonal, 0.5, T3)

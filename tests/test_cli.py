@@ -347,6 +347,8 @@ def test_tau_with_a_function_without_exact_noise_is_refused():
         RunConfig.from_dict(raw)
     raw["problem"]["tau"] = 0.0  # the flow needs no noise matrix
     assert RunConfig.from_dict(raw).problem["tau"] == 0.0
+    raw["problem"].update(target="relu", tau=0.5)  # relu as both has exact noise terms
+    assert RunConfig.from_dict(raw).problem["tau"] == 0.5
 
 
 NOISY = """

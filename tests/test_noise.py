@@ -5,6 +5,7 @@ Cholesky factor (exact for polynomials), Monte Carlo, Gauss-Hermite quadrature o
 integrals, online SGD itself, and a tight explicit solve of the noisy ODE.
 """
 
+import itertools
 import math
 
 import diffrax
@@ -17,7 +18,7 @@ from helpers import geometry
 from scipy.special import erf
 
 import sst
-from sst._noise import erf_i4, noise_matrix
+from sst._noise import _orthant_moment, _orthant_probability, erf_i4, noise_matrix
 
 ACTIVATION = sst.Hermite([0.5, 1.0, 0.7, 0.4])
 TARGETS = {
@@ -76,10 +77,11 @@ def test_polynomial_noise_matrix_matches_a_tensor_gauss_hermite_rule(k):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [1, 3, "erf", "erf-k3"])
+@pytest.mark.parametrize("k", [1, 3, "erf", "erf-k3", "relu"])
 def test_noise_matrix_within_five_standard_errors_of_monte_carlo(k):
-    if k == "erf":
-        problem, k = sst.Problem(sst.erf(), sst.erf(), 0.1, noise=0.2), 1
+    if k in ("erf", "relu"):
+        g = sst.erf() if k == "erf" else sst.relu()
+        problem, k = sst.Problem(g, g, 0.1, noise=0.2), 1
     elif k == "erf-k3":
         problem, k = sst.Problem(TARGETS[3], sst.erf(), 0.1, noise=0.3), 3
     else:
@@ -116,6 +118,70 @@ def test_erf_noise_matrix_matches_quadrature_to_1e_10(target):
     a, W, U = geometry(1, 2, seed=4)
     reference = _tensor_rule(problem, a, W, U, nodes=60)
     assert np.max(np.abs(_N(problem, a, W, U) - reference)) < 1e-10
+
+
+def _relu_kernel(q):
+    """`E[relu(X) relu(Y)]` for unit variances and correlation `q` (Cho and Saul's arc-cosine
+    kernel)."""
+    return (np.sqrt(1 - q**2) + (np.pi - np.arccos(q)) * q) / (2 * np.pi)
+
+
+def _random_correlation(rng, p, close=None):
+    V = rng.normal(size=(p, p + 2))
+    if close is not None:
+        V[1] = V[0] + close * rng.normal(size=p + 2)
+    V /= np.linalg.norm(V, axis=1, keepdims=True)
+    return V @ V.T
+
+
+def test_relu_orthant_probabilities_and_moments_against_closed_forms_and_sign_sums():
+    # P(X > 0) is 1/(p + 1) for equal correlations 1/2, a product for independent blocks, and
+    # the closed form of p = 3 where two arguments coincide.
+    half = np.full((4, 4), 0.5) + 0.5 * np.eye(4)
+    assert abs(float(_orthant_probability(jnp.asarray(half))) - 0.2) < 1e-13
+    rng = np.random.default_rng(6)
+    blocks = np.eye(4)
+    blocks[[0, 1], [1, 0]], blocks[[2, 3], [3, 2]] = 0.3, -0.8
+    pairs = [0.25 + np.arcsin(r) / (2 * np.pi) for r in (0.3, -0.8)]
+    assert abs(float(_orthant_probability(jnp.asarray(blocks))) - pairs[0] * pairs[1]) < 1e-13
+    R = _random_correlation(rng, 4, close=0.0)
+    R[0, 1] = R[1, 0] = 1.0
+    R[1, 2:] = R[2:, 1] = R[0, 2:]
+    three = 1 / 8 + sum(np.arcsin(R[a, b]) for a, b in [(0, 2), (0, 3), (2, 3)]) / (4 * np.pi)
+    assert abs(float(_orthant_probability(jnp.asarray(R))) - three) < 3e-9
+    # The moments there are those of the three distinct arguments: E[X_0 X_1 ...] is
+    # E[X_0^2 ...], and E[X_0 X_2 ...] is taken with the arguments ordered (0, 2, 1, 3).
+    reduced = jnp.asarray(R[np.ix_([0, 2, 3], [0, 2, 3])])
+    swap = [0, 2, 1, 3]
+    for C, b, b3 in ((R, 0, 0), (R, 1, 0), (R[np.ix_(swap, swap)], 1, 1)):
+        moment = float(_orthant_moment(jnp.asarray(C), b))
+        assert abs(moment - float(_orthant_moment(reduced, b3))) < 3e-9
+    # p = 2: the arc-cosine kernel and its diagonal form.
+    q = 0.37
+    C2 = jnp.asarray([[1.0, q], [q, 1.0]])
+    assert abs(float(_orthant_moment(C2, 1)) - _relu_kernel(q)) < 1e-15
+    second = 0.25 + (np.arcsin(q) + q * np.sqrt(1 - q**2)) / (2 * np.pi)
+    assert abs(float(_orthant_moment(C2, 0)) - second) < 1e-15
+    # Summed over the 2^p sign patterns s, the orthants tile space: sum_s P(sX > 0) = 1 and
+    # sum_s s_0 s_b E[X_0 X_b 1{sX > 0}] = C_0b, for near-coincident arguments too.
+    for close in (None, 1e-4):
+        R = _random_correlation(rng, 4, close)
+        signs = np.array(list(itertools.product([1.0, -1.0], repeat=4)))
+        flipped = jnp.asarray(signs[:, :, None] * R * signs[:, None, :])
+        assert abs(float(jnp.sum(_orthant_probability(flipped))) - 1.0) < 1e-12
+        for b in (0, 1):
+            total = jnp.sum(signs[:, 0] * signs[:, b] * _orthant_moment(flipped, b))
+            assert abs(float(total) - R[0, b]) < 1e-12
+
+
+def test_relu_noise_matrix_of_two_equal_neurons():
+    # Where w_0 = w_1 the indicators are equal, so N_01 / (a_0 a_1) = N_00 / a_0^2 = N_11 / a_1^2.
+    problem = sst.Problem(sst.relu(), sst.relu(), 0.1, noise=0.2)
+    a, W, U = geometry(1, 3, seed=2)
+    W[1] = W[0]
+    N = _N(problem, a, W, U) / np.outer(a, a)
+    assert np.all(np.isfinite(N))
+    assert abs(N[0, 1] - N[0, 0]) < 1e-8 and abs(N[1, 1] - N[0, 0]) < 1e-8
 
 
 def _state(problem, k):
@@ -166,6 +232,7 @@ def test_bad_tau_and_unsupported_functions_are_refused():
         sst.FiniteDimODE(sst.Problem(TARGETS[1], sst.relu(), 0.1), tau=0.5)
     with pytest.raises(ValueError, match="tau > 0 needs a polynomial activation"):
         sst.FiniteDimODE(sst.Problem(sst.relu(), sst.erf(), 0.1), tau=0.5)
+    sst.FiniteDimODE(sst.Problem(sst.relu(), sst.relu(), 0.1), tau=0.5)
     sst.FiniteDimODE(sst.Problem(TARGETS[1], sst.relu(), 0.1))  # the flow needs no noise matrix
 
 
