@@ -26,9 +26,14 @@ target point rerun in float64 (float32 accumulation).
 Part 2 (the 4-point expectations): `sst.erf_i4` against the published closed form of the
 committee machine's `I4` (Saad and Solla 1995, eq. (A5), its Lambda's) on random covariances;
 `sst.noise_matrix` against Monte Carlo (2e5 samples, label noise 0.3) for a polynomial
-activation and the k = 2 staircase target at random `(a, S, Q)`; and, since ReLU is refused, how
-far the noise matrix of its Hermite series truncated at degree 2, 4, 6, 8 is from Monte Carlo
-(1e6 samples) of ReLU itself at that point.
+activation and the k = 2 staircase target at random `(a, S, Q)`; since ReLU with a polynomial
+target is refused, how far the noise matrix of its Hermite series truncated at degree 2, 4, 6, 8
+is from Monte Carlo (1e6 samples) of ReLU itself at that point. ReLU as activation and target:
+the four-dimensional orthant probability of its noise terms on 32 nodes against 400 (random
+correlation matrices, and two arguments at 1 - C_01 = 1e-2 .. 1e-16), its noise matrix against
+Monte Carlo (1e6 samples, random `(a, S, Q)`), and online SGD against the noisy ODE and the flow
+as in part 1 (m = 4, eps = 1e-2, t in [0, 5], where its noise shows; tau = 0.5 and 2, d = 2000
+and 8000; figure `sgd_noise_relu.png`).
 
 Part 3 (the staircase under SGD): m = 8, `a(0)` uniform in [-1, 1], overlaps from
 `sst.random_init` at d = 300 (small and random), target `h1 + h2 + h3 + h4`, activation
@@ -67,6 +72,9 @@ plus the predicted shift (about 1 where it is right);
 the noisy ODE's error at d = 500 over that at the largest d, at the target points kept at both;
 `i4_erf_max_diff`; `mc_z_max`, the largest |Monte Carlo - exact| / SE; `relu_trunc_err_deg4`,
 the degree-4 truncation's largest error over the largest entry of ReLU's noise matrix;
+`relu_p4_err`, the largest error of the 32-node orthant probability; `relu_mc_z_max`;
+`relu_noisy_err_d8000` and `relu_flow_err_d8000`, the largest sup-norm error of the noisy ODE
+and of the flow against SGD for ReLU at the largest d (d = 2000 with --quick);
 `stop_eps_pred` and `stop_eps_sgd`, the thresholds of part 3; `solve_s`, the wall time (best of
 3 after compilation) of a noisy solve at m = 8, k = 2, eps = 1e-2, tau = 0.5 to t = 10 with the
 Rosenbrock-W method `Ros34PW2` (rtol 1e-6, atol 1e-8), `solve_s_tsit5` the same with Tsit5 (the
