@@ -30,7 +30,8 @@ activation and the k = 2 staircase target at random `(a, S, Q)`; since ReLU with
 target is refused, how far the noise matrix of its Hermite series truncated at degree 2, 4, 6, 8
 is from Monte Carlo (1e6 samples) of ReLU itself at that point. ReLU as activation and target:
 the four-dimensional orthant probability of its noise terms on 32 nodes against 400 (random
-correlation matrices, and two arguments at 1 - C_01 = 1e-2 .. 1e-16), its noise matrix against
+correlation matrices, and two arguments at 1 - C_01 = 1e-2 .. 1e-16), its orthant moments with
+three arguments that close against their limit, its noise matrix against
 Monte Carlo (1e6 samples, random `(a, S, Q)`), and online SGD against the noisy ODE and the flow
 as in part 1 (m = 4, eps = 1e-2, t in [0, 5], where its noise shows; tau = 0.5 and 2, d = 2000
 and 8000; figure `sgd_noise_relu.png`).
@@ -472,12 +473,23 @@ def relu_part(ds, taus, key):
     print(
         f"ReLU as activation and target, m = {RELU_M}, eps = 1e-2, t in [0, {RELU_T_MAX:g}]: "
         f"online SGD (float32, {SEEDS} seeds, B = {BATCH}) against the noisy ODE and the flow "
-        "(sup-norm errors of the seed-mean risk, SE at the same time)"
+        "(sup-norm errors of the seed-mean risk, SE at the same time; min 1-C: the smallest "
+        "1 - |overlap| between the target and the neurons or two neurons along the noisy ODE)"
     )
     print(
         f"{'tau':>4} {'d':>5} {'steps':>7} {'conditions':>12} {'sgd s':>6} {'noisy err':>9} "
-        f"{'SE':>7} {'at mean':>7} {'flow err':>8} {'SE':>7}"
+        f"{'SE':>7} {'at mean':>7} {'flow err':>8} {'SE':>7} {'min 1-C':>9}"
     )
+    # How close the noisy ODE's units come: the smallest 1 - C over the pairs of the target and
+    # the neurons (ReLU's noise terms lose accuracy where three are within about 1e-11).
+    closest = {}
+    for tau in taus:
+        traj = sst.solve(
+            sst.FiniteDimODE(problem, tau=tau), fixed_init(1, RELU_M, 100).state, ts, **ODE
+        )
+        s, Q = np.asarray(traj.ys.s), np.asarray(traj.ys.Q)
+        off = Q[:, *np.triu_indices(RELU_M, 1)]
+        closest[tau] = float(min(np.min(1 - np.abs(s)), np.min(1 - np.abs(off))))
     rows = []
     for tau in taus:
         for d in ds:
@@ -492,7 +504,7 @@ def relu_part(ds, taus, key):
             print(
                 f"{tau:>4g} {d:>5} {steps:>7} {c_a:>5.2f},{c_fast:>6.3f} {r['wall']:>6.1f} "
                 f"{n['err']:>9.4f} {n['se']:>7.4f} {n['err_at_mean']:>7.4f} {f['err']:>8.4f} "
-                f"{f['se']:>7.4f}",
+                f"{f['se']:>7.4f} {closest[tau]:>9.1e}",
                 flush=True,
             )
     return rows
@@ -581,23 +593,36 @@ def mc_check(samples: int = 200_000) -> float:
     return float(np.max(np.abs(mean - exact) / se))
 
 
-def orthant_check(per_gap: int = 20) -> dict[str, float]:
-    """The four-dimensional orthant probability of ReLU's noise terms on its 32-node rule
-    against a 400-node rule: the largest difference over random correlation matrices, and over
-    matrices whose first two arguments nearly coincide (`1 - C_01` about the gap)."""
-    from sst._noise import _orthant_probability
+def orthant_check(per_gap: int = 20) -> tuple[dict[str, float], dict[str, float]]:
+    """ReLU's orthant terms where arguments nearly coincide (`1 - C` about the gap, and 0).
+    The four-dimensional orthant probability on its 32-node rule against a 400-node rule, two
+    arguments close; and the moments `E[X_0 X_w 1{X > 0}]` with three arguments close and a
+    fourth apart against their limit, the moments of the two distinct arguments (which they
+    approach as `sqrt(gap)`, so a loss of accuracy shows as a departure from that trend)."""
+    from sst._noise import _orthant_moment, _orthant_probability
 
     rng = np.random.default_rng(4)
-    out = {}
-    for gap in (None, 1e-2, 1e-4, 1e-8, 1e-12, 1e-16):
+    nodes, limit = {}, {}
+    for gap in (None, 1e-2, 1e-4, 1e-6, 1e-8, 1e-10, 1e-12, 1e-14, 1e-16):
         V = rng.normal(size=(per_gap, 4, 6))
+        close = V.copy()
         if gap is not None:
             V[:, 1] = V[:, 0] + math.sqrt(gap) * rng.normal(size=(per_gap, 6))
+            close[:, 1:3] = close[:, :1] + math.sqrt(gap) * rng.normal(size=(per_gap, 2, 6))
         V /= np.linalg.norm(V, axis=2, keepdims=True)
         C = jnp.asarray(V @ np.swapaxes(V, 1, 2))
         diff = jnp.abs(_orthant_probability(C) - _orthant_probability(C, nodes=400))
-        out["random" if gap is None else f"{gap:.0e}"] = float(jnp.max(diff))
-    return out
+        name = "random" if gap is None else f"{gap:.0e}"
+        nodes[name] = float(jnp.max(diff))
+        if gap is None:
+            continue
+        close /= np.linalg.norm(close, axis=2, keepdims=True)
+        C = jnp.asarray(close @ np.swapaxes(close, 1, 2))
+        two = C[:, [0, 3]][:, :, [0, 3]]
+        limit[name] = max(
+            float(jnp.max(jnp.abs(_orthant_moment(C, w) - _orthant_moment(two, 0)))) for w in (0, 1)
+        )
+    return nodes, limit
 
 
 def relu_mc_check(samples: int = 1_000_000) -> float:
@@ -927,10 +952,15 @@ def main() -> None:
     mc = mc_check()
     print(f"erf I4 against Saad and Solla's closed form, 200 random covariances: max diff {i4:.1e}")
     print(f"noise_matrix against Monte Carlo (2e5 samples): max |z| = {mc:.2f}")
-    orthant = orthant_check()
+    orthant, coincident = orthant_check()
     print(
         "ReLU's four-dimensional orthant probability, 32 nodes against 400 (20 matrices each; "
         "by 1 - C_01): " + ", ".join(f"{k} {v:.1e}" for k, v in orthant.items())
+    )
+    print(
+        "ReLU's orthant moments with three arguments within 1 - C of each other against their "
+        "limit (largest difference; sqrt(gap) expected): "
+        + ", ".join(f"{k} {v:.1e}" for k, v in coincident.items())
     )
     relu_mc = relu_mc_check()
     print(
@@ -1002,7 +1032,9 @@ def main() -> None:
             f"{np.max(np.abs(c[0] - c[1])) / d_max:.5f})"
         )
     relu_rows = relu_part((2000,) if args.quick else (2000, d_max), (0.5, 2.0), key)
-    relu_top = [r for r in relu_rows if r["d"] == max(r["d"] for r in relu_rows)]
+    relu_top = [r for r in relu_rows if r["d"] == max((r["d"] for r in relu_rows), default=0)]
+    relu_noisy = max((r["noisy"]["err"] for r in relu_top), default=float("nan"))
+    relu_flow = max((r["flow"]["err"] for r in relu_top), default=float("nan"))
     var_ratio, shift_z2 = covariance_check(*((2000, 64) if args.quick else (d_max, 128)), key)
     if not args.quick:
         # Float32 accumulation: the first target point again in float64 (same keys; the
@@ -1079,8 +1111,8 @@ def main() -> None:
         "relu_trunc_err_deg4": f"{relu_errors[4]:.3f}",
         "relu_p4_err": f"{max(orthant.values()):.1e}",
         "relu_mc_z_max": f"{relu_mc:.2f}",
-        "relu_noisy_err_d8000": f"{max(r['noisy']['err'] for r in relu_top):.4f}",
-        "relu_flow_err_d8000": f"{max(r['flow']['err'] for r in relu_top):.4f}",
+        "relu_noisy_err_d8000": f"{relu_noisy:.4f}",
+        "relu_flow_err_d8000": f"{relu_flow:.4f}",
         "stop_eps_pred": f"{pred:.3g}",
         "stop_eps_sgd": f"{measured:.3g}",
         "solve_s": f"{solve_s:.2f}",

@@ -26,7 +26,9 @@ covariance `[[I, S^T], [S, Q]]`. They are computed exactly:
 - for ReLU as both activation and target (one direction) by second moments of Gaussian
   orthants, which integration by parts reduces to orthant probabilities: closed forms up to three
   arguments, and Plackett's one-dimensional integral on a Gauss-Legendre rule for four (to
-  rounding, or within 3e-8 where two arguments nearly coincide; see `_orthant_probability`).
+  rounding, or within 2e-8 where two arguments nearly coincide; see `_orthant_probability`),
+  less accurate where three arguments come within 1e-11 of each other (1e-3 where they are
+  equal; docs).
 
 ReLU with another target is refused: given `z*`, its terms are orthant integrals of Gaussians
 with nonzero means.
@@ -81,10 +83,10 @@ def noise_matrix(
     """
     if not noise_supported(problem):
         raise ValueError(
-            "The SGD noise terms need a polynomial activation with a polynomial target, erf "
-            "with a polynomial or erf target, or relu with a relu target; got sigma = "
-            f"{problem.activation}, phi = {problem.target}. Use one of those, e.g. "
-            "sst.Hermite(sst.relu(4).coeffs) for a polynomial stand-in of relu."
+            "problem needs a polynomial activation with a polynomial target, erf with a "
+            "polynomial or erf target, or relu with a relu target for the SGD noise terms (got "
+            f"sigma = {problem.activation}, phi = {problem.target}); use one of those, such as "
+            "sst.Hermite(sst.relu(4).coeffs) as a polynomial stand-in for relu."
         )
     m = a.shape[0]
     eye = jnp.eye(m, dtype=Q.dtype)
@@ -447,8 +449,8 @@ def _erf_target_terms(problem: Problem, a: Array, s: Array, Q: Array) -> Array:
 #: Gauss-Legendre nodes of the one-dimensional integral in `_orthant_probability` (p = 4).
 _ORTHANT_NODES = 32
 #: The largest |correlation| the orthant terms take: where two arguments coincide (identical
-#: neurons, or a neuron on the target) integration by parts divides zero by zero, and at
-#: 1 - 1e-15 the terms are within 2e-9 of their limit.
+#: neurons, or a neuron on the target) integration by parts divides zero by zero; at
+#: 1 - 1e-15 the terms are within rounding of their limit (`benchmarks/sgd_noise.py`).
 _MAX_CORRELATION = 1.0 - 1e-15
 
 
@@ -458,100 +460,107 @@ def _clip_correlations(C: Array) -> Array:
     return jnp.where(eye, C, jnp.clip(C, -_MAX_CORRELATION, _MAX_CORRELATION))
 
 
-def _columns(rows: list[tuple[int, ...]]) -> tuple[np.ndarray, ...]:
-    """The columns of a list of index tuples, as integer arrays."""
-    return tuple(np.array(rows, dtype=np.int64).T)
+def _complements(pairs: list[tuple[int, int]]) -> np.ndarray:
+    """The other two of four arguments of each pair, in increasing order: `(2, pairs)`."""
+    return np.array([sorted({0, 1, 2, 3} - set(pair)) for pair in pairs]).T
 
 
-def _complements(pairs: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
-    """The other two of four arguments of each pair, `f < g`, as index arrays."""
-    return _columns([tuple(sorted({0, 1, 2, 3} - set(pair))) for pair in pairs])
+def _partial_correlation(r: dict[str, Array]) -> Array:
+    """The correlation of `X_f` and `X_g` given `X_c = X_e = 0`, from the correlations
+    `r["ce"]`, `r["fc"]`, `r["fe"]`, `r["gc"]`, `r["ge"]`, `r["fg"]` of `X`.
 
+    Conditioned on one argument, then the other (the Schur complements of a Cholesky factor):
+    where three arguments nearly coincide the conditional variance is the difference of two
+    small terms, not of terms of order 1, and keeps its accuracy. A variance below rounding
+    (zero or negative) gives the correlation 0."""
 
-def _partial_correlation(r_ce, r_fc, r_fe, r_gc, r_ge, r_fg) -> Array:
-    """The correlation of `X_f` and `X_g` given `X_c = X_e = 0`, from the correlations of
-    `X`: every covariance is multiplied by `1 - r_ce^2` before the division, so that nearly
-    equal `X_c`, `X_e` lose no accuracy."""
-    det = 1.0 - r_ce**2
+    def one_minus_square(x: Array) -> Array:
+        return (1.0 - x) * (1.0 + x)  # exact where |x| is near 1
 
-    def cov(rx: tuple, ry: tuple, rxy) -> Array:
-        inner = rx[0] * ry[0] + rx[1] * ry[1] - r_ce * (rx[0] * ry[1] + rx[1] * ry[0])
-        return rxy * det - inner
-
-    f, g = (r_fc, r_fe), (r_gc, r_ge)
-    ratio = cov(f, g, r_fg) / jnp.sqrt(cov(f, f, 1.0) * cov(g, g, 1.0))
-    return jnp.clip(ratio, -1.0, 1.0)  # rounding can leave |ratio| a few ulps above 1
+    ce = one_minus_square(r["ce"])  # the variance of X_e given X_c
+    fe = r["fe"] - r["fc"] * r["ce"]  # covariances given X_c
+    ge = r["ge"] - r["gc"] * r["ce"]
+    fg = r["fg"] - r["fc"] * r["gc"]
+    var_f = one_minus_square(r["fc"]) - fe**2 / ce
+    var_g = one_minus_square(r["gc"]) - ge**2 / ce
+    product = var_f * var_g
+    positive = (var_f > 0) & (var_g > 0)
+    root = jnp.sqrt(jnp.where(positive, product, 1.0))
+    rho = jnp.where(positive, (fg - fe * ge / ce) / root, 0.0)
+    return jnp.clip(rho, -1.0, 1.0)  # rounding can leave |rho| a few ulps above 1
 
 
 def _orthant_probability(R: Array, nodes: int = _ORTHANT_NODES) -> Array:
     """`P(X > 0)` for `X` centred Gaussian with correlation matrix `R` (`..., p, p`), `p <= 4`.
 
-    `p <= 3`: `2^-p + sum_{a<b} arcsin(R_ab) / (2^(p-1) pi)`. `p = 4` by Plackett's reduction:
-    `dP/dR_ab = phi_2(0, 0; R_ab) P(X_f, X_g > 0 | X_a = X_b = 0)` along `R(t) = I + t (R - I)`
-    gives, with `t R_ab = sin(theta_ab u)`, `theta_ab = arcsin R_ab`,
+    `p <= 3`: `2^-p + sum_{a<b} arcsin(R_ab) / (2^(p-1) pi)`. `p = 4` by Plackett's reduction
+    (Biometrika 41, 351 (1954)): `dP/dR_ab = phi_2(0, 0; R_ab) P(X_f, X_g > 0 | X_a = X_b = 0)`
+    along `R(t) = I + t (R - I)` gives, with `t R_ab = sin(theta_ab lam)`,
+    `theta_ab = arcsin R_ab`,
 
     `P = 1/16 + sum_{a<b} arcsin(R_ab) / (8 pi) + sum_{a<b} theta_ab / (4 pi^2)
-    int_0^1 arcsin(rho_{fg|ab}(R(t))) du`,
+    int_0^1 arcsin(rho_{fg|ab}(R(t))) dlam`,
 
-    the integral on `nodes` Gauss-Legendre nodes after `u = 1 - (1 - v)^2`, which resolves the
-    rapid change near `u = 1` when two arguments nearly coincide (`benchmarks/sgd_noise.py`
-    measures the error of 32 nodes against 400)."""
+    the integral on `nodes` Gauss-Legendre nodes after `lam = 1 - (1 - v)^2`, which resolves
+    the rapid change near `lam = 1` where two arguments nearly coincide
+    (`benchmarks/sgd_noise.py` measures the error of 32 nodes against 400)."""
     R = _clip_correlations(R)
     p = R.shape[-1]
     if p < 2:
         return jnp.full(R.shape[:-2], 0.5**p, R.dtype)
     pairs = list(itertools.combinations(range(p), 2))
-    a, b = _columns(pairs)
-    theta = jnp.arcsin(R[..., a, b])  # (..., pairs)
+    first, second = np.array(pairs).T
+    theta = jnp.arcsin(R[..., first, second])  # (..., pairs)
     base = 0.5**p + jnp.sum(theta, axis=-1) / (2 ** (p - 1) * math.pi)
     if p < 4:
         return base
-    f, g = _complements(pairs)
-    x, w = np.polynomial.legendre.leggauss(nodes)
+    rest = _complements(pairs)
+    x, weights = np.polynomial.legendre.leggauss(nodes)
     v = (x + 1.0) / 2.0
-    u, w = 1.0 - (1.0 - v) ** 2, w * (1.0 - v)  # du = 2 (1 - v) dv, dv = dx / 2
-    th = theta[..., None]
-    small = jnp.abs(th) < 1e-8
-    safe = jnp.where(small, 1.0, th)
-    t = jnp.where(small, u, jnp.sin(safe * u) / jnp.sin(safe))  # -> u as theta -> 0
+    lam, weights = 1.0 - (1.0 - v) ** 2, weights * (1.0 - v)  # dlam = 2 (1 - v) dv, dv = dx / 2
+    angle = theta[..., None]
+    small = jnp.abs(angle) < 1e-8
+    safe = jnp.where(small, 1.0, angle)
+    t = jnp.where(small, lam, jnp.sin(safe * lam) / jnp.sin(safe))  # -> lam as theta -> 0
+    names = {"c": first, "e": second, "f": rest[0], "g": rest[1]}
     r = {
-        key: R[..., x, y][..., None] * t
-        for key, (x, y) in dict(
-            ab=(a, b), fa=(f, a), fb=(f, b), ga=(g, a), gb=(g, b), fg=(f, g)
-        ).items()
+        key: R[..., names[key[0]], names[key[1]]][..., None] * t
+        for key in ("ce", "fc", "fe", "gc", "ge", "fg")
     }
-    rho = _partial_correlation(r["ab"], r["fa"], r["fb"], r["ga"], r["gb"], r["fg"])
-    integral = jnp.sum(theta * (jnp.arcsin(rho) @ w), axis=-1)
+    integral = jnp.sum(theta * (jnp.arcsin(_partial_correlation(r)) @ weights), axis=-1)
     return base + integral / (4.0 * math.pi**2)
 
 
-def _orthant_moment(C: Array, b: int) -> Array:
-    """`E[X_0 X_b 1{X > 0}]` for `X` centred Gaussian with correlation matrix `C` (`..., p, p`,
-    `p <= 4`, `b` 0 or 1).
+def _orthant_moment(C: Array, other: int) -> Array:
+    """`E[X_0 X_w 1{X > 0}]`, `w = other` (0 or 1), for `X` centred Gaussian with correlation
+    matrix `C` (`..., p, p`, `p <= 4`).
 
     Integration by parts, `E[X_0 g(X)] = sum_c C_0c E[d_c g(X)]`, twice:
 
-    `C_0b P_p(C) + 1/(2 pi) sum_{c != b} sum_{e != c} C_0c (C_be - C_bc C_ce) / sqrt(1 - C_ce^2)
+    `C_0w P_p(C) + 1/(2 pi) sum_{c != w} sum_{e != c} C_0c (C_we - C_wc C_ce) / sqrt(1 - C_ce^2)
     P(X_rest > 0 | X_c = X_e = 0)`,
 
     the last an orthant probability of the `p - 2` remaining arguments (1, 1/2, or `1/4 +
     arcsin(rho) / (2 pi)` with their partial correlation `rho`)."""
     C = _clip_correlations(C)
     p = C.shape[-1]
-    out = C[..., 0, b] * _orthant_probability(C)
-    terms = [(c, e) for c, e in itertools.permutations(range(p), 2) if c != b]
+    w = other
+    out = C[..., 0, w] * _orthant_probability(C)
+    terms = [(c, e) for c, e in itertools.permutations(range(p), 2) if c != w]
     if not terms:
         return out
-    c, e = _columns(terms)
+    c, e = np.array(terms).T
     if p == 4:
-        f, g = _complements(terms)
-        rho = _partial_correlation(
-            C[..., c, e], C[..., f, c], C[..., f, e], C[..., g, c], C[..., g, e], C[..., f, g]
-        )
-        given = 0.25 + jnp.arcsin(rho) / (2.0 * math.pi)
+        names = {"c": c, "e": e, "f": _complements(terms)[0], "g": _complements(terms)[1]}
+        r = {
+            key: C[..., names[key[0]], names[key[1]]]
+            for key in ("ce", "fc", "fe", "gc", "ge", "fg")
+        }
+        given = 0.25 + jnp.arcsin(_partial_correlation(r)) / (2.0 * math.pi)
     else:
         given = 0.5 ** (p - 2)
-    gap = (C[..., b, e] - C[..., b, c] * C[..., c, e]) / jnp.sqrt(1.0 - C[..., c, e] ** 2)
+    r_ce = C[..., c, e]
+    gap = (C[..., w, e] - C[..., w, c] * r_ce) / jnp.sqrt((1.0 - r_ce) * (1.0 + r_ce))
     return out + jnp.sum(C[..., 0, c] * gap * given, axis=-1) / (2.0 * math.pi)
 
 
@@ -560,15 +569,15 @@ def _relu_quadruples(m: int) -> dict[tuple[int, int], tuple[np.ndarray, ...]]:
     """The terms `E[relu(z_u) relu(z_v) 1{z_i > 0} 1{z_j > 0}]` of `N`'s pairs `i <= j` over
     the unit pairs `u <= v` (units `0` the target, `1..m` the neurons), grouped by the number
     `p` of distinct arguments and whether `u = v`: per group, the distinct arguments `(n, p)`
-    ordered `u, v, ...` (so the moment is `E[X_0 X_b ...]` with `b = 0` or `1`), the pair index,
-    `u`, `v`, and the multiplicity (2 for `u < v`, as `(u, v)` and `(v, u)`)."""
+    ordered `u, v, ...` (so the term is `_orthant_moment` with `other = 0` if `u = v`, else 1),
+    the pair index, `u`, `v`, and the multiplicity (2 for `u < v`, as `(u, v)` and `(v, u)`)."""
     i, j, _ = _neuron_pairs(m)
     groups: dict[tuple[int, int], list] = {}
     for pair, (ni, nj) in enumerate(zip(i + 1, j + 1, strict=True)):
         for u, v in itertools.combinations_with_replacement(range(m + 1), 2):
             args = list(dict.fromkeys([u, v, ni, nj]))
-            b = 0 if u == v else 1
-            groups.setdefault((len(args), b), []).append((args, pair, u, v, 2.0 - (u == v)))
+            other = 0 if u == v else 1
+            groups.setdefault((len(args), other), []).append((args, pair, u, v, 2.0 - (u == v)))
     return {
         key: (
             np.array([r[0] for r in rows]),
@@ -583,16 +592,17 @@ def _relu_error_moment(problem: Problem, a: Array, s: Array, Q: Array) -> tuple[
     `i <= j` for `sigma = phi = relu` (one direction).
 
     `phi - f = sum_u b_u relu(z_u)` over the units `u = (*, 1..m)`, `b = (1, -a/m)`, on the
-    Gram matrix `[[1, s^T], [s, Q]]`: one `_orthant_moment` per `(i, j, u, v)`."""
+    Gram matrix `[[1, s^T], [s, Q]]`: one `_orthant_moment` per `(i, j, u, v)`. The second is
+    the kernel's derivative `U'(Q_ij)` (Price's theorem)."""
     m = a.shape[0]
     G = jnp.block([[jnp.ones((1, 1), Q.dtype), s.T], [s, Q]])
-    coef = jnp.concatenate([jnp.ones(1, a.dtype), -a / m])
+    b = jnp.concatenate([jnp.ones(1, a.dtype), -a / m])
     i, j, _ = _neuron_pairs(m)
     T = jnp.zeros(i.shape[0], Q.dtype)
-    for (_, b), (args, pair, u, v, count) in _relu_quadruples(m).items():
-        moment = _orthant_moment(G[args[:, :, None], args[:, None, :]], b)
-        T = T + jax.ops.segment_sum(count * coef[u] * coef[v] * moment, pair, i.shape[0])
-    # On the diagonal arcsin(Q_ii) = pi / 2 has an infinite derivative: it is taken at 0.
+    for (_, other), (args, pair, u, v, count) in _relu_quadruples(m).items():
+        moment = _orthant_moment(G[args[:, :, None], args[:, None, :]], other)
+        T = T + jax.ops.segment_sum(count * b[u] * b[v] * moment, pair, i.shape[0])
+    # U'(1) = 1/2 on the diagonal, where arccos has an infinite derivative: taken at 0 there.
     diagonal = i == j
-    T3 = 0.25 + jnp.arcsin(jnp.where(diagonal, 0.0, _clip_correlations(Q)[i, j])) / (2.0 * math.pi)
+    T3 = problem.activation.kernel_grad(jnp.where(diagonal, 0.0, Q[i, j]))
     return T, jnp.where(diagonal, 0.5, T3)

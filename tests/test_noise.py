@@ -5,7 +5,6 @@ Cholesky factor (exact for polynomials), Monte Carlo, Gauss-Hermite quadrature o
 integrals, online SGD itself, and a tight explicit solve of the noisy ODE.
 """
 
-import itertools
 import math
 
 import diffrax
@@ -15,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from helpers import geometry
+from scipy.integrate import quad
 from scipy.special import erf
+from scipy.stats import norm
 
 import sst
 from sst._noise import _orthant_moment, _orthant_probability, erf_i4, noise_matrix
@@ -126,15 +127,13 @@ def _relu_kernel(q):
     return (np.sqrt(1 - q**2) + (np.pi - np.arccos(q)) * q) / (2 * np.pi)
 
 
-def _random_correlation(rng, p, close=None):
+def _random_correlation(rng, p):
     V = rng.normal(size=(p, p + 2))
-    if close is not None:
-        V[1] = V[0] + close * rng.normal(size=p + 2)
     V /= np.linalg.norm(V, axis=1, keepdims=True)
     return V @ V.T
 
 
-def test_relu_orthant_probabilities_and_moments_against_closed_forms_and_sign_sums():
+def test_relu_orthant_terms_against_closed_forms_and_coincident_limits():
     # P(X > 0) is 1/(p + 1) for equal correlations 1/2, a product for independent blocks, and
     # the closed form of p = 3 where two arguments coincide.
     half = np.full((4, 4), 0.5) + 0.5 * np.eye(4)
@@ -144,37 +143,71 @@ def test_relu_orthant_probabilities_and_moments_against_closed_forms_and_sign_su
     blocks[[0, 1], [1, 0]], blocks[[2, 3], [3, 2]] = 0.3, -0.8
     pairs = [0.25 + np.arcsin(r) / (2 * np.pi) for r in (0.3, -0.8)]
     assert abs(float(_orthant_probability(jnp.asarray(blocks))) - pairs[0] * pairs[1]) < 1e-13
-    R = _random_correlation(rng, 4, close=0.0)
-    R[0, 1] = R[1, 0] = 1.0
-    R[1, 2:] = R[2:, 1] = R[0, 2:]
+    R = _random_correlation(rng, 4)
+    R[1], R[:, 1] = R[0], R[:, 0]  # argument 1 is argument 0
     three = 1 / 8 + sum(np.arcsin(R[a, b]) for a, b in [(0, 2), (0, 3), (2, 3)]) / (4 * np.pi)
     assert abs(float(_orthant_probability(jnp.asarray(R))) - three) < 3e-9
     # The moments there are those of the three distinct arguments: E[X_0 X_1 ...] is
     # E[X_0^2 ...], and E[X_0 X_2 ...] is taken with the arguments ordered (0, 2, 1, 3).
     reduced = jnp.asarray(R[np.ix_([0, 2, 3], [0, 2, 3])])
     swap = [0, 2, 1, 3]
-    for C, b, b3 in ((R, 0, 0), (R, 1, 0), (R[np.ix_(swap, swap)], 1, 1)):
-        moment = float(_orthant_moment(jnp.asarray(C), b))
-        assert abs(moment - float(_orthant_moment(reduced, b3))) < 3e-9
+    for C, w, w3 in ((R, 0, 0), (R, 1, 0), (R[np.ix_(swap, swap)], 1, 1)):
+        moment = float(_orthant_moment(jnp.asarray(C), w))
+        assert abs(moment - float(_orthant_moment(reduced, w3))) < 3e-9
     # p = 2: the arc-cosine kernel and its diagonal form.
     q = 0.37
     C2 = jnp.asarray([[1.0, q], [q, 1.0]])
     assert abs(float(_orthant_moment(C2, 1)) - _relu_kernel(q)) < 1e-15
     second = 0.25 + (np.arcsin(q) + q * np.sqrt(1 - q**2)) / (2 * np.pi)
     assert abs(float(_orthant_moment(C2, 0)) - second) < 1e-15
-    # Summed over the 2^p sign patterns s, the orthants tile space: sum_s P(sX > 0) = 1 and
-    # sum_s s_0 s_b E[X_0 X_b 1{sX > 0}] = C_0b, for near-coincident arguments too.
-    for close in (None, 1e-4):
-        R = _random_correlation(rng, 4, close)
-        signs = np.array(list(itertools.product([1.0, -1.0], repeat=4)))
-        flipped = jnp.asarray(signs[:, :, None] * R * signs[:, None, :])
-        assert abs(float(jnp.sum(_orthant_probability(flipped))) - 1.0) < 1e-12
-        for b in (0, 1):
-            total = jnp.sum(signs[:, 0] * signs[:, b] * _orthant_moment(flipped, b))
-            assert abs(float(total) - R[0, b]) < 1e-12
 
 
-def test_relu_noise_matrix_of_two_equal_neurons():
+def _one_factor(loads, moment):
+    """`P(X > 0)` (`moment=None`) or `E[X_0 X_w 1{X > 0}]` (`moment=w`) for `X_k = l_k Z +
+    sqrt(1 - l_k^2) e_k`, `Z`, `e_k` independent standard normals: given `Z` the `X_k` are
+    independent, with closed-form truncated moments; then adaptive quadrature over `Z`, with
+    breakpoints where a nearly coincident `X_k` makes the integrand change over a short range."""
+
+    def truncated(mean, sd):  # E[1{Y > 0}], E[Y 1{Y > 0}], E[Y^2 1{Y > 0}], Y ~ N(mean, sd^2)
+        h = mean / sd
+        cdf, pdf = norm.cdf(h), norm.pdf(h)
+        return cdf, mean * cdf + sd * pdf, (mean**2 + sd**2) * cdf + mean * sd * pdf
+
+    def integrand(z):
+        t = [truncated(l * z, math.sqrt(1 - l * l)) for l in loads]
+        if moment is None:
+            value = np.prod([x[0] for x in t])
+        elif moment == 0:
+            value = t[0][2] * np.prod([x[0] for x in t[1:]])
+        else:
+            value = t[0][1] * t[1][1] * np.prod([x[0] for x in t[2:]])
+        return norm.pdf(z) * value
+
+    width = min(math.sqrt(1 - l * l) for l in loads)
+    edges = sorted({-40.0, 0.0, 40.0} | {s * width * 10**e for s in (-1, 1) for e in range(8)})
+    edges = [e for e in edges if abs(e) <= 40.0]
+    return sum(
+        quad(integrand, lo, hi, epsabs=1e-15, epsrel=1e-13, limit=200)[0]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True)
+    )
+
+
+@pytest.mark.parametrize(
+    "loads",
+    [(0.9, 0.5, -0.3, 0.7), (0.2, -0.8, 0.6), (math.sqrt(1 - 1e-10),) * 3 + (0.6,)],
+    ids=["p4", "p3", "three-nearly-equal"],
+)
+def test_relu_orthant_terms_match_a_one_factor_model(loads):
+    # Correlations l_a l_b: an independent formula by conditioning on the common factor.
+    C = np.outer(loads, loads)
+    np.fill_diagonal(C, 1.0)
+    C = jnp.asarray(C)
+    assert abs(float(_orthant_probability(C)) - _one_factor(loads, None)) < 1e-12
+    for w in (0, 1):
+        assert abs(float(_orthant_moment(C, w)) - _one_factor(loads, w)) < 1e-11
+
+
+def test_relu_noise_matrix_of_equal_and_aligned_neurons():
     # Where w_0 = w_1 the indicators are equal, so N_01 / (a_0 a_1) = N_00 / a_0^2 = N_11 / a_1^2.
     problem = sst.Problem(sst.relu(), sst.relu(), 0.1, noise=0.2)
     a, W, U = geometry(1, 3, seed=2)
@@ -182,6 +215,13 @@ def test_relu_noise_matrix_of_two_equal_neurons():
     N = _N(problem, a, W, U) / np.outer(a, a)
     assert np.all(np.isfinite(N))
     assert abs(N[0, 1] - N[0, 0]) < 1e-8 and abs(N[1, 1] - N[0, 0]) < 1e-8
+    # Every neuron within 1e-5 of the target (1 - s about 1e-10), as late in training: the
+    # Jacobian a stiff solver takes is finite.
+    W = U.T + 1e-5 * np.random.default_rng(3).normal(size=W.shape)
+    W /= np.linalg.norm(W, axis=1, keepdims=True)
+    args = (jnp.asarray(v) for v in (a, W @ U, W @ W.T))
+    jacobian = jax.jacfwd(lambda *x: noise_matrix(problem, *x), argnums=(0, 1, 2))(*args)
+    assert all(np.all(np.isfinite(np.asarray(leaf))) for leaf in jacobian)
 
 
 def _state(problem, k):
