@@ -465,27 +465,32 @@ def _complements(pairs: list[tuple[int, int]]) -> np.ndarray:
     return np.array([sorted({0, 1, 2, 3} - set(pair)) for pair in pairs]).T
 
 
-def _partial_correlation(r: dict[str, Array]) -> Array:
-    """The correlation of `X_f` and `X_g` given `X_c = X_e = 0`, from the correlations
-    `r["ce"]`, `r["fc"]`, `r["fe"]`, `r["gc"]`, `r["ge"]`, `r["fg"]` of `X`.
+def _partial_correlation(C: Array, c, e, f, g, t: Array | None = None) -> Array:
+    """The correlation of `X_f` and `X_g` given `X_c = X_e = 0`, for `X` of correlation matrix
+    `C` (`..., p, p`; `c, e, f, g` index arrays of one length `n`), or of `I + t (C - I)` with
+    `t` `(..., n, T)` on a new last axis.
 
     Conditioned on one argument, then the other (the Schur complements of a Cholesky factor):
     where three arguments nearly coincide the conditional variance is the difference of two
     small terms, not of terms of order 1, and keeps its accuracy. A variance below rounding
     (zero or negative) gives the correlation 0."""
 
+    def r(x, y) -> Array:
+        value = C[..., x, y]
+        return value if t is None else value[..., None] * t
+
     def one_minus_square(x: Array) -> Array:
         return (1.0 - x) * (1.0 + x)  # exact where |x| is near 1
 
-    ce = one_minus_square(r["ce"])  # the variance of X_e given X_c
-    fe = r["fe"] - r["fc"] * r["ce"]  # covariances given X_c
-    ge = r["ge"] - r["gc"] * r["ce"]
-    fg = r["fg"] - r["fc"] * r["gc"]
-    var_f = one_minus_square(r["fc"]) - fe**2 / ce
-    var_g = one_minus_square(r["gc"]) - ge**2 / ce
-    product = var_f * var_g
+    r_ce, r_fc, r_gc = r(c, e), r(f, c), r(g, c)
+    ce = one_minus_square(r_ce)  # the variance of X_e given X_c
+    fe = r(f, e) - r_fc * r_ce  # covariances given X_c
+    ge = r(g, e) - r_gc * r_ce
+    fg = r(f, g) - r_fc * r_gc
+    var_f = one_minus_square(r_fc) - fe**2 / ce
+    var_g = one_minus_square(r_gc) - ge**2 / ce
     positive = (var_f > 0) & (var_g > 0)
-    root = jnp.sqrt(jnp.where(positive, product, 1.0))
+    root = jnp.sqrt(jnp.where(positive, var_f * var_g, 1.0))
     rho = jnp.where(positive, (fg - fe * ge / ce) / root, 0.0)
     return jnp.clip(rho, -1.0, 1.0)  # rounding can leave |rho| a few ulps above 1
 
@@ -522,12 +527,8 @@ def _orthant_probability(R: Array, nodes: int = _ORTHANT_NODES) -> Array:
     small = jnp.abs(angle) < 1e-8
     safe = jnp.where(small, 1.0, angle)
     t = jnp.where(small, lam, jnp.sin(safe * lam) / jnp.sin(safe))  # -> lam as theta -> 0
-    names = {"c": first, "e": second, "f": rest[0], "g": rest[1]}
-    r = {
-        key: R[..., names[key[0]], names[key[1]]][..., None] * t
-        for key in ("ce", "fc", "fe", "gc", "ge", "fg")
-    }
-    integral = jnp.sum(theta * (jnp.arcsin(_partial_correlation(r)) @ weights), axis=-1)
+    rho = _partial_correlation(R, first, second, rest[0], rest[1], t)
+    integral = jnp.sum(theta * (jnp.arcsin(rho) @ weights), axis=-1)
     return base + integral / (4.0 * math.pi**2)
 
 
@@ -551,12 +552,8 @@ def _orthant_moment(C: Array, other: int) -> Array:
         return out
     c, e = np.array(terms).T
     if p == 4:
-        names = {"c": c, "e": e, "f": _complements(terms)[0], "g": _complements(terms)[1]}
-        r = {
-            key: C[..., names[key[0]], names[key[1]]]
-            for key in ("ce", "fc", "fe", "gc", "ge", "fg")
-        }
-        given = 0.25 + jnp.arcsin(_partial_correlation(r)) / (2.0 * math.pi)
+        rho = _partial_correlation(C, c, e, *_complements(terms))
+        given = 0.25 + jnp.arcsin(rho) / (2.0 * math.pi)
     else:
         given = 0.5 ** (p - 2)
     r_ce = C[..., c, e]
