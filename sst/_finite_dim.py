@@ -51,8 +51,9 @@ class FiniteDimODE(AbstractProblemModel):
 
     **Fields:** `problem`, the `sst.Problem`; `tau`, the SGD noise level, a JAX scalar (a
     parameter: batched by `solve_batch`, differentiated by `jax.grad`). Noise terms need a
-    polynomial activation and target, or erf with a polynomial or erf target. Solve a noisy
-    model with a Rosenbrock-W method (`Ros34PW2`), which takes the flow's Jacobian.
+    polynomial activation and target, erf with a polynomial or erf target, or relu with a
+    relu target (`sst.noise_matrix`). Solve a noisy model with a Rosenbrock-W method
+    (`Ros34PW2`), which takes the flow's Jacobian.
     """
 
     problem: Problem
