@@ -84,8 +84,9 @@ class FiniteDimODE(AbstractProblemModel):
             raise ValueError(
                 "tau > 0 needs a polynomial activation with a polynomial target, erf with a "
                 "polynomial or erf target, or relu with a relu target (got sigma = "
-                f"{self.problem.activation}, phi = {self.problem.target}); use one of those "
-                "(docs: online SGD at a finite step), or tau = 0."
+                f"{self.problem.activation}, phi = {self.problem.target}); use one of those, such "
+                "as sst.Hermite(sst.relu(4).coeffs) as a polynomial stand-in for relu (docs: "
+                "online SGD at a finite step), or tau = 0."
             )
 
     def parameters(self) -> dict[str, Array]:
@@ -122,6 +123,16 @@ class FiniteDimODE(AbstractProblemModel):
             xp.max(xp.abs(V)) > 1.0 + 1e-12,
             "Entries of Q are overlaps of unit vectors and must lie in [-1, 1].",
         )
+        if self.problem.activation.closed_form == "relu":
+            off = V - xp.eye(m)
+            Q = require(
+                Q,
+                (xp.max(xp.abs(off)) >= 1.0) | (xp.max(xp.abs(S)) >= 1.0),
+                "ReLU's kernel has no derivative where two neurons are equal (|Q_ij| = 1) or a "
+                "neuron lies on a target direction (|s| = 1), so a stiff solver's Jacobian is "
+                "infinite there; perturb those weights (by 1e-8, say) or use a polynomial "
+                "activation.",
+            )
         # (S, Q) come from unit vectors w_i and orthonormal directions U*: [[I, S^T], [S, Q]] is
         # their Gram matrix, so positive semi-definite. W W^T in float64 carries rounding of at
         # most d u ~ 1e-10 per entry up to d = 1e6, which moves an eigenvalue by at most

@@ -67,7 +67,7 @@ def noise_supported(problem: Problem) -> bool:
 def noise_matrix(
     problem: Problem,
     a: Float[Array, " m"],
-    s: Float[Array, "m k"],
+    s: Float[Array, "m ..."],
     Q: Float[Array, "m m"],
 ) -> Float[Array, "m m"]:
     """The SGD noise matrix `N_ij` (docs: [online SGD at a finite step][sgd-noise]):
@@ -75,9 +75,10 @@ def noise_matrix(
     `N_ij = a_i a_j ( E[(phi(z*) - f(x))^2 sigma'(z_i) sigma'(z_j)]
     + noise^2 E[sigma'(z_i) sigma'(z_j)] )`, `f(x) = (1/m) sum_l a_l sigma(z_l)`.
 
-    **Arguments:** the `problem` (see `noise_supported`), the second-layer weights `a`, the
-    overlaps `s` with the target directions as an `(m, k)` matrix, and the overlap matrix `Q`
-    (its diagonal is taken as exactly 1).
+    **Arguments:** the `problem` (a polynomial activation and target, erf with a polynomial or
+    erf target, or relu with a relu target), the second-layer weights `a`, the overlaps `s`
+    with the target directions, `(m, k)` (or `(m,)` for an `sst.Hermite` target, as its
+    states store them), and the overlap matrix `Q` (its diagonal is taken as exactly 1).
 
     **Returns:** `N`, `(m, m)`, symmetric positive semi-definite.
     """
@@ -88,6 +89,7 @@ def noise_matrix(
             f"sigma = {problem.activation}, phi = {problem.target}); use one of those, such as "
             "sst.Hermite(sst.relu(4).coeffs) as a polynomial stand-in for relu."
         )
+    s = s[:, None] if s.ndim == 1 else s  # a single-index state's overlaps
     m = a.shape[0]
     eye = jnp.eye(m, dtype=Q.dtype)
     Q = Q * (1.0 - eye) + eye

@@ -265,6 +265,17 @@ def test_bad_finite_dim_state_raises(kind, Q, match):
         sst.solve(model, sst.FiniteDimState([0.1, 0.2], s, Q), TS)
 
 
+def test_relu_states_with_equal_neurons_or_a_neuron_on_the_target_raise():
+    # ReLU's kernel U(q) has U''(q) = 1 / (2 pi sqrt(1 - q^2)): infinite at q = 1.
+    model = sst.FiniteDimODE(sst.Problem(sst.relu(), sst.relu(), 0.1))
+    equal = np.ones((2, 2))
+    with pytest.raises(ValueError, match=r"two neurons are equal \(\|Q_ij\| = 1\)"):
+        model.check_state(sst.FiniteDimState([0.1, 0.2], [0.3, 0.3], equal))
+    with pytest.raises(ValueError, match=r"lies on a target direction \(\|s\| = 1\)"):
+        model.check_state(sst.FiniteDimState([0.1, 0.2], [1.0, 0.0], np.eye(2)))
+    model.check_state(sst.FiniteDimState([0.1, 0.2], [0.3, 0.3], np.eye(2) * 0.2 + 0.8))
+
+
 def test_bad_overlaps_and_state_types_raise():
     single, vector = (sst.FiniteDimODE(_problem(kind)) for kind in KINDS)
     with pytest.raises(ValueError, match="needs a FiniteDimState"):

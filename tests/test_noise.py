@@ -215,6 +215,9 @@ def test_relu_noise_matrix_of_equal_and_aligned_neurons():
     N = _N(problem, a, W, U) / np.outer(a, a)
     assert np.all(np.isfinite(N))
     assert abs(N[0, 1] - N[0, 0]) < 1e-8 and abs(N[1, 1] - N[0, 0]) < 1e-8
+    # The overlaps as a single-index state stores them, (m,), give the same matrix.
+    vector = noise_matrix(problem, jnp.asarray(a), jnp.asarray(W @ U[:, 0]), jnp.asarray(W @ W.T))
+    assert np.array_equal(np.asarray(vector) / np.outer(a, a), N)
     # Every neuron within 1e-5 of the target (1 - s about 1e-10), as late in training: the
     # Jacobian a stiff solver takes is finite.
     W = U.T + 1e-5 * np.random.default_rng(3).normal(size=W.shape)
