@@ -452,7 +452,8 @@ def _erf_target_terms(problem: Problem, a: Array, s: Array, Q: Array) -> Array:
 _ORTHANT_NODES = 32
 #: The largest |correlation| the orthant terms take: where two arguments coincide (identical
 #: neurons, or a neuron on the target) integration by parts divides zero by zero; at
-#: 1 - 1e-15 the terms are within rounding of their limit (`benchmarks/sgd_noise.py`).
+#: 1 - 1e-15 the terms are within 2e-9 of their limit where two arguments coincide (where three
+#: do, see the module's docstring).
 _MAX_CORRELATION = 1.0 - 1e-15
 
 
@@ -534,9 +535,9 @@ def _orthant_probability(R: Array, nodes: int = _ORTHANT_NODES) -> Array:
     return base + integral / (4.0 * math.pi**2)
 
 
-def _orthant_moment(C: Array, other: int) -> Array:
-    """`E[X_0 X_w 1{X > 0}]`, `w = other` (0 or 1), for `X` centred Gaussian with correlation
-    matrix `C` (`..., p, p`, `p <= 4`).
+def _orthant_moment(C: Array, w: int) -> Array:
+    """`E[X_0 X_w 1{X > 0}]` (`w` 0 or 1) for `X` centred Gaussian with correlation matrix `C`
+    (`..., p, p`, `p <= 4`).
 
     Integration by parts, `E[X_0 g(X)] = sum_c C_0c E[d_c g(X)]`, twice:
 
@@ -547,7 +548,6 @@ def _orthant_moment(C: Array, other: int) -> Array:
     arcsin(rho) / (2 pi)` with their partial correlation `rho`)."""
     C = _clip_correlations(C)
     p = C.shape[-1]
-    w = other
     out = C[..., 0, w] * _orthant_probability(C)
     terms = [(c, e) for c, e in itertools.permutations(range(p), 2) if c != w]
     if not terms:
@@ -568,15 +568,15 @@ def _relu_quadruples(m: int) -> dict[tuple[int, int], tuple[np.ndarray, ...]]:
     """The terms `E[relu(z_u) relu(z_v) 1{z_i > 0} 1{z_j > 0}]` of `N`'s pairs `i <= j` over
     the unit pairs `u <= v` (units `0` the target, `1..m` the neurons), grouped by the number
     `p` of distinct arguments and whether `u = v`: per group, the distinct arguments `(n, p)`
-    ordered `u, v, ...` (so the term is `_orthant_moment` with `other = 0` if `u = v`, else 1),
+    ordered `u, v, ...` (so the term is `_orthant_moment` with `w = 0` if `u = v`, else 1),
     the pair index, `u`, `v`, and the multiplicity (2 for `u < v`, as `(u, v)` and `(v, u)`)."""
     i, j, _ = _neuron_pairs(m)
     groups: dict[tuple[int, int], list] = {}
     for pair, (ni, nj) in enumerate(zip(i + 1, j + 1, strict=True)):
         for u, v in itertools.combinations_with_replacement(range(m + 1), 2):
             args = list(dict.fromkeys([u, v, ni, nj]))
-            other = 0 if u == v else 1
-            groups.setdefault((len(args), other), []).append((args, pair, u, v, 2.0 - (u == v)))
+            w = 0 if u == v else 1
+            groups.setdefault((len(args), w), []).append((args, pair, u, v, 2.0 - (u == v)))
     return {
         key: (
             np.array([r[0] for r in rows]),
@@ -598,8 +598,8 @@ def _relu_error_moment(problem: Problem, a: Array, s: Array, Q: Array) -> tuple[
     b = jnp.concatenate([jnp.ones(1, a.dtype), -a / m])
     i, j, _ = _neuron_pairs(m)
     T = jnp.zeros(i.shape[0], Q.dtype)
-    for (_, other), (args, pair, u, v, count) in _relu_quadruples(m).items():
-        moment = _orthant_moment(G[args[:, :, None], args[:, None, :]], other)
+    for (_, w), (args, pair, u, v, count) in _relu_quadruples(m).items():
+        moment = _orthant_moment(G[args[:, :, None], args[:, None, :]], w)
         T = T + jax.ops.segment_sum(count * b[u] * b[v] * moment, pair, i.shape[0])
     # U'(1) = 1/2 on the diagonal, where arccos has an infinite derivative: taken at 0 there.
     diagonal = i == j

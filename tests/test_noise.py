@@ -207,6 +207,7 @@ def test_relu_orthant_terms_match_a_one_factor_model(loads):
         assert abs(float(_orthant_moment(C, w)) - _one_factor(loads, w)) < 1e-11
 
 
+@pytest.mark.slow
 def test_relu_noise_matrix_of_equal_and_aligned_neurons():
     # Where w_0 = w_1 the indicators are equal, so N_01 / (a_0 a_1) = N_00 / a_0^2 = N_11 / a_1^2.
     problem = sst.Problem(sst.relu(), sst.relu(), 0.1, noise=0.2)
